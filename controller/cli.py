@@ -1,0 +1,304 @@
+"""`wakegate`: the command line, and the composition root that wires proxy and controller."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import signal
+import sys
+import urllib.error
+import urllib.request
+from typing import Any, NoReturn
+
+from .config import ConfigError, load_config
+from .spec import Config
+
+DEFAULT_CONFIG = "wakegate.yaml"
+DEFAULT_CONTROLLER = "http://127.0.0.1:8081"
+EXIT_USAGE = 2
+
+log = logging.getLogger("wakegate")
+
+
+def _fail(message: str, code: int = 1) -> NoReturn:
+    print(f"wakegate: {message}", file=sys.stderr)
+    sys.exit(code)
+
+
+def _load(path: str) -> Config:
+    try:
+        return load_config(path)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(problem, file=sys.stderr)
+        sys.exit(EXIT_USAGE)
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper()),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    # aiohttp's own access log is off; its error log stays.
+    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+
+
+# --- validate ---
+
+
+def cmd_validate(args: argparse.Namespace) -> None:
+    config = _load(args.config)
+    n = len(config.instances())
+    print(f"{args.config}: ok ({len(config.environments)} environments, "
+          f"{len(config.services)} services, {n} instances)")
+
+
+# --- up ---
+
+
+def cmd_up(args: argparse.Namespace) -> None:
+    config = _load(args.config)
+    _setup_logging(args.log_level)
+    import uvloop
+
+    with contextlib.suppress(KeyboardInterrupt):
+        uvloop.run(_up(config))
+
+
+async def _up(config: Config) -> None:
+    # Imported here so that validate/status/keys start fast.
+    from aiohttp import web
+    from prometheus_client import CollectorRegistry
+
+    from proxy.app import Proxy
+
+    from .api import ControllerAPI
+    from .inprocess import InProcessLink
+    from .keys import KeyStore
+    from .metrics import ControllerMetrics
+    from .scaler import Scaler
+
+    token = os.environ.get("WAKEGATE_TOKEN") or None
+    if not token and not _is_loopback(config.controller.host):
+        _fail(f"{config.path}: listen.controller: {config.controller.host} is not a loopback "
+              "address; set WAKEGATE_TOKEN so that the controller API needs a token", EXIT_USAGE)
+    os.makedirs(config.state_dir, exist_ok=True)
+    keys = KeyStore(config.state_dir)
+    registry = CollectorRegistry()
+    controller_metrics = ControllerMetrics()
+    registry.register(controller_metrics)
+    scaler = Scaler(config, keys, controller_metrics.scale_event)
+    controller_metrics.scaler = scaler
+    proxy = Proxy(config.proxy, InProcessLink(scaler), registry)
+
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    signals_seen = 0
+
+    def on_signal() -> None:
+        nonlocal signals_seen
+        signals_seen += 1
+        if signals_seen > 1:
+            # A second Ctrl-C: no more grace for anyone.
+            scaler.runtime.kill_all_now()
+            os._exit(130)
+        stop.set()
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, on_signal)
+
+    api_runner: web.AppRunner | None = None
+    try:
+        try:
+            port = await proxy.start(config.proxy.host, config.proxy.port)
+        except OSError as exc:
+            _fail(f"cannot listen on {config.proxy.host}:{config.proxy.port} (listen.proxy): "
+                  f"{exc.strerror}")
+        api = ControllerAPI(scaler, registry, lambda: port, token)
+        api_runner = web.AppRunner(api.app(), access_log=None, handle_signals=False)
+        await api_runner.setup()
+        try:
+            await web.TCPSite(api_runner, config.controller.host, config.controller.port).start()
+        except OSError as exc:
+            _fail(f"cannot listen on {config.controller.host}:{config.controller.port} "
+                  f"(listen.controller): {exc.strerror}")
+        await scaler.run()
+        # Made only now that wakegate serves, so a failed start never eats a
+        # key that was shown nowhere.
+        new_keys = []
+        for spec in config.instances():
+            if spec.environment.access == "api_key" and not keys.has_key(*spec.key):
+                new_keys.append((spec.name, keys.create(*spec.key)))
+                scaler.keys_changed(spec.key)
+        _print_welcome(config, scaler.status(port), new_keys, port)
+        await stop.wait()
+        log.info("stopping: putting every instance to sleep")
+    finally:
+        try:
+            await scaler.shutdown()
+            await proxy.close()
+            if api_runner is not None:
+                await api_runner.cleanup()
+        finally:
+            scaler.runtime.kill_all_now()
+
+
+def _is_loopback(host: str) -> bool:
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def _print_welcome(
+    config: Config, rows: list[dict[str, Any]], new_keys: list[tuple[str, str]], port: int
+) -> None:
+    print(f"wakegate is up: proxy on {config.proxy.host}:{port}, controller API on "
+          f"http://{config.controller.host}:{config.controller.port} ({config.path})")
+    print()
+    _print_table(rows, ("environment", "service", "access", "state", "url"))
+    for name, key in new_keys:
+        print()
+        print(f"New API key for {name} (shown only this once; only its hash is stored):")
+        print(f"  {key}")
+    print()
+    print("Press Ctrl-C to stop. `wakegate status` shows what sleeps and what is awake.",
+          flush=True)
+
+
+def _print_table(rows: list[dict[str, Any]], columns: tuple[str, ...]) -> None:
+    cells = [[str(r.get(c, "")) for c in columns] for r in rows]
+    widths = [max([len(c), *(len(row[i]) for row in cells)]) for i, c in enumerate(columns)]
+    print("  ".join(c.upper().ljust(w) for c, w in zip(columns, widths, strict=True)).rstrip())
+    for row in cells:
+        print("  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip())
+
+
+# --- commands that talk to the running controller ---
+
+
+def _controller_url(args: argparse.Namespace) -> str:
+    if args.controller:
+        return str(args.controller).rstrip("/")
+    if os.environ.get("WAKEGATE_CONTROLLER"):
+        return os.environ["WAKEGATE_CONTROLLER"].rstrip("/")
+    if args.config_given or os.path.exists(args.config):
+        config = _load(args.config)
+        host = config.controller.host
+        host = f"[{host}]" if ":" in host else host
+        return f"http://{host}:{config.controller.port}"
+    return DEFAULT_CONTROLLER
+
+
+def _call(args: argparse.Namespace, method: str, path: str, body: Any = None) -> Any:
+    url = _controller_url(args) + path
+    data = json.dumps(body).encode() if body is not None else None
+    request = urllib.request.Request(url, data=data, method=method)
+    request.add_header("Content-Type", "application/json")
+    token = os.environ.get("WAKEGATE_TOKEN")
+    if token:
+        request.add_header("Authorization", f"Bearer {token}")
+    try:
+        with urllib.request.urlopen(request, timeout=30) as resp:
+            return json.loads(resp.read())
+    except urllib.error.HTTPError as exc:
+        try:
+            detail = json.loads(exc.read()).get("message", exc.reason)
+        except (json.JSONDecodeError, AttributeError):
+            detail = exc.reason
+        _fail(f"{detail}", EXIT_USAGE if 400 <= exc.code < 500 else 1)
+    except (urllib.error.URLError, ConnectionError, TimeoutError) as exc:
+        reason = getattr(exc, "reason", exc)
+        _fail(f"cannot reach the controller at {_controller_url(args)} ({reason}); "
+              "is `wakegate up` running? (set --controller or WAKEGATE_CONTROLLER)")
+
+
+def cmd_status(args: argparse.Namespace) -> None:
+    rows = _call(args, "GET", "/v1/status")["instances"]
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return
+    for row in rows:
+        row["idle"] = _human_seconds(row["idle_seconds"]) if row["idle_seconds"] else "-"
+        if row["state"] == "sleeping" and row.get("error"):
+            row["state"] = "sleeping (last start failed)"
+    _print_table(rows, ("environment", "service", "state", "replicas", "version", "idle", "url"))
+
+
+def _human_seconds(seconds: float) -> str:
+    if seconds < 60:
+        return f"{seconds:.1f}s"
+    if seconds < 3600:
+        return f"{int(seconds // 60)}m{int(seconds % 60):02d}s"
+    return f"{int(seconds // 3600)}h{int(seconds % 3600 // 60):02d}m"
+
+
+def cmd_keys_create(args: argparse.Namespace) -> None:
+    result = _call(args, "POST", "/v1/keys", {"service": args.service, "environment": args.env})
+    print(f"New API key for {result['environment']}/{result['service']} "
+          "(shown only this once; only its hash is stored):")
+    print(result["key"])
+
+
+# --- argument parsing ---
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="wakegate", description="Scale-to-zero activating proxy: idle services sleep, "
+        "the next request wakes them.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def with_config(p: argparse.ArgumentParser) -> None:
+        p.add_argument("-c", "--config", default=None,
+                       help=f"config file (default: {DEFAULT_CONFIG})")
+
+    def with_controller(p: argparse.ArgumentParser) -> None:
+        with_config(p)
+        p.add_argument("--controller", help="controller API URL (default: from the config, "
+                       f"WAKEGATE_CONTROLLER, or {DEFAULT_CONTROLLER})")
+
+    p = sub.add_parser("up", help="controller + proxy in one process on the local runtime")
+    with_config(p)
+    p.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
+    p.set_defaults(func=cmd_up)
+
+    p = sub.add_parser("validate", help="check a config file")
+    with_config(p)
+    p.set_defaults(func=cmd_validate)
+
+    p = sub.add_parser("status", help="every instance: state, replicas, version, idle time, URL")
+    with_controller(p)
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=cmd_status)
+
+    keys = sub.add_parser("keys", help="API keys of private instances")
+    keys_sub = keys.add_subparsers(dest="keys_command", required=True, metavar="ACTION")
+    p = keys_sub.add_parser("create", help="make a new key, printed once (last line)")
+    p.add_argument("service")
+    p.add_argument("--env", default="private", help="environment (default: private)")
+    with_controller(p)
+    p.set_defaults(func=cmd_keys_create)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    args.config_given = getattr(args, "config", None) is not None
+    if hasattr(args, "config") and args.config is None:
+        args.config = DEFAULT_CONFIG
+    args.func(args)
+
+
+if __name__ == "__main__":
+    main()

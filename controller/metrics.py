@@ -1,0 +1,54 @@
+"""The controller's Prometheus metrics, read from the instances at scrape time."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from .scaler import Instance, Scaler
+
+_LABELS = ["environment", "service"]
+
+
+class ControllerMetrics(Collector):
+    def __init__(self) -> None:
+        self.scaler: Scaler | None = None
+        self._scale_events: dict[tuple[str, str, str], int] = {}
+
+    def scale_event(self, inst: Instance, direction: str) -> None:
+        key = (*inst.key, direction)
+        self._scale_events[key] = self._scale_events.get(key, 0) + 1
+
+    def collect(self) -> Iterator[Metric]:
+        replicas = GaugeMetricFamily(
+            "wakegate_instance_replicas", "Replicas running for the instance.", labels=_LABELS
+        )
+        idle = GaugeMetricFamily(
+            "wakegate_instance_idle_seconds",
+            "Seconds since the instance last had a request in flight (0 while it has one).",
+            labels=_LABELS,
+        )
+        last_request = GaugeMetricFamily(
+            "wakegate_instance_last_request_timestamp_seconds",
+            "Unix time the instance was last active (its last request ended, or it woke).",
+            labels=_LABELS,
+        )
+        events = CounterMetricFamily(
+            "wakegate_scale_events",
+            "Instances scaled up (woke, replica added) or down (slept, replica lost).",
+            labels=[*_LABELS, "direction"],
+        )
+        if self.scaler is not None:
+            now, wall = time.monotonic(), time.time()
+            for inst in self.scaler.instances.values():
+                labels = list(inst.key)
+                in_flight, last = self.scaler.activity(inst)
+                replicas.add_metric(labels, len(inst.replicas))
+                idle.add_metric(labels, 0.0 if in_flight else max(now - last, 0.0))
+                last_request.add_metric(labels, wall - (now - last))
+        for (env, svc, direction), n in sorted(self._scale_events.items()):
+            events.add_metric([env, svc, direction], n)
+        yield from (replicas, idle, last_request, events)

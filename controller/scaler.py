@@ -1,0 +1,342 @@
+"""When to wake and when to sleep: the instance state machine and the route table it publishes.
+
+Every change of an instance's state is published to the proxies as a new
+route-table version. Start and stop of one instance are serialised by its
+lock, so there is one activation at a time however many requests wait, and a
+request that arrives while an instance is going to sleep is held by the proxy
+and wakes it again once the stop is done.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from types import MappingProxyType
+from typing import Any
+
+from .keys import KeyStore
+from .runtimes.local import LocalRuntime, Replica, StartFailed
+from .spec import (
+    READY,
+    SLEEPING,
+    STARTING,
+    STOPPING,
+    Config,
+    InstanceSpec,
+    Route,
+    RouteTable,
+)
+
+log = logging.getLogger("wakegate.controller")
+
+Key = tuple[str, str]
+ActivitySource = Callable[[Key], tuple[int, float]]
+
+_MAX_IDLE_CHECK = 1.0  # seconds between idle checks when nothing is due sooner
+_RESTART_BACKOFF_MAX = 30.0
+
+
+class Instance:
+    """The controller's mutable record of one (environment, service)."""
+
+    def __init__(self, spec: InstanceSpec, host: str) -> None:
+        self.spec = spec
+        self.host = host
+        self.state = SLEEPING
+        self.version = spec.service.version
+        self.replicas: list[Replica] = []
+        self.failures = 0
+        self.error: str | None = None
+        self.ready_since = 0.0
+        self.created = time.monotonic()
+        self.lock = asyncio.Lock()
+        self.activation: asyncio.Task[None] | None = None
+        self.restart_backoff = 0.5
+        self.route: Route | None = None
+
+    @property
+    def key(self) -> Key:
+        return self.spec.key
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+
+class Scaler:
+    def __init__(
+        self, config: Config, keys: KeyStore, on_scale: Callable[[Instance, str], None]
+    ) -> None:
+        self.config = config
+        self.keys = keys
+        self._on_scale = on_scale
+        self.runtime = LocalRuntime(config, self._replica_exited)
+        self.instances: dict[Key, Instance] = {
+            spec.key: Instance(spec, config.host_of(*spec.key)) for spec in config.instances()
+        }
+        self._subscribers: list[Callable[[RouteTable], None]] = []
+        self._sources: list[ActivitySource] = []
+        self._routes_by_host: dict[str, Route] = {}
+        self._routes_by_key: dict[Key, Route] = {}
+        self._version = 0
+        self.table = RouteTable.build(0, [])
+        self._wakeup = asyncio.Event()
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._idle_loop: asyncio.Task[None] | None = None
+        self._closing = False
+        for inst in self.instances.values():
+            self._refresh_route(inst)
+        self._swap_table()
+
+    # --- route table ---
+
+    def subscribe(self, apply: Callable[[RouteTable], None]) -> None:
+        self._subscribers.append(apply)
+        apply(self.table)
+
+    def add_activity_source(self, source: ActivitySource) -> None:
+        self._sources.append(source)
+
+    def _refresh_route(self, inst: Instance) -> None:
+        env, svc = inst.spec.environment, inst.spec.service
+        route = Route(
+            environment=env.name,
+            service=svc.name,
+            host=inst.host,
+            access=env.access,
+            state=inst.state,
+            endpoints=tuple(r.endpoint for r in inst.replicas) if inst.state == READY else (),
+            key_hashes=self.keys.hashes(env.name, svc.name) if env.access == "api_key" else (),
+            hold_timeout=env.hold_timeout,
+            hold_queue_size=env.hold_queue_size,
+            ignore_paths=svc.ignore_paths,
+            ignore_user_agents=svc.ignore_user_agents,
+            version=inst.version,
+            failures=inst.failures,
+            error=inst.error,
+            ready_since=inst.ready_since,
+        )
+        inst.route = route
+        self._routes_by_host[route.host] = route
+        self._routes_by_key[route.key] = route
+
+    def _swap_table(self) -> None:
+        self._version += 1
+        # Copies, so that the published snapshot never changes under a reader.
+        self.table = RouteTable(
+            self._version,
+            MappingProxyType(dict(self._routes_by_host)),
+            MappingProxyType(dict(self._routes_by_key)),
+        )
+
+    def publish(self, *changed: Instance) -> None:
+        """Apply a state change everywhere: every subscribed proxy gets the new table now."""
+        for inst in changed:
+            self._refresh_route(inst)
+        self._swap_table()
+        for apply in self._subscribers:
+            apply(self.table)
+        self._wakeup.set()
+
+    def keys_changed(self, key: Key) -> None:
+        self.publish(self.instances[key])
+
+    # --- activity ---
+
+    def activity(self, inst: Instance) -> tuple[int, float]:
+        """(requests in flight on all proxies, monotonic time the instance was last active)."""
+        in_flight = 0
+        last = max(inst.created, inst.ready_since)
+        for source in self._sources:
+            n, end = source(inst.key)
+            in_flight += n
+            last = max(last, end)
+        return in_flight, last
+
+    # --- waking ---
+
+    def request_activation(self, key: Key) -> None:
+        inst = self.instances.get(key)
+        if inst is None or self._closing:
+            return
+        if inst.state == READY and len(inst.replicas) >= self._desired(inst):
+            return
+        if inst.activation is not None and not inst.activation.done():
+            return
+        inst.activation = self._spawn(self._activate(inst))
+
+    def _desired(self, inst: Instance) -> int:
+        return max(inst.spec.environment.min_replicas, 1)
+
+    async def _activate(self, inst: Instance) -> None:
+        async with inst.lock:
+            missing = self._desired(inst) - len(inst.replicas)
+            if self._closing or (inst.state == READY and missing <= 0):
+                return
+            if not inst.replicas:
+                inst.state = STARTING
+                self.publish(inst)
+            started = time.monotonic()
+            try:
+                new = await self.runtime.start(inst.spec, inst.version, missing)
+            except StartFailed as exc:
+                inst.failures += 1
+                inst.error = str(exc)
+                if not inst.replicas:
+                    # Held requests see the failure count go up and get 503;
+                    # the next request starts a fresh attempt.
+                    inst.state = SLEEPING
+                self.publish(inst)
+                log.error("activation of %s failed: %s", inst.name, exc)
+                if not inst.spec.environment.sleeps:
+                    self._restart_later(inst)
+                return
+            # A replica that died between ready and here is already gone.
+            inst.replicas.extend(r for r in new if not r.exited.done())
+            if not inst.replicas:
+                inst.state = SLEEPING
+                self.publish(inst)
+                return
+            inst.state = READY
+            inst.error = None
+            inst.ready_since = time.monotonic()
+            inst.restart_backoff = 0.5
+            self.publish(inst)
+            self._on_scale(inst, "up")
+            log.info(
+                "woke %s (version %s, %d replica%s) in %.0f ms",
+                inst.name, inst.version, len(inst.replicas),
+                "" if len(inst.replicas) == 1 else "s", (time.monotonic() - started) * 1000,
+            )
+
+    def _restart_later(self, inst: Instance) -> None:
+        delay = inst.restart_backoff
+        inst.restart_backoff = min(delay * 2, _RESTART_BACKOFF_MAX)
+
+        async def later() -> None:
+            await asyncio.sleep(delay)
+            self.request_activation(inst.key)
+
+        self._spawn(later())
+
+    def _replica_exited(self, key: Key, replica: Replica, code: int) -> None:
+        inst = self.instances.get(key)
+        if inst is None or replica not in inst.replicas:
+            return
+        inst.replicas.remove(replica)
+        log.warning(
+            "%s: replica pid %d exited with status %d while serving (see %s)",
+            inst.name, replica.pid, code, replica.log_path,
+        )
+        if not inst.replicas:
+            inst.state = SLEEPING
+            inst.ready_since = 0.0
+        self.publish(inst)
+        self._on_scale(inst, "down")
+        if not inst.spec.environment.sleeps:
+            self._restart_later(inst)
+
+    # --- sleeping ---
+
+    async def run(self) -> None:
+        """Start the always-on instances, then watch for idle ones until closed."""
+        for inst in self.instances.values():
+            if inst.spec.environment.min_replicas > 0:
+                self.request_activation(inst.key)
+        self._idle_loop = asyncio.ensure_future(self._watch_idle())
+
+    async def _watch_idle(self) -> None:
+        while not self._closing:
+            now = time.monotonic()
+            next_check = now + _MAX_IDLE_CHECK
+            for inst in self.instances.values():
+                env = inst.spec.environment
+                if inst.state != READY or not env.sleeps or inst.lock.locked():
+                    continue
+                assert env.idle_timeout is not None
+                in_flight, last = self.activity(inst)
+                if in_flight:
+                    next_check = min(next_check, now + env.idle_timeout)
+                    continue
+                due = last + env.idle_timeout
+                if due <= now:
+                    self._spawn(self._put_to_sleep(inst))
+                else:
+                    next_check = min(next_check, due)
+            self._wakeup.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wakeup.wait(), max(next_check - now, 0.001))
+
+    async def _put_to_sleep(self, inst: Instance) -> None:
+        async with inst.lock:
+            idle_timeout = inst.spec.environment.idle_timeout
+            if inst.state != READY or idle_timeout is None or self._closing:
+                return
+            in_flight, last = self.activity(inst)
+            if in_flight or time.monotonic() - last < idle_timeout:
+                return
+            # From here on, proxies hold new requests instead of forwarding them.
+            inst.state = STOPPING
+            self.publish(inst)
+            # A request that got the endpoints before the switch is in flight
+            # now; one that ended in between moved `last`. Either keeps it awake.
+            in_flight, last_again = self.activity(inst)
+            if in_flight or last_again != last:
+                inst.state = READY
+                self.publish(inst)
+                return
+            replicas, inst.replicas = inst.replicas, []
+            idle_for = time.monotonic() - last
+            await self.runtime.stop(replicas, inst.spec.service.stop_grace)
+            inst.state = SLEEPING
+            inst.ready_since = 0.0
+            self.publish(inst)
+            self._on_scale(inst, "down")
+            log.info("%s is asleep after %.1f s idle", inst.name, idle_for)
+
+    # --- lifecycle and views ---
+
+    def _spawn(self, coro: Any) -> asyncio.Task[Any]:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    async def shutdown(self) -> None:
+        self._closing = True
+        self._wakeup.set()
+        if self._idle_loop is not None:
+            self._idle_loop.cancel()
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        grace = max((s.stop_grace for s in self.config.services.values()), default=10.0)
+        await self.runtime.shutdown(grace)
+
+    def status(self, proxy_port: int) -> list[dict[str, Any]]:
+        now = time.monotonic()
+        rows = []
+        for inst in self.instances.values():
+            in_flight, last = self.activity(inst)
+            port = "" if proxy_port == 80 else f":{proxy_port}"
+            rows.append(
+                {
+                    "environment": inst.spec.environment.name,
+                    "service": inst.spec.service.name,
+                    "kind": inst.spec.environment.kind,
+                    "access": inst.spec.environment.access,
+                    "state": inst.state,
+                    "replicas": len(inst.replicas),
+                    "version": inst.version,
+                    "in_flight": in_flight,
+                    "idle_seconds": 0.0 if in_flight else round(now - last, 3),
+                    "idle_timeout": inst.spec.environment.idle_timeout,
+                    "url": f"http://{inst.host}{port}/",
+                    "error": inst.error,
+                    "log": self.runtime.log_path(inst.spec),
+                }
+            )
+        return rows

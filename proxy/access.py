@@ -1,0 +1,62 @@
+"""Who may call an instance: public, or by API key for private ones."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from collections.abc import Mapping
+
+from controller.spec import Route
+
+API_KEY_HEADER = "X-API-Key"
+BEARER = "bearer "
+KEY_PREFIX = "wg_"
+
+# Why the check failed, as the `reason` label of wakegate_auth_failures_total.
+MISSING = "missing"
+INVALID = "invalid"
+QUERY_STRING = "query_string"
+
+_QUERY_KEY_NAMES = ("api_key=", "apikey=", "api-key=", "key=", "token=", "access_token=")
+
+
+def presented_key(headers: Mapping[str, str]) -> tuple[str | None, bool]:
+    """The key the client sent and whether it came in Authorization (vs X-API-Key)."""
+    key = headers.get(API_KEY_HEADER)
+    if key:
+        return key.strip(), False
+    auth = headers.get("Authorization")
+    if auth and auth[:7].lower() == BEARER:
+        return auth[7:].strip(), True
+    return None, False
+
+
+def key_matches(key: str, hashes: tuple[bytes, ...]) -> bool:
+    """Constant time in the key and over all stored hashes: no early exit."""
+    digest = hashlib.sha256(key.encode("utf-8", "surrogateescape")).digest()
+    ok = False
+    for stored in hashes:
+        ok |= hmac.compare_digest(digest, stored)
+    return ok
+
+
+def check(route: Route, headers: Mapping[str, str], query: str) -> tuple[str | None, bool]:
+    """(failure reason or None, whether Authorization carried the key)."""
+    key, in_authorization = presented_key(headers)
+    if key is None:
+        if query and any(name in query.lower() for name in _QUERY_KEY_NAMES):
+            return QUERY_STRING, False
+        return MISSING, False
+    if not key_matches(key, route.key_hashes):
+        return INVALID, in_authorization
+    return None, in_authorization
+
+
+FAILURE_MESSAGES = {
+    MISSING: "This is a private service: send its API key in the X-API-Key header "
+    "or as `Authorization: Bearer <key>`. `wakegate keys create` makes one.",
+    INVALID: "The API key is not valid for this service. Check that it belongs to this "
+    "service and environment, or make a new one with `wakegate keys create`.",
+    QUERY_STRING: "API keys are not accepted in the query string, where they end up in "
+    "logs: send the key in the X-API-Key header or as `Authorization: Bearer <key>`.",
+}

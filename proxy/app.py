@@ -1,0 +1,294 @@
+"""The data plane: route by Host → check access → forward, or hold while the instance wakes.
+
+The hot path reads the current route table (an immutable snapshot swapped
+atomically), never awaits the controller and takes no lock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+
+from aiohttp import web
+from aiohttp.http_exceptions import BadHttpMessage, LineTooLong
+from aiohttp.web_protocol import RequestHandler
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+
+from controller.spec import EMPTY_TABLE, ProxySettings, Route, RouteTable
+
+from . import access
+from .activator import ActivationFailed, Activator, HoldTimeout, QueueFull, RouteGone
+from .activity import ActivityTracker
+from .errors import error_response, no_route, unauthorized, unavailable
+from .forward import Forwarder, NeedsWake, UpstreamError
+from .headers import TrustedProxies, upstream_request_headers
+from .link import ControlLink
+from .metrics import ProxyMetrics
+from .routing import absolute_target_host, normalize_host, origin_form
+
+log = logging.getLogger("wakegate.proxy")
+
+_DROP_KEY = frozenset(("x-api-key",))
+_DROP_KEY_AND_AUTH = frozenset(("x-api-key", "authorization"))
+_ADMIN_PATHS = frozenset(("/healthz", "/readyz", "/metrics"))
+RETRY_AFTER_QUEUE_FULL = 2
+RETRY_AFTER_FAILED = 5
+RETRY_AFTER_SLEEPING = 30
+
+
+class _Reply(Exception):
+    """A finished error response from deep inside the request's handling."""
+
+    def __init__(self, response: web.Response) -> None:
+        super().__init__(response.status)
+        self.response = response
+
+
+class Proxy:
+    def __init__(
+        self, settings: ProxySettings, link: ControlLink, registry: CollectorRegistry
+    ) -> None:
+        self.settings = settings
+        self.link = link
+        self.registry = registry
+        self.table: RouteTable = EMPTY_TABLE
+        self.activity = ActivityTracker()
+        self.metrics = ProxyMetrics(self._in_flight_counts, self._held_counts)
+        self.activator = Activator(link, self.metrics)
+        registry.register(self.metrics)
+        self.forwarder = Forwarder(settings)
+        self.trusted = TrustedProxies(settings.trusted_proxies)
+        self._runner: web.ServerRunner | None = None
+        self.port: int | None = None
+
+    # --- the control side ---
+
+    def apply_table(self, table: RouteTable) -> None:
+        if table.version < self.table.version:
+            return  # a late, older table never replaces a newer one
+        self.table = table
+        self.activator.on_table(table)
+
+    def _in_flight_counts(self) -> dict[tuple[str, str], int]:
+        return {k: a.in_flight for k, a in self.activity.instances.items()}
+
+    def _held_counts(self) -> dict[tuple[str, str], int]:
+        return self.activator.held_counts()
+
+    async def start(self, host: str, port: int, reuse_port: bool = False) -> int:
+        await self.forwarder.start()
+        await self.link.start(self.apply_table, self.activity)
+        server = _ProxyWebServer(
+            self.handle,
+            handler_cancellation=True,  # a held client that leaves is removed at once
+            max_line_size=self.settings.max_header_size,
+            max_field_size=self.settings.max_header_size,
+            access_log=None,
+        )
+        self._runner = web.ServerRunner(server, handle_signals=False, shutdown_timeout=2.0)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, host, port, reuse_port=reuse_port, backlog=4096)
+        await site.start()
+        sockets = getattr(site._server, "sockets", None) or []
+        self.port = sockets[0].getsockname()[1] if sockets else port
+        return self.port
+
+    async def close(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+        await self.link.close()
+        await self.forwarder.close()
+
+    # --- the data path ---
+
+    async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
+        started = time.monotonic()
+        hosts = request.headers.getall("Host", ())
+        if len(hosts) != 1:
+            if not hosts and request.path in _ADMIN_PATHS:
+                return self._admin(request)
+            return error_response(
+                400, "bad_host", "Send exactly one Host header naming the service to call."
+            )
+        route = self.table.by_host.get(normalize_host(hosts[0]))
+        if route is None:
+            if request.path in _ADMIN_PATHS:
+                return self._admin(request)
+            return no_route(hosts[0])
+        target = request.raw_path
+        absolute_host = absolute_target_host(target)
+        if absolute_host is not None:
+            # The Host header picked the route; a target naming another host
+            # is refused rather than believed.
+            if absolute_host != route.host:
+                return error_response(
+                    400, "ambiguous_host",
+                    "The request target names a different host than the Host header.", route,
+                )
+            target = origin_form(target)
+        stats = self.metrics.of(route.key)
+        try:
+            response = await self._serve(request, route, target, started)
+        except asyncio.CancelledError:
+            # The client went away (nginx's 499).
+            stats.request_done(499, time.monotonic() - started)
+            raise
+        stats.request_done(response.status, time.monotonic() - started)
+        return response
+
+    async def _serve(
+        self, request: web.BaseRequest, route: Route, target: str, started: float
+    ) -> web.StreamResponse:
+        drop: frozenset[str] = frozenset()
+        if route.access == "api_key":
+            reason, in_authorization = access.check(route, request.headers, request.query_string)
+            if reason is not None:
+                self.metrics.of(route.key).auth_failed(reason)
+                return unauthorized(route, access.FAILURE_MESSAGES[reason])
+            drop = _DROP_KEY_AND_AUTH if in_authorization else _DROP_KEY
+        ignored = _is_ignored(route, request)
+        activity = None if ignored else self.activity.of(route.key)
+        if activity is not None:
+            activity.in_flight += 1
+        try:
+            extra: dict[str, str] | None = None
+            if not route.endpoints:
+                route, extra = await self._hold(route, started, ignored)
+            headers = upstream_request_headers(
+                request.headers,
+                peer=request.remote,
+                trusted=request.remote in self.trusted,
+                scheme=request.scheme,
+                drop=drop,
+            )
+            is_websocket = request.headers.get("Upgrade", "").lower() == "websocket"
+            key = route.key
+            while True:
+                try:
+                    if is_websocket:
+                        return await self.forwarder.websocket(request, route, target, headers,
+                                                              extra)
+                    return await self.forwarder.forward(
+                        request, route, target, headers, extra,
+                        lambda: self.table.by_key.get(key),
+                    )
+                except NeedsWake as wake:
+                    route, extra = await self._hold(wake.route, started, ignored)
+        except _Reply as reply:
+            return reply.response
+        except UpstreamError as exc:
+            return error_response(exc.status, exc.code, exc.message, route)
+        finally:
+            if activity is not None:
+                activity.in_flight -= 1
+                activity.last_end = time.monotonic()
+
+    async def _hold(
+        self, route: Route, started: float, ignored: bool
+    ) -> tuple[Route, dict[str, str]]:
+        if ignored:
+            raise _Reply(unavailable(
+                route, "sleeping",
+                "The service is asleep and this request does not wake it "
+                "(its path or User-Agent is in activity.ignore_paths/ignore_user_agents).",
+                RETRY_AFTER_SLEEPING,
+            ))
+        try:
+            ready, waited = await self.activator.wait_ready(route, started)
+        except QueueFull:
+            raise _Reply(unavailable(
+                route, "hold_queue_full",
+                f"The service is waking up and {route.hold_queue_size} requests already wait "
+                "for it: retry after the Retry-After seconds.",
+                RETRY_AFTER_QUEUE_FULL,
+            )) from None
+        except HoldTimeout:
+            raise _Reply(error_response(
+                504, "wake_timeout",
+                f"The service did not become ready within {route.hold_timeout:g}s. "
+                "It may still be starting: try again shortly.",
+                route,
+            )) from None
+        except ActivationFailed:
+            raise _Reply(unavailable(
+                route, "activation_failed",
+                "The service failed to start. Its owner can find why in `wakegate status` "
+                "and the instance's log; retry after the Retry-After seconds.",
+                RETRY_AFTER_FAILED,
+            )) from None
+        except RouteGone:
+            raise _Reply(error_response(
+                404, "no_route", "This service was removed while the request waited.", route
+            )) from None
+        return ready, {
+            "X-Wakegate-Cold-Start": "true",
+            "Server-Timing": f"coldstart;dur={waited * 1000:.1f}",
+        }
+
+    def _admin(self, request: web.BaseRequest) -> web.Response:
+        """/healthz, /readyz and /metrics: never touch an instance nor count as activity."""
+        path = request.path
+        if path == "/metrics":
+            return web.Response(
+                body=generate_latest(self.registry),
+                headers={"Content-Type": CONTENT_TYPE_LATEST},
+            )
+        if path == "/readyz" and self.table.version == 0:
+            return error_response(503, "not_ready", "The proxy has no route table yet.")
+        return web.json_response({"status": "ok", "routes_version": self.table.version})
+
+
+def _is_ignored(route: Route, request: web.BaseRequest) -> bool:
+    if route.ignore_paths:
+        path = request.path
+        for pattern in route.ignore_paths:
+            if pattern.endswith("*"):
+                if path.startswith(pattern[:-1]):
+                    return True
+            elif path == pattern:
+                return True
+    if route.ignore_user_agents:
+        agent = request.headers.get("User-Agent", "").lower()
+        if agent:
+            for needle in route.ignore_user_agents:
+                if needle.lower() in agent:
+                    return True
+    return False
+
+
+class _ProxyRequestHandler(RequestHandler):
+    """aiohttp's parser errors, answered as DESIGN.md's table says (431, 400) in JSON."""
+
+    def handle_error(
+        self,
+        request: web.BaseRequest,
+        status: int = 500,
+        exc: BaseException | None = None,
+        message: str | None = None,
+    ) -> web.StreamResponse:
+        if isinstance(exc, LineTooLong) or (
+            isinstance(exc, BadHttpMessage) and "header" in str(exc).lower()
+            and ("too" in str(exc).lower() or "large" in str(exc).lower())
+        ):
+            status, code, text = 431, "headers_too_large", "The request headers are too large."
+        elif status == 400:
+            code, text = "bad_request", "The request is not valid HTTP/1.1."
+        elif status == 504:
+            code, text = "timeout", "The request took too long."
+        else:
+            log.error("error handling request", exc_info=exc)
+            code, text = "internal_error", "wakegate failed on this request; see its log."
+        resp = web.Response(
+            status=status,
+            body=json.dumps({"error": code, "message": text}).encode() + b"\n",
+            content_type="application/json",
+        )
+        resp.force_close()
+        return resp
+
+
+class _ProxyWebServer(web.Server):
+    def __call__(self) -> RequestHandler:
+        return _ProxyRequestHandler(self, loop=self._loop, **self._kwargs)

@@ -1,0 +1,54 @@
+"""JSON error responses: DESIGN.md's status table, with a sentence a person can act on."""
+
+from __future__ import annotations
+
+import json
+
+from aiohttp import web
+
+from controller.spec import Route
+
+
+def error_response(
+    status: int,
+    code: str,
+    message: str,
+    route: Route | None = None,
+    headers: dict[str, str] | None = None,
+) -> web.Response:
+    body: dict[str, str | None] = {"error": code, "message": message}
+    if route is not None:
+        body["environment"] = route.environment
+        body["service"] = route.service
+    resp = web.Response(
+        status=status,
+        body=json.dumps(body).encode() + b"\n",
+        content_type="application/json",
+        headers=headers,
+    )
+    return resp
+
+
+def no_route(host: str) -> web.Response:
+    # The host is echoed back to the caller who sent it; it is never logged or
+    # put in a metric label.
+    return error_response(
+        404,
+        "no_route",
+        f"No service answers at host {host!r}. Hosts look like "
+        "<service>.<environment>.<domain>; `wakegate status` lists them.",
+    )
+
+
+def unauthorized(route: Route, message: str) -> web.Response:
+    return error_response(
+        401,
+        "unauthorized",
+        message,
+        route,
+        headers={"WWW-Authenticate": 'ApiKey realm="wakegate"'},
+    )
+
+
+def unavailable(route: Route, code: str, message: str, retry_after: int) -> web.Response:
+    return error_response(503, code, message, route, headers={"Retry-After": str(retry_after)})

@@ -1,0 +1,308 @@
+"""Forwarding a request to one of an instance's ready endpoints.
+
+Bodies stream both ways; upstream connections are kept alive in one pool.
+A refused connect is retried across the ready endpoints and, for a short
+window, against whatever the route table says next (an instance that just
+died goes back to sleeping and the request is then held instead of failed).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator, Callable
+
+import aiohttp
+from aiohttp import web
+from multidict import CIMultiDict
+from yarl import URL
+
+from controller.spec import ProxySettings, Route
+
+from .headers import WEBSOCKET_HANDSHAKE, downstream_response_headers
+
+# Responses up to this size are read whole and sent in one write.
+_BUFFER_LIMIT = 64 * 1024
+_IDEMPOTENT = frozenset(("GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"))
+
+
+class UpstreamError(Exception):
+    """Nothing was sent to the client yet; answer with this status."""
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+
+
+class NeedsWake(Exception):
+    """The instance went back to sleep while we tried to reach it: hold the request."""
+
+    def __init__(self, route: Route) -> None:
+        super().__init__(route.service)
+        self.route = route
+
+
+class BodyTooLarge(Exception):
+    pass
+
+
+class Forwarder:
+    def __init__(self, settings: ProxySettings) -> None:
+        self._settings = settings
+        self._session: aiohttp.ClientSession | None = None
+        self._rr: dict[tuple[str, str], int] = {}
+        self._timeout = aiohttp.ClientTimeout(
+            total=None,
+            sock_connect=settings.connect_timeout,
+            sock_read=settings.read_timeout,
+        )
+
+    async def start(self) -> None:
+        connector = aiohttp.TCPConnector(
+            limit=0,  # bounded by the clients, not by a pool that would queue them
+            keepalive_timeout=30,
+            enable_cleanup_closed=False,
+            use_dns_cache=True,
+        )
+        self._session = aiohttp.ClientSession(
+            connector=connector,
+            timeout=self._timeout,
+            auto_decompress=False,
+            cookie_jar=aiohttp.DummyCookieJar(),
+            skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding", "Content-Type"),
+        )
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+
+    def _pick(self, route: Route, attempt: int) -> str:
+        n = self._rr.get(route.key, 0)
+        if attempt == 0:
+            self._rr[route.key] = n + 1
+        return route.endpoints[(n + attempt) % len(route.endpoints)]
+
+    async def forward(
+        self,
+        request: web.BaseRequest,
+        route: Route,
+        target: str,
+        headers: CIMultiDict[str],
+        extra: dict[str, str] | None,
+        current: Callable[[], Route | None],
+    ) -> web.StreamResponse:
+        assert self._session is not None
+        body = self._body(request)
+        retryable_reset = body is None and request.method in _IDEMPOTENT
+        deadline = 0.0
+        attempt = 0
+        delay = 0.005
+        while True:
+            endpoint = self._pick(route, attempt)
+            url = URL(f"http://{endpoint}{target}", encoded=True)
+            try:
+                upstream = await self._session.request(
+                    request.method, url, headers=headers, data=body,
+                    allow_redirects=False, compress=False,
+                )
+            except aiohttp.ClientConnectorError:
+                # Refused: nothing reached the upstream, so trying again is safe.
+                attempt += 1
+                if attempt < len(route.endpoints):
+                    continue
+                now = time.monotonic()
+                if not deadline:
+                    deadline = now + self._settings.retry_window
+                if now >= deadline:
+                    raise UpstreamError(
+                        502, "upstream_unreachable",
+                        "The service refused the connection. It may be restarting: "
+                        "try again in a moment.",
+                    ) from None
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 0.1)
+                latest = current()
+                if latest is None:
+                    raise UpstreamError(
+                        404, "no_route", "This service was removed while the request waited."
+                    ) from None
+                if not latest.endpoints:
+                    raise NeedsWake(latest) from None
+                route, attempt = latest, 0
+                continue
+            except TimeoutError:
+                raise UpstreamError(
+                    504, "upstream_timeout",
+                    "The service did not answer in time "
+                    f"(connect {self._settings.connect_timeout:g}s, "
+                    f"read {self._settings.read_timeout:g}s).",
+                ) from None
+            except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError):
+                # Reset before answering. A pooled keep-alive connection the
+                # upstream just closed looks the same: retry an idempotent,
+                # body-less request once.
+                if retryable_reset:
+                    retryable_reset = False
+                    attempt += 1
+                    continue
+                raise UpstreamError(
+                    502, "upstream_reset",
+                    "The service closed the connection without answering.",
+                ) from None
+            except BodyTooLarge:
+                raise UpstreamError(
+                    413, "body_too_large",
+                    f"The request body is larger than {self._settings.max_body_size} bytes.",
+                ) from None
+            except aiohttp.ClientPayloadError:
+                raise UpstreamError(
+                    400, "bad_request_body", "The request body ended before its declared length."
+                ) from None
+            return await self._respond(request, upstream, extra)
+
+    def _body(self, request: web.BaseRequest) -> AsyncIterator[bytes] | None:
+        if not request.body_exists:
+            return None
+        limit = self._settings.max_body_size
+        length = request.content_length
+        if length is not None and length > limit:
+            raise UpstreamError(
+                413, "body_too_large", f"The request body is larger than {limit} bytes."
+            )
+        return _limited(request.content, limit)
+
+    async def _respond(
+        self,
+        request: web.BaseRequest,
+        upstream: aiohttp.ClientResponse,
+        extra: dict[str, str] | None,
+    ) -> web.StreamResponse:
+        try:
+            headers = downstream_response_headers(upstream.headers)
+            if extra:
+                headers.update(extra)
+            length = upstream.content_length
+            no_body = request.method == "HEAD" or upstream.status in (204, 304)
+            if not no_body and length is not None and length <= _BUFFER_LIMIT:
+                try:
+                    data = await upstream.read()
+                except TimeoutError:
+                    raise UpstreamError(
+                        504, "upstream_timeout", "The service did not finish its answer in time."
+                    ) from None
+                except aiohttp.ClientError:
+                    raise UpstreamError(
+                        502, "upstream_reset", "The service broke off its answer."
+                    ) from None
+                return web.Response(
+                    status=upstream.status, reason=upstream.reason, body=data, headers=headers
+                )
+            resp = web.StreamResponse(status=upstream.status, reason=upstream.reason,
+                                      headers=headers)
+            if length is not None:
+                resp.content_length = length
+            await resp.prepare(request)
+            if not no_body:
+                # Once the status line is out, an upstream failure can only
+                # cut the response short, as the upstream did.
+                async for chunk in upstream.content.iter_any():
+                    await resp.write(chunk)
+            await resp.write_eof()
+            return resp
+        finally:
+            upstream.release()
+
+    async def websocket(
+        self,
+        request: web.BaseRequest,
+        route: Route,
+        target: str,
+        headers: CIMultiDict[str],
+        extra: dict[str, str] | None,
+    ) -> web.StreamResponse:
+        """Open the upstream WebSocket first, so a refusal becomes an HTTP error."""
+        assert self._session is not None
+        offered = [
+            p.strip()
+            for p in request.headers.get("Sec-WebSocket-Protocol", "").split(",")
+            if p.strip()
+        ]
+        for name in WEBSOCKET_HANDSHAKE:
+            headers.popall(name, None)
+        endpoint = self._pick(route, 0)
+        url = URL(f"http://{endpoint}{target}", encoded=True)
+        try:
+            up = await self._session.ws_connect(
+                url, headers=headers, protocols=offered, autoping=True,
+                max_msg_size=0, timeout=aiohttp.ClientWSTimeout(ws_close=5.0),
+                receive_timeout=None,
+            )
+        except aiohttp.WSServerHandshakeError as exc:
+            raise UpstreamError(
+                exc.status if exc.status >= 400 else 502, "websocket_refused",
+                "The service refused the WebSocket upgrade.",
+            ) from None
+        except aiohttp.ClientConnectorError:
+            raise UpstreamError(
+                502, "upstream_unreachable", "The service refused the connection."
+            ) from None
+        except TimeoutError:
+            raise UpstreamError(504, "upstream_timeout", "The service did not answer in time.") \
+                from None
+        ws = web.WebSocketResponse(
+            protocols=(up.protocol,) if up.protocol else (), autoping=True, max_msg_size=0,
+            heartbeat=None,
+        )
+        if extra:
+            ws.headers.update(extra)
+        try:
+            await ws.prepare(request)
+            await _pump_both_ways(ws, up)
+        finally:
+            await up.close()
+            if not ws.closed:
+                await ws.close()
+        return ws
+
+
+async def _limited(stream: aiohttp.StreamReader, limit: int) -> AsyncIterator[bytes]:
+    seen = 0
+    async for chunk in stream.iter_any():
+        seen += len(chunk)
+        if seen > limit:
+            raise BodyTooLarge
+        yield chunk
+
+
+async def _pump_both_ways(
+    client: web.WebSocketResponse, upstream: aiohttp.ClientWebSocketResponse
+) -> None:
+    async def copy(src: web.WebSocketResponse | aiohttp.ClientWebSocketResponse,
+                   dst: web.WebSocketResponse | aiohttp.ClientWebSocketResponse) -> None:
+        async for msg in src:
+            if msg.type == aiohttp.WSMsgType.TEXT:
+                await dst.send_str(msg.data)
+            elif msg.type == aiohttp.WSMsgType.BINARY:
+                await dst.send_bytes(msg.data)
+            elif msg.type == aiohttp.WSMsgType.ERROR:
+                break
+        # src closed: close the other side with the same code.
+        code = src.close_code or aiohttp.WSCloseCode.OK
+        await dst.close(code=code)
+
+    tasks = [asyncio.ensure_future(copy(client, upstream)),
+             asyncio.ensure_future(copy(upstream, client))]
+    try:
+        _, pending = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        for t in pending:
+            t.cancel()
+        for t in tasks:
+            with contextlib.suppress(Exception, asyncio.CancelledError):
+                await t
+    finally:
+        for t in tasks:
+            t.cancel()
+

@@ -1,0 +1,105 @@
+"""What crosses the proxy: hop-by-hop headers removed, X-Forwarded-* set."""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterable
+
+from multidict import CIMultiDict, CIMultiDictProxy
+
+# RFC 9110 §7.6.1, plus the de-facto Proxy-Connection and Keep-Alive.
+HOP_BY_HOP = frozenset(
+    (
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+    )
+)
+# Set by the WebSocket client itself when it opens the upstream side.
+WEBSOCKET_HANDSHAKE = frozenset(
+    ("sec-websocket-key", "sec-websocket-version", "sec-websocket-extensions",
+     "sec-websocket-protocol", "sec-websocket-accept")
+)
+
+
+def connection_listed(headers: CIMultiDictProxy[str] | CIMultiDict[str]) -> frozenset[str]:
+    """Every field named in Connection is hop-by-hop too."""
+    values = headers.getall("Connection", ())
+    if not values:
+        return frozenset()
+    return frozenset(
+        token.strip().lower() for value in values for token in value.split(",") if token.strip()
+    )
+
+
+class TrustedProxies:
+    """Peers whose X-Forwarded-* headers are believed; a peer's verdict is cached."""
+
+    def __init__(self, cidrs: Iterable[str]) -> None:
+        self._nets = [ipaddress.ip_network(c, strict=False) for c in cidrs]
+        self._cache: dict[str, bool] = {}
+
+    def __contains__(self, peer: str | None) -> bool:
+        if not self._nets or not peer:
+            return False
+        hit = self._cache.get(peer)
+        if hit is None:
+            try:
+                addr = ipaddress.ip_address(peer)
+            except ValueError:
+                hit = False
+            else:
+                hit = any(addr in net for net in self._nets)
+            if len(self._cache) > 4096:
+                self._cache.clear()
+            self._cache[peer] = hit
+        return hit
+
+
+def upstream_request_headers(
+    incoming: CIMultiDictProxy[str],
+    *,
+    peer: str | None,
+    trusted: bool,
+    scheme: str,
+    drop: frozenset[str],
+) -> CIMultiDict[str]:
+    """The headers to send upstream: hop-by-hop and `drop` (lower-case names) removed."""
+    listed = connection_listed(incoming)
+    out: CIMultiDict[str] = CIMultiDict()
+    for name, value in incoming.items():
+        lname = name.lower()
+        if lname in HOP_BY_HOP or lname in listed or lname in drop:
+            continue
+        out.add(name, value)
+    if trusted:
+        prior = ", ".join(incoming.getall("X-Forwarded-For", ()))
+        out["X-Forwarded-For"] = f"{prior}, {peer}" if prior else (peer or "")
+        out.setdefault("X-Forwarded-Proto", scheme)
+        out.setdefault("X-Forwarded-Host", incoming.get("Host", ""))
+    else:
+        # An untrusted client's claims about where it came from are replaced.
+        for name in ("X-Forwarded-For", "X-Forwarded-Proto", "X-Forwarded-Host",
+                     "X-Real-IP", "Forwarded"):
+            out.popall(name, None)
+        out["X-Forwarded-For"] = peer or ""
+        out["X-Forwarded-Proto"] = scheme
+        out["X-Forwarded-Host"] = incoming.get("Host", "")
+    return out
+
+
+def downstream_response_headers(incoming: CIMultiDictProxy[str]) -> CIMultiDict[str]:
+    listed = connection_listed(incoming)
+    out: CIMultiDict[str] = CIMultiDict()
+    for name, value in incoming.items():
+        lname = name.lower()
+        if lname in HOP_BY_HOP or lname in listed or lname == "content-length":
+            continue
+        out.add(name, value)
+    return out

@@ -1,0 +1,280 @@
+"""Test harness: real `wakegate up` processes on free loopback ports, real HTTP.
+
+Every process a test starts carries WAKEGATE_TEST_RUN (this pytest run) and
+WAKEGATE_TEST_INSTANCE (that wakegate) in its environment, which the services
+it starts inherit; that is how the tests prove no process is left behind.
+Processes are stopped by their pid, never by name.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parent.parent
+HELLO = REPO / "examples" / "hello" / "app.py"
+RUN_MARKER = uuid.uuid4().hex
+START_DEADLINE = 20.0
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def hello_service(**overrides: Any) -> dict[str, Any]:
+    """The example service, ready for a test config."""
+    svc: dict[str, Any] = {
+        "command": f"{{python}} {HELLO}",
+        "version": "1.0.0",
+        "readiness": {"http": "/healthz"},
+        "environments": ["private", "demo"],
+        "stop_grace": "2s",
+    }
+    svc.update(overrides)
+    return svc
+
+
+def wait_until(predicate: Callable[[], Any], timeout: float, what: str,
+               interval: float = 0.01) -> Any:
+    """Poll `predicate` until it returns a truthy value or the deadline passes."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)
+
+
+def processes_with(marker_name: str, marker: str) -> list[int]:
+    """Pids of live processes whose environment carries NAME=marker."""
+    needle = f"{marker_name}={marker}".encode()
+    pids = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/environ", "rb") as f:
+                environ = f.read()
+            with open(f"/proc/{entry}/stat", "rb") as f:
+                state = f.read().rsplit(b")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if state == b"Z":
+            continue  # exited; only its parent's wait is missing
+        if needle in environ.split(b"\0"):
+            pids.append(int(entry))
+    return pids
+
+
+class Wakegate:
+    """One `wakegate up` process and what a test asks of it."""
+
+    def __init__(self, tmp: Path, config: dict[str, Any], name: str = "wakegate") -> None:
+        self.dir = tmp / name
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.marker = uuid.uuid4().hex
+        self.proxy_port = free_port()
+        self.controller_port = free_port()
+        self.config = config
+        config.setdefault("listen", {})
+        config["listen"].setdefault("proxy", f"127.0.0.1:{self.proxy_port}")
+        config["listen"].setdefault("controller", f"127.0.0.1:{self.controller_port}")
+        config.setdefault("state_dir", str(self.dir / "state"))
+        self.state_dir = Path(config["state_dir"])
+        self.config_path = self.dir / "wakegate.yaml"
+        self.config_path.write_text(yaml.safe_dump(config, sort_keys=False))
+        self.stdout: list[str] = []
+        self._up_seen = threading.Event()
+        self.stderr_path = self.dir / "wakegate.stderr"
+        self.proc: subprocess.Popen[str] | None = None
+
+    # --- lifecycle ---
+
+    def env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        env["WAKEGATE_TEST_RUN"] = RUN_MARKER
+        env["WAKEGATE_TEST_INSTANCE"] = self.marker
+        env.pop("WAKEGATE_CONTROLLER", None)
+        return env
+
+    def start(self) -> Wakegate:
+        self._up_seen.clear()
+        self.stdout.clear()
+        with open(self.stderr_path, "a") as err:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "controller.cli", "up", "-c", str(self.config_path)],
+                cwd=REPO, env=self.env(), stdout=subprocess.PIPE, stderr=err, text=True,
+                stdin=subprocess.DEVNULL,
+            )
+        threading.Thread(target=self._read_stdout, args=(self.proc,), daemon=True).start()
+        proc = self.proc
+
+        def up() -> bool:
+            if proc.poll() is not None:
+                raise AssertionError(
+                    f"wakegate exited with {proc.returncode} while starting:\n{self.stderr()}"
+                )
+            return self._up_seen.is_set()
+
+        wait_until(up, START_DEADLINE, "wakegate to print that it is up")
+        return self
+
+    def _read_stdout(self, proc: subprocess.Popen[str]) -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            self.stdout.append(line.rstrip("\n"))
+            if line.startswith("Press Ctrl-C"):
+                self._up_seen.set()
+
+    def stderr(self) -> str:
+        return self.stderr_path.read_text() if self.stderr_path.exists() else ""
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 15.0) -> int:
+        proc = self.proc
+        if proc is None:
+            return 0
+        if proc.poll() is None:
+            proc.send_signal(sig)
+            try:
+                proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+                raise AssertionError(f"wakegate did not stop within {timeout}s of {sig}") \
+                    from None
+        self.proc = None
+        return proc.returncode
+
+    def leftovers(self) -> list[int]:
+        return processes_with("WAKEGATE_TEST_INSTANCE", self.marker)
+
+    def assert_no_leftovers(self, timeout: float = 5.0) -> None:
+        wait_until(lambda: not self.leftovers(), timeout,
+                   f"processes of this wakegate to be gone: {self.leftovers()}")
+
+    # --- what a test reads ---
+
+    @property
+    def base(self) -> str:
+        return f"http://127.0.0.1:{self.proxy_port}"
+
+    @property
+    def controller(self) -> str:
+        return f"http://127.0.0.1:{self.controller_port}"
+
+    @staticmethod
+    def host(service: str, environment: str) -> str:
+        return f"{service}.{environment}.localhost"
+
+    def new_keys(self) -> dict[str, str]:
+        """{"private/hello": key} from the keys `up` printed."""
+        keys, name = {}, None
+        for line in self.stdout:
+            if line.startswith("New API key for "):
+                name = line[len("New API key for "):].split(" ", 1)[0]
+            elif name and line.strip().startswith("wg_"):
+                keys[name] = line.strip()
+                name = None
+        return keys
+
+    def api(self, path: str) -> Any:
+        with urllib.request.urlopen(self.controller + path, timeout=10) as resp:
+            return json.loads(resp.read())
+
+    def status(self) -> dict[tuple[str, str], dict[str, Any]]:
+        return {(r["environment"], r["service"]): r for r in self.api("/v1/status")["instances"]}
+
+    def state(self, environment: str, service: str) -> str:
+        return str(self.status()[(environment, service)]["state"])
+
+    def wait_state(self, environment: str, service: str, state: str,
+                   timeout: float = 10.0) -> None:
+        wait_until(lambda: self.state(environment, service) == state, timeout,
+                   f"{environment}/{service} to be {state}")
+
+    def metrics_text(self, base: str | None = None) -> str:
+        with urllib.request.urlopen((base or self.base) + "/metrics", timeout=10) as resp:
+            return resp.read().decode()
+
+    def metric(self, name: str, **labels: str) -> float | None:
+        """The value of one sample from the proxy's /metrics, or None if absent."""
+        for line in self.metrics_text().splitlines():
+            if line.startswith("#") or not line.startswith(name):
+                continue
+            head, _, value = line.rpartition(" ")
+            metric_name, _, label_text = head.partition("{")
+            if metric_name != name:
+                continue
+            found = dict(
+                part.split("=", 1) for part in label_text.rstrip("}").split(",") if "=" in part
+            )
+            found = {k: v.strip('"') for k, v in found.items()}
+            if all(found.get(k) == v for k, v in labels.items()):
+                return float(value)
+        return None
+
+    def cli(self, *args: str, check: bool = False) -> subprocess.CompletedProcess[str]:
+        result = subprocess.run(
+            [sys.executable, "-m", "controller.cli", *args],
+            cwd=REPO, env={**self.env(), "WAKEGATE_CONTROLLER": self.controller},
+            capture_output=True, text=True, timeout=30,
+        )
+        if check:
+            assert result.returncode == 0, result.stderr
+        return result
+
+    def service_pids(self) -> list[int]:
+        """Pids of the service processes (not wakegate itself)."""
+        own = self.proc.pid if self.proc else -1
+        return [p for p in self.leftovers() if p != own]
+
+    def log_of(self, environment: str, service: str) -> str:
+        path = self.state_dir / "logs" / f"{environment}.{service}.log"
+        return path.read_text() if path.exists() else ""
+
+
+@pytest.fixture
+def wakegate(tmp_path: Path) -> Iterator[Callable[..., Wakegate]]:
+    """Start a wakegate with a config dict; stopped (and checked for leftovers) at the end."""
+    started: list[Wakegate] = []
+
+    def start(config: dict[str, Any], name: str = "wakegate") -> Wakegate:
+        wg = Wakegate(tmp_path, config, name)
+        started.append(wg)
+        return wg.start()
+
+    yield start
+    for wg in started:
+        try:
+            wg.stop()
+        finally:
+            for pid in wg.leftovers():
+                os.kill(pid, signal.SIGKILL)
+    for wg in started:
+        assert not wg.leftovers(), "processes left behind"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_orphans_after_the_run() -> Iterator[None]:
+    yield
+    wait_until(lambda: not processes_with("WAKEGATE_TEST_RUN", RUN_MARKER), 10.0,
+               "every process started by the tests to be gone")

@@ -1,0 +1,886 @@
+"""Tests for controller/config.py: parsing wakegate.yaml into spec.Config, and its problems."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+import pytest
+import yaml
+
+from controller import spec
+from controller.config import ConfigError, load_config, parse_duration, parse_size
+
+REPO = Path(__file__).resolve().parents[1]
+
+VALID = """\
+domain: apps.example.com
+state_dir: state
+runtime: local
+listen:
+  proxy: 0.0.0.0:9080
+  controller: "[::1]:9081"
+proxy:
+  connect_timeout: 250ms
+  read_timeout: 2m
+  max_body_size: 10MiB
+  max_header_size: 16KB
+  trusted_proxies: [127.0.0.1, "::1", 10.1.2.3/8]
+  retry_window: 1.5s
+environments:
+  private:
+  demo: {idle_timeout: 30s}
+  development: {access: api_key}
+  staging: {}
+  production: {max_replicas: 4, hold_timeout: 10s, hold_queue_size: 50}
+  prerelease: {}
+  qa: {kind: development, idle_timeout: never, min_replicas: 1}
+services:
+  hello:
+    command: "{python} app.py --port {port} --version {version}"
+    version: "1.2.3"
+    environments: [private, demo, production, qa]
+    readiness: {http: /healthz, timeout: 2s}
+    env: {GREETING: hi, WORKERS: 2, DEBUG: true, RATIO: 0.5}
+    start_timeout: 30s
+    stop_grace: 0
+    activity:
+      ignore_paths: [/healthz, /metrics*]
+      ignore_user_agents: [kube-probe, Prometheus]
+  tcp-echo:
+    command: ./echo --listen 127.0.0.1:{port}
+    readiness: {tcp: true}
+"""
+
+# A small valid config that each rule case below changes in one place.
+BASE: dict[str, Any] = {
+    "environments": {"private": {}, "demo": {}},
+    "services": {"hello": {"command": "{python} app.py --port {port}"}},
+}
+
+
+def write(tmp_path: Path, text: str, name: str = "wakegate.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(textwrap.dedent(text), encoding="utf-8")
+    return path
+
+
+def merged(base: dict[str, Any], patch: dict[str, Any]) -> dict[str, Any]:
+    """`base` with `patch` applied: mappings merge recursively, anything else replaces."""
+    result = dict(base)
+    for key, value in patch.items():
+        if isinstance(value, dict) and isinstance(result.get(key), dict):
+            result[key] = merged(result[key], value)
+        else:
+            result[key] = value
+    return result
+
+
+def problems_of(path: Path) -> list[str]:
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert info.value.problems, "a ConfigError must carry at least one problem"
+    return info.value.problems
+
+
+def write_case(tmp_path: Path, case: dict[str, Any] | str) -> Path:
+    if isinstance(case, str):
+        return write(tmp_path, case)
+    return write(tmp_path, yaml.safe_dump(merged(BASE, case), sort_keys=False))
+
+
+# --- a valid file -------------------------------------------------------------------
+
+
+def test_valid_config_is_parsed(tmp_path: Path) -> None:
+    path = write(tmp_path, VALID)
+    config = load_config(path)
+
+    assert config.path == str(path)
+    assert config.base_dir == str(tmp_path)
+    assert config.state_dir == str(tmp_path / "state")
+    assert config.domain == "apps.example.com"
+    assert config.runtime == "local"
+    assert config.proxy == spec.ProxySettings(
+        host="0.0.0.0",
+        port=9080,
+        connect_timeout=0.25,
+        read_timeout=120.0,
+        max_body_size=10 * 1024 * 1024,
+        max_header_size=16_000,
+        trusted_proxies=("127.0.0.1/32", "::1/128", "10.0.0.0/8"),
+        retry_window=1.5,
+    )
+    assert config.controller == spec.ControllerSettings(host="::1", port=9081)
+
+    assert isinstance(config.environments, MappingProxyType)
+    assert list(config.environments) == [
+        "private",
+        "demo",
+        "development",
+        "staging",
+        "production",
+        "prerelease",
+        "qa",
+    ]
+    envs = config.environments
+    assert envs["private"] == spec.Environment("private", "private", "api_key", 900.0, 0, 1)
+    assert envs["demo"] == spec.Environment("demo", "demo", "public", 30.0, 0, 1)
+    assert envs["development"] == spec.Environment(
+        "development", "development", "api_key", 1800.0, 0, 2
+    )
+    assert envs["staging"] == spec.Environment("staging", "staging", "public", None, 1, 2)
+    assert envs["production"] == spec.Environment(
+        "production", "production", "public", None, 2, 4, hold_timeout=10.0, hold_queue_size=50
+    )
+    assert envs["prerelease"] == spec.Environment("prerelease", "prerelease", "public", None, 2, 10)
+    assert envs["qa"] == spec.Environment("qa", "development", "public", None, 1, 2)
+    assert envs["private"].sleeps and not envs["qa"].sleeps
+
+    assert isinstance(config.services, MappingProxyType)
+    assert list(config.services) == ["hello", "tcp-echo"]
+    assert config.services["hello"] == spec.Service(
+        name="hello",
+        command="{python} app.py --port {port} --version {version}",
+        version="1.2.3",
+        environments=("private", "demo", "production", "qa"),
+        readiness=spec.Readiness(http_path="/healthz", tcp=False, timeout=2.0),
+        env=(("GREETING", "hi"), ("WORKERS", "2"), ("DEBUG", "True"), ("RATIO", "0.5")),
+        ignore_paths=("/healthz", "/metrics*"),
+        ignore_user_agents=("kube-probe", "Prometheus"),
+        start_timeout=30.0,
+        stop_grace=0.0,
+    )
+    echo = config.services["tcp-echo"]
+    assert echo.environments == ("private", "demo")  # the default placement
+    assert echo.version == "0.0.0"
+    assert echo.readiness == spec.Readiness(http_path=None, tcp=True, timeout=1.0)
+    assert (echo.start_timeout, echo.stop_grace, echo.env) == (120.0, 10.0, ())
+
+    assert [i.name for i in config.instances()] == [
+        "private/hello",
+        "demo/hello",
+        "production/hello",
+        "qa/hello",
+        "private/tcp-echo",
+        "demo/tcp-echo",
+    ]
+    assert config.host_of("demo", "hello") == "hello.demo.apps.example.com"
+
+
+@pytest.mark.parametrize("kind", spec.KINDS)
+def test_kind_defaults_follow_the_design_table(tmp_path: Path, kind: str) -> None:
+    expected = {
+        "private": ("api_key", 15 * 60.0, 0, 1),
+        "demo": ("public", 15 * 60.0, 0, 1),
+        "development": ("public", 30 * 60.0, 0, 2),
+        "staging": ("public", None, 1, 2),
+        "production": ("public", None, 2, 10),
+        "prerelease": ("public", None, 2, 10),
+    }[kind]
+    path = write(tmp_path, f"environments:\n  {kind}:\n  other-{kind}: {{kind: {kind}}}\n")
+    config = load_config(path)
+    for name in (kind, f"other-{kind}"):
+        env = config.environments[name]
+        assert env.kind == kind
+        assert (env.access, env.idle_timeout, env.min_replicas, env.max_replicas) == expected
+        assert env.hold_timeout == spec.DEFAULT_HOLD_TIMEOUT
+        assert env.hold_queue_size == spec.DEFAULT_HOLD_QUEUE_SIZE
+
+
+def test_minimal_config_takes_every_default(tmp_path: Path) -> None:
+    path = write(tmp_path, "services:\n  hello:\n    command: python app.py {port}\n")
+    config = load_config(path)
+    assert config.domain == "localhost"
+    assert config.runtime == "local"
+    assert config.state_dir == str(tmp_path / ".wakegate")
+    assert config.proxy == spec.ProxySettings()
+    assert config.controller == spec.ControllerSettings()
+    # Without an environments key, the file defines the two a service goes to by default.
+    assert list(config.environments) == ["private", "demo"]
+    assert config.services["hello"].environments == ("private", "demo")
+    assert config.services["hello"].readiness == spec.Readiness()
+    assert config.host_of("demo", "hello") == "hello.demo.localhost"
+
+
+def test_empty_service_environments_mean_the_default(tmp_path: Path) -> None:
+    path = write_case(tmp_path, {"services": {"hello": {"environments": []}}})
+    assert load_config(path).services["hello"].environments == ("private", "demo")
+
+
+def test_relative_path_and_state_dir_resolve_against_the_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "conf").mkdir()
+    write(tmp_path / "conf", "state_dir: ../var/wg\nservices: {hello: {command: x}}\n")
+    monkeypatch.chdir(tmp_path)
+    config = load_config(Path("conf/wakegate.yaml"))
+    assert config.path == os.path.join("conf", "wakegate.yaml")
+    assert config.base_dir == str(tmp_path / "conf")
+    assert config.state_dir == str(tmp_path / "var" / "wg")
+
+
+def test_absolute_state_dir_is_kept(tmp_path: Path) -> None:
+    target = tmp_path / "elsewhere"
+    path = write(tmp_path, f"state_dir: {target}\n")
+    assert load_config(path).state_dir == str(target)
+
+
+def test_case_variants_of_names_are_allowed_without_shared_services(tmp_path: Path) -> None:
+    path = write_case(
+        tmp_path,
+        {
+            "environments": {"Demo": {"kind": "demo"}},
+            "services": {"hello": {"environments": ["Demo"]}, "other": {"command": "x"}},
+        },
+    )
+    config = load_config(path)
+    assert config.host_of("Demo", "hello") == "hello.demo.localhost"
+
+
+# --- durations and sizes ------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("value", "seconds"),
+    [
+        (0, 0.0),
+        (5, 5.0),
+        (1.5, 1.5),
+        ("150ms", 0.15),
+        ("1.5s", 1.5),
+        ("30s", 30.0),
+        ("15m", 900.0),
+        ("1h", 3600.0),
+        ("2", 2.0),
+    ],
+)
+def test_parse_duration(value: object, seconds: float) -> None:
+    assert parse_duration(value) == pytest.approx(seconds)
+
+
+@pytest.mark.parametrize(
+    "value", ["15 minutes", "1d", "-5s", "s", "", "1.5.s", True, None, [1], -1, float("inf")]
+)
+def test_parse_duration_rejects(value: object) -> None:
+    with pytest.raises(ValueError, match="bad duration"):
+        parse_duration(value)
+
+
+def test_parse_duration_message_says_what_is_allowed() -> None:
+    with pytest.raises(ValueError) as info:
+        parse_duration("15 minutes")
+    assert str(info.value) == (
+        'bad duration "15 minutes": use a number of seconds or a value like 150ms, 30s, 15m, 1h'
+    )
+
+
+@pytest.mark.parametrize(
+    ("value", "size"),
+    [
+        (0, 0),
+        (512, 512),
+        ("512", 512),
+        ("10KB", 10_000),
+        ("10KiB", 10_240),
+        ("64MiB", 64 * 1024**2),
+        ("2MB", 2_000_000),
+        ("1GB", 10**9),
+        ("1GiB", 1024**3),
+        ("1.5KiB", 1536),
+        ("8 kib", 8192),
+    ],
+)
+def test_parse_size(value: object, size: int) -> None:
+    assert parse_size(value) == size
+
+
+@pytest.mark.parametrize("value", ["10 megs", "1.5", "-1", "KB", True, None, 1.5, -3, "1TB"])
+def test_parse_size_rejects(value: object) -> None:
+    with pytest.raises(ValueError, match="bad size"):
+        parse_size(value)
+
+
+# --- one problem per rule -----------------------------------------------------------
+
+RULES = [
+    # unknown keys, at every level; the message lists the allowed keys
+    ("unknown-top", {"domian": "x"}, "domian", "allowed keys"),
+    ("unknown-listen", {"listen": {"admin": "127.0.0.1:1"}}, "listen.admin", "allowed keys"),
+    ("unknown-proxy", {"proxy": {"timeout": 5}}, "proxy.timeout", "allowed keys"),
+    (
+        "unknown-env",
+        {"environments": {"demo": {"idle": "1m"}}},
+        "environments.demo.idle",
+        "unknown",
+    ),
+    ("unknown-svc", {"services": {"hello": {"cmd": "x"}}}, "services.hello.cmd", "unknown"),
+    (
+        "unknown-readiness",
+        {"services": {"hello": {"readiness": {"path": "/"}}}},
+        "services.hello.readiness.path",
+        "allowed keys",
+    ),
+    (
+        "unknown-activity",
+        {"services": {"hello": {"activity": {"paths": ["/x"]}}}},
+        "services.hello.activity.paths",
+        "allowed keys",
+    ),
+    # wrong types
+    ("proxy-not-mapping", {"proxy": ["x"]}, "proxy", "must be a mapping"),
+    ("listen-not-mapping", {"listen": "127.0.0.1:8080"}, "listen", "must be a mapping"),
+    ("environments-not-mapping", {"environments": ["demo"]}, "environments", "mapping"),
+    ("env-not-mapping", {"environments": {"demo": "public"}}, "environments.demo", "mapping"),
+    ("services-not-mapping", {"services": ["hello"]}, "services", "mapping"),
+    ("service-not-mapping", {"services": {"hello": "app.py"}}, "services.hello", "mapping"),
+    (
+        "replicas-string",
+        {"environments": {"demo": {"max_replicas": "2"}}},
+        "environments.demo.max_replicas",
+        "must be an integer, got string",
+    ),
+    (
+        "replicas-bool",
+        {"environments": {"demo": {"min_replicas": True}}},
+        "environments.demo.min_replicas",
+        "must be an integer, got boolean",
+    ),
+    (
+        "replicas-float",
+        {"environments": {"demo": {"max_replicas": 1.5}}},
+        "environments.demo.max_replicas",
+        "must be an integer",
+    ),
+    (
+        "replicas-negative",
+        {"environments": {"demo": {"min_replicas": -1}}},
+        "environments.demo.min_replicas",
+        "at least 0",
+    ),
+    (
+        "queue-zero",
+        {"environments": {"demo": {"hold_queue_size": 0}}},
+        "environments.demo.hold_queue_size",
+        "at least 1",
+    ),
+    (
+        "min-above-max",
+        {"environments": {"demo": {"min_replicas": 3, "max_replicas": 2}}},
+        "environments.demo.min_replicas",
+        "max_replicas",
+    ),
+    (
+        "min-above-kind-default-max",
+        {"environments": {"demo": {"min_replicas": 2}}},
+        "environments.demo.min_replicas",
+        "demo default",
+    ),
+    # durations and sizes
+    (
+        "bad-duration",
+        {"environments": {"demo": {"idle_timeout": "15 minutes"}}},
+        "environments.demo.idle_timeout",
+        'bad duration "15 minutes"',
+    ),
+    (
+        "idle-zero",
+        {"environments": {"demo": {"idle_timeout": 0}}},
+        "environments.demo.idle_timeout",
+        "never",
+    ),
+    (
+        "hold-timeout-zero",
+        {"environments": {"demo": {"hold_timeout": "0s"}}},
+        "environments.demo.hold_timeout",
+        "more than 0",
+    ),
+    ("read-timeout", {"proxy": {"read_timeout": "fast"}}, "proxy.read_timeout", "bad duration"),
+    ("connect-timeout-0", {"proxy": {"connect_timeout": 0}}, "proxy.connect_timeout", "than 0"),
+    ("retry-negative", {"proxy": {"retry_window": -1}}, "proxy.retry_window", "negative"),
+    ("bad-size", {"proxy": {"max_body_size": "10 megs"}}, "proxy.max_body_size", "bad size"),
+    ("size-zero", {"proxy": {"max_header_size": 0}}, "proxy.max_header_size", "at least 1"),
+    ("size-fraction", {"proxy": {"max_body_size": "1.5"}}, "proxy.max_body_size", "whole"),
+    (
+        "trusted-bad",
+        {"proxy": {"trusted_proxies": ["10.0.0.0/8", "nope"]}},
+        "proxy.trusted_proxies[1]",
+        "not an IP address or CIDR",
+    ),
+    (
+        "trusted-not-list",
+        {"proxy": {"trusted_proxies": "10.0.0.0/8"}},
+        "proxy.trusted_proxies",
+        "must be a list",
+    ),
+    # environment names and kinds
+    ("env-name-digit", {"environments": {"1st": {"kind": "demo"}}}, "environments.1st", "letter"),
+    (
+        "env-name-long",
+        {"environments": {"a" * 25: {"kind": "demo"}}},
+        "environments." + "a" * 25,
+        "24",
+    ),
+    (
+        "env-name-underscore",
+        {"environments": {"qa_1": {"kind": "demo"}}},
+        "environments.qa_1",
+        "dashes",
+    ),
+    ("env-kind-bad", {"environments": {"qa": {"kind": "dev"}}}, "environments.qa.kind", "one of"),
+    ("env-kind-missing", {"environments": {"qa": {}}}, "environments.qa.kind", "required"),
+    ("env-kind-case", {"environments": {"Demo": None}}, "environments.Demo.kind", "required"),
+    (
+        "access-bad",
+        {"environments": {"demo": {"access": "open"}}},
+        "environments.demo.access",
+        "api_key",
+    ),
+    (
+        "env-name-boolean",
+        "environments:\n  on: {kind: demo}\n",
+        "environments.true",
+        "quote",
+    ),
+    # service names
+    ("svc-upper", {"services": {"Hello": {"command": "x"}}}, "services.Hello", "DNS label"),
+    (
+        "svc-underscore",
+        {"services": {"hello_world": {"command": "x"}}},
+        "services.hello_world",
+        "DNS",
+    ),
+    ("svc-dash-start", {"services": {"-hello": {"command": "x"}}}, "services.-hello", "DNS label"),
+    ("svc-too-long", {"services": {"a" * 64: {"command": "x"}}}, "services." + "a" * 64, "63"),
+    # placement
+    (
+        "svc-env-undefined",
+        {"services": {"hello": {"environments": ["private", "qa"]}}},
+        "services.hello.environments[1]",
+        "defined environments: private, demo",
+    ),
+    (
+        "svc-default-env-undefined",
+        "environments: {private: {}}\nservices: {hello: {command: x}}\n",
+        "services.hello.environments",
+        '"demo" is not defined',
+    ),
+    (
+        "svc-env-twice",
+        {"services": {"hello": {"environments": ["demo", "demo"]}}},
+        "services.hello.environments[1]",
+        "twice",
+    ),
+    (
+        "svc-env-not-list",
+        {"services": {"hello": {"environments": "demo"}}},
+        "services.hello.environments",
+        "must be a list",
+    ),
+    (
+        "svc-env-not-string",
+        {"services": {"hello": {"environments": ["demo", 3]}}},
+        "services.hello.environments[1]",
+        "environment name",
+    ),
+    # hosts
+    (
+        "duplicate-host",
+        {
+            "environments": {"Demo": {"kind": "demo"}},
+            "services": {"hello": {"environments": ["demo", "Demo"]}},
+        },
+        "environments.Demo",
+        '"hello.demo.localhost" of Demo/hello is also the host of demo/hello',
+    ),
+    # listen, runtime, domain, state_dir
+    ("listen-no-port", {"listen": {"proxy": "localhost"}}, "listen.proxy", "host:port"),
+    ("listen-port-high", {"listen": {"proxy": "127.0.0.1:70000"}}, "listen.proxy", "1 to 65535"),
+    ("listen-port-zero", {"listen": {"controller": "127.0.0.1:0"}}, "listen.controller", "65535"),
+    ("listen-port-word", {"listen": {"proxy": "127.0.0.1:http"}}, "listen.proxy", "65535"),
+    ("listen-int", {"listen": {"proxy": 8080}}, "listen.proxy", "must be a string"),
+    ("listen-v6-bare", {"listen": {"proxy": "::1:8080"}}, "listen.proxy", "brackets"),
+    ("listen-v6-bad", {"listen": {"proxy": "[nope]:8080"}}, "listen.proxy", "IPv6"),
+    (
+        "listen-same",
+        {"listen": {"proxy": "127.0.0.1:9000", "controller": "127.0.0.1:9000"}},
+        "listen.controller",
+        "same address",
+    ),
+    ("runtime-bad", {"runtime": "docker"}, "runtime", "local, kubernetes"),
+    ("domain-underscore", {"domain": "my_domain"}, "domain", "DNS name"),
+    ("domain-trailing-dot", {"domain": "example.com."}, "domain", "trailing dot"),
+    ("domain-port", {"domain": "localhost:8080"}, "domain", "DNS name"),
+    ("domain-empty", {"domain": ""}, "domain", "DNS name"),
+    ("domain-number", {"domain": 5}, "domain", "must be a string"),
+    ("state-dir-number", {"state_dir": 5}, "state_dir", "directory"),
+    # command
+    (
+        "command-missing",
+        "environments: {private: {}, demo: {}}\nservices: {hello: {version: '1'}}\n",
+        "services.hello.command",
+        "required",
+    ),
+    (
+        "command-placeholder",
+        {"services": {"hello": {"command": "{python} app.py --host {host}"}}},
+        "services.hello.command",
+        "{host}",
+    ),
+    (
+        "command-positional",
+        {"services": {"hello": {"command": "app {}"}}},
+        "services.hello.command",
+        "placeholder",
+    ),
+    (
+        "command-brace",
+        {"services": {"hello": {"command": "app {port"}}},
+        "services.hello.command",
+        "brace",
+    ),
+    (
+        "command-quote",
+        {"services": {"hello": {"command": "app 'x"}}},
+        "services.hello.command",
+        "quotes",
+    ),
+    (
+        "command-blank",
+        {"services": {"hello": {"command": "  "}}},
+        "services.hello.command",
+        "empty",
+    ),
+    (
+        "command-list",
+        {"services": {"hello": {"command": ["app"]}}},
+        "services.hello.command",
+        "string",
+    ),
+    # version
+    (
+        "version-float",
+        {"services": {"hello": {"version": 1.0}}},
+        "services.hello.version",
+        'quote it: "1.0"',
+    ),
+    (
+        "version-int",
+        {"services": {"hello": {"version": 2}}},
+        "services.hello.version",
+        "must be a string",
+    ),
+    (
+        "version-shell",
+        {"services": {"hello": {"version": "1.0;rm"}}},
+        "services.hello.version",
+        "valid version",
+    ),
+    (
+        "version-space",
+        {"services": {"hello": {"version": "1 0"}}},
+        "services.hello.version",
+        "valid version",
+    ),
+    # readiness
+    (
+        "readiness-both",
+        {"services": {"hello": {"readiness": {"http": "/", "tcp": True}}}},
+        "services.hello.readiness",
+        "exactly one",
+    ),
+    (
+        "readiness-path",
+        {"services": {"hello": {"readiness": {"http": "healthz"}}}},
+        "services.hello.readiness.http",
+        'starting with "/"',
+    ),
+    (
+        "readiness-tcp-false",
+        {"services": {"hello": {"readiness": {"tcp": False}}}},
+        "services.hello.readiness.tcp",
+        "must be true",
+    ),
+    (
+        "readiness-timeout",
+        {"services": {"hello": {"readiness": {"timeout": 0}}}},
+        "services.hello.readiness.timeout",
+        "more than 0",
+    ),
+    # env
+    (
+        "env-name",
+        {"services": {"hello": {"env": {"1X": "a"}}}},
+        "services.hello.env.1X",
+        "variable name",
+    ),
+    (
+        "env-dash",
+        {"services": {"hello": {"env": {"A-B": "a"}}}},
+        "services.hello.env.A-B",
+        "variable name",
+    ),
+    (
+        "env-value",
+        {"services": {"hello": {"env": {"A": [1]}}}},
+        "services.hello.env.A",
+        "must be a string",
+    ),
+    ("env-null", {"services": {"hello": {"env": {"A": None}}}}, "services.hello.env.A", "got null"),
+    ("env-not-mapping", {"services": {"hello": {"env": ["A=1"]}}}, "services.hello.env", "mapping"),
+    # service timeouts
+    (
+        "start-zero",
+        {"services": {"hello": {"start_timeout": 0}}},
+        "services.hello.start_timeout",
+        "than 0",
+    ),
+    (
+        "start-bad",
+        {"services": {"hello": {"start_timeout": "2 min"}}},
+        "services.hello.start_timeout",
+        "bad duration",
+    ),
+    (
+        "stop-bad",
+        {"services": {"hello": {"stop_grace": "soon"}}},
+        "services.hello.stop_grace",
+        "bad duration",
+    ),
+    # activity
+    (
+        "ignore-path-slash",
+        {"services": {"hello": {"activity": {"ignore_paths": ["/ok", "healthz"]}}}},
+        "services.hello.activity.ignore_paths[1]",
+        'starting with "/"',
+    ),
+    (
+        "ignore-path-star",
+        {"services": {"hello": {"activity": {"ignore_paths": ["/a*/b"]}}}},
+        "services.hello.activity.ignore_paths[0]",
+        "at the end",
+    ),
+    (
+        "ignore-paths-string",
+        {"services": {"hello": {"activity": {"ignore_paths": "/healthz"}}}},
+        "services.hello.activity.ignore_paths",
+        "must be a list",
+    ),
+    (
+        "ignore-agent-empty",
+        {"services": {"hello": {"activity": {"ignore_user_agents": ["kube-probe", ""]}}}},
+        "services.hello.activity.ignore_user_agents[1]",
+        "non-empty",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("case", "field", "keyword"),
+    [pytest.param(case, field, keyword, id=name) for name, case, field, keyword in RULES],
+)
+def test_rule_reports_a_problem(
+    tmp_path: Path, case: dict[str, Any] | str, field: str, keyword: str
+) -> None:
+    path = write_case(tmp_path, case)
+    prefix = f"{path}: {field}: "
+    problems = problems_of(path)
+    matching = [p for p in problems if p.startswith(prefix)]
+    assert matching, f"no problem starts with {prefix!r}; got {problems}"
+    assert any(keyword in p for p in matching), f"{keyword!r} not in {matching}"
+    # Every problem names the file and a field (or a line) and is one line.
+    for problem in problems:
+        assert problem.startswith(f"{path}: ")
+        assert "\n" not in problem
+
+
+def test_base_case_is_valid(tmp_path: Path) -> None:
+    load_config(write_case(tmp_path, {}))
+
+
+def test_unknown_key_suggests_the_closest_one(tmp_path: Path) -> None:
+    path = write_case(tmp_path, {"services": {"hello": {"comand": "x"}}})
+    problems = problems_of(path)
+    assert any(
+        p.startswith(f"{path}: services.hello.comand: ") and '"command"' in p for p in problems
+    )
+
+
+def test_many_problems_are_reported_at_once(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        """\
+        runtime: docker
+        proxy: {read_timeout: soon, max_body_size: huge}
+        environments:
+          demo: {min_replicas: 2, max_replicas: 1}
+          qa: {}
+        services:
+          Hello: {command: x, environments: [demo]}
+          world:
+            command: "{python} {nope}"
+            version: 1.0
+            environments: [demo, staging]
+        """,
+    )
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    fields = [p.removeprefix(f"{path}: ").split(": ")[0] for p in info.value.problems]
+    assert fields == [
+        "runtime",
+        "proxy.read_timeout",
+        "proxy.max_body_size",
+        "environments.demo.min_replicas",
+        "environments.qa.kind",
+        "services.Hello",
+        "services.world.command",
+        "services.world.version",
+        "services.world.environments[1]",
+    ]
+    assert str(info.value) == "\n".join(info.value.problems)
+
+
+def test_one_bad_environment_setting_does_not_cascade_into_services(tmp_path: Path) -> None:
+    path = write_case(tmp_path, {"environments": {"demo": {"idle_timeout": "soon"}}})
+    assert [p.split(": ")[1] for p in problems_of(path)] == ["environments.demo.idle_timeout"]
+
+
+# --- file-level problems ------------------------------------------------------------
+
+
+def test_yaml_syntax_error_gives_line_and_column(tmp_path: Path) -> None:
+    path = write(tmp_path, "domain: localhost\nservices:\n  hello: {command: x\n")
+    problems = problems_of(path)
+    assert len(problems) == 1
+    assert problems[0].startswith(f"{path}: line ")
+    assert ", column " in problems[0]
+
+
+def test_yaml_tab_indentation_is_a_syntax_error(tmp_path: Path) -> None:
+    path = write(tmp_path, "services:\n\thello: {}\n")
+    assert problems_of(path)[0].startswith(f"{path}: line 2, column 1: ")
+
+
+def test_yaml_duplicate_key_is_reported(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        """\
+        services:
+          hello:
+            command: one
+            command: two
+        """,
+    )
+    problems = problems_of(path)
+    assert problems == [
+        f'{path}: line 4: duplicate key "command" (first at line 3); YAML would keep only '
+        "the last one, so remove or rename one of them"
+    ]
+
+
+def test_yaml_merge_keys_are_not_duplicates(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        """\
+        services:
+          hello: &hello {command: one, version: "1"}
+          world: {<<: *hello, command: two}
+        """,
+    )
+    assert load_config(path).services["world"].command == "two"
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    path = tmp_path / "nope.yaml"
+    problems = problems_of(path)
+    assert problems == [f"{path}: cannot read the file: No such file or directory"]
+
+
+def test_directory_instead_of_file(tmp_path: Path) -> None:
+    assert problems_of(tmp_path)[0].startswith(f"{tmp_path}: cannot read the file")
+
+
+def test_not_utf8(tmp_path: Path) -> None:
+    path = tmp_path / "wakegate.yaml"
+    path.write_bytes(b"domain: \xff\n")
+    assert "UTF-8" in problems_of(path)[0]
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "",
+        "# only a comment\n",
+        "- a\n- b\n",
+        "just text\n",
+        "--- {}\n--- {}\n",
+        "a: !!python/none x\n",
+    ],
+)
+def test_unusable_documents(tmp_path: Path, text: str) -> None:
+    path = write(tmp_path, text)
+    problems = problems_of(path)
+    assert len(problems) == 1 and problems[0].startswith(f"{path}: ")
+
+
+def test_deeply_nested_yaml_is_a_problem_not_a_crash(tmp_path: Path) -> None:
+    path = write(tmp_path, "a: " + "[" * 5000 + "]" * 5000 + "\n")
+    assert problems_of(path)
+
+
+# --- through the real command line ----------------------------------------------------
+
+needs_cli = pytest.mark.skipif(
+    not (REPO / "controller" / "cli.py").exists(), reason="controller/cli.py is not written yet"
+)
+
+
+def run_validate(path: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "controller.cli", "validate", "-c", str(path)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+@needs_cli
+def test_cli_validate_ok(tmp_path: Path) -> None:
+    result = run_validate(write(tmp_path, VALID))
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output
+    assert "ok" in output
+    assert "Traceback" not in output
+
+
+@needs_cli
+def test_cli_validate_reports_every_problem(tmp_path: Path) -> None:
+    path = write_case(
+        tmp_path,
+        {"runtime": "docker", "services": {"hello": {"version": 1.0, "environments": ["qa"]}}},
+    )
+    expected = problems_of(path)
+    assert len(expected) == 3
+    result = run_validate(path)
+    assert result.returncode == 2
+    assert "Traceback" not in result.stdout + result.stderr
+    for problem in expected:
+        assert problem in result.stderr.splitlines()
+
+
+@needs_cli
+@pytest.mark.parametrize("text", [None, "a: b: c\n", "- 1\n", ""])
+def test_cli_validate_unusable_file(tmp_path: Path, text: str | None) -> None:
+    path = tmp_path / "wakegate.yaml"
+    if text is not None:
+        path.write_text(text, encoding="utf-8")
+    result = run_validate(path)
+    assert result.returncode == 2
+    assert "Traceback" not in result.stdout + result.stderr
+    assert str(path) in result.stderr
