@@ -140,7 +140,13 @@ class Forwarder:
                     f"(connect {self._settings.connect_timeout:g}s, "
                     f"read {self._settings.read_timeout:g}s).",
                 ) from None
-            except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError):
+            except aiohttp.ClientConnectionError as exc:
+                # The body stream's own limit surfaces wrapped by the client.
+                if isinstance(exc.__cause__, BodyTooLarge):
+                    raise UpstreamError(
+                        413, "body_too_large",
+                        f"The request body is larger than {self._settings.max_body_size} bytes.",
+                    ) from None
                 # Reset before answering. A pooled keep-alive connection the
                 # upstream just closed looks the same: retry an idempotent,
                 # body-less request once.
@@ -151,11 +157,6 @@ class Forwarder:
                 raise UpstreamError(
                     502, "upstream_reset",
                     "The service closed the connection without answering.",
-                ) from None
-            except BodyTooLarge:
-                raise UpstreamError(
-                    413, "body_too_large",
-                    f"The request body is larger than {self._settings.max_body_size} bytes.",
                 ) from None
             except aiohttp.ClientPayloadError:
                 raise UpstreamError(
