@@ -1,0 +1,308 @@
+"""Going to sleep when idle, and what does (and does not) keep an instance awake.
+
+Idle timeouts are configured in milliseconds so that the tests let little time
+pass, and every wait for a state change has a deadline.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from typing import Any
+
+import aiohttp
+
+from .conftest import Wakegate, hello_service, wait_until
+
+SERVICE = "hello"
+DEMO = "demo"
+LABELS = {"environment": DEMO, "service": SERVICE}
+STARTING_LINE = "--- wakegate: starting"
+SLEEP_DEADLINE = 5.0  # idle timeouts here are < 0.5 s; stopping hello takes ~tens of ms
+
+Start = Callable[..., Wakegate]
+
+
+def demo_config(idle_timeout: str, activity: dict[str, list[str]] | None = None,
+                **environment: Any) -> dict[str, Any]:
+    svc = hello_service(environments=[DEMO])
+    if activity:
+        svc["activity"] = activity
+    return {
+        "environments": {DEMO: {"idle_timeout": idle_timeout, **environment}},
+        "services": {SERVICE: svc},
+    }
+
+
+async def wait_for(predicate: Callable[[], Any], timeout: float, what: str) -> Any:
+    """`wait_until` off the event loop, so that the test's own traffic keeps flowing."""
+    return await asyncio.to_thread(wait_until, predicate, timeout, what)
+
+
+def starts_in_log(wg: Wakegate) -> int:
+    return wg.log_of(DEMO, SERVICE).count(STARTING_LINE)
+
+
+class Answer:
+    """What a client saw: status, headers and the body (parsed if JSON)."""
+
+    def __init__(self, status: int, headers: Any, body: Any) -> None:
+        self.status = status
+        self.headers = headers
+        self.body = body
+
+    @property
+    def cold(self) -> bool:
+        return self.headers.get("X-Wakegate-Cold-Start") == "true"
+
+    def __repr__(self) -> str:
+        return f"<{self.status} {dict(self.headers)!r} {self.body!r}>"
+
+
+async def get(http: aiohttp.ClientSession, wg: Wakegate, path: str = "/",
+              **headers: str) -> Answer:
+    async with http.get(wg.base + path,
+                        headers={"Host": wg.host(SERVICE, DEMO), **headers}) as r:
+        body: Any = await r.text()
+        if r.content_type == "application/json":
+            body = await r.json()
+        return Answer(r.status, r.headers, body)
+
+
+async def wake(http: aiohttp.ClientSession, wg: Wakegate) -> Answer:
+    answer = await get(http, wg)
+    assert answer.status == 200 and answer.cold, answer
+    return answer
+
+
+async def stays_ready_for(wg: Wakegate, seconds: float) -> None:
+    """Check, for `seconds`, that the instance never leaves ready (and never restarts)."""
+    starts = starts_in_log(wg)
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        row = await asyncio.to_thread(lambda: wg.status()[(DEMO, SERVICE)])
+        assert (row["state"], row["replicas"]) == ("ready", 1), row
+        await asyncio.sleep(0.05)
+    assert starts_in_log(wg) == starts
+    assert wg.metric("wakegate_scale_events_total", direction="down", **LABELS) is None
+
+
+# --- idle sleep ---
+
+
+async def test_idle_instance_sleeps_and_wakes_again(wakegate: Start) -> None:
+    wg = wakegate(demo_config("300ms"))
+    async with aiohttp.ClientSession() as http:
+        first = await wake(http, wg)
+        assert wg.service_pids() == [first.body["pid"]]
+
+        wg.wait_state(DEMO, SERVICE, "sleeping", timeout=SLEEP_DEADLINE)
+        wait_until(lambda: not wg.service_pids(), 2.0, "the service process to be gone")
+        assert wg.status()[(DEMO, SERVICE)]["replicas"] == 0
+        assert wg.metric("wakegate_instance_replicas", **LABELS) == 0
+        assert wg.metric("wakegate_scale_events_total", direction="down", **LABELS) == 1
+
+        idle = wg.metric("wakegate_instance_idle_seconds", **LABELS)
+        assert idle is not None and idle >= 0.3, idle
+        wait_until(lambda: (wg.metric("wakegate_instance_idle_seconds", **LABELS) or 0)
+                   >= idle + 0.2, 3.0, "wakegate_instance_idle_seconds to grow while asleep")
+
+        again = await wake(http, wg)
+        assert again.body["pid"] != first.body["pid"]
+    assert wg.state(DEMO, SERVICE) == "ready"
+    assert wg.metric("wakegate_instance_replicas", **LABELS) == 1
+    assert starts_in_log(wg) == 2
+
+
+async def test_requests_flowing_keep_it_awake(wakegate: Start) -> None:
+    wg = wakegate(demo_config("400ms"))
+    async with aiohttp.ClientSession() as http:
+        first = await wake(http, wg)
+        deadline = time.monotonic() + 1.5
+        sent = 0
+        while time.monotonic() < deadline:
+            await asyncio.sleep(0.1)  # the traffic's own pace, well under the idle timeout
+            answer = await get(http, wg)
+            sent += 1
+            assert answer.status == 200, answer
+            assert not answer.cold, f"request {sent} was a cold start: it fell asleep"
+            assert answer.body["pid"] == first.body["pid"]
+            assert wg.state(DEMO, SERVICE) == "ready"
+    assert sent >= 10
+    assert starts_in_log(wg) == 1
+
+    wg.wait_state(DEMO, SERVICE, "sleeping", timeout=SLEEP_DEADLINE)
+    assert wg.service_pids() == []
+
+
+async def test_burst_across_the_moment_of_sleep_gets_no_error(wakegate: Start) -> None:
+    """Bursts aimed before, at and after the moment the instance goes to sleep."""
+    idle = 0.2
+    wg = wakegate(demo_config(f"{int(idle * 1000)}ms"))
+    burst = 50
+    # Coarse steps before and after the expected moment, fine ones across it.
+    gaps = [0.15, 0.18, *(0.19 + 0.005 * i for i in range(13)), 0.28, 0.35]
+    caught_asleep = 0
+    errors: list[tuple[float, str]] = []
+    connector = aiohttp.TCPConnector(limit=0)
+    async with aiohttp.ClientSession(connector=connector) as http:
+
+        async def one(at: float) -> Answer | BaseException:
+            await asyncio.sleep(max(at - time.monotonic(), 0))
+            try:
+                return await get(http, wg)
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                return exc
+
+        for gap in gaps:
+            first = await get(http, wg)
+            assert first.status == 200, first
+            ended = time.monotonic()
+            # Spread over 40 ms around `gap` after the last request ended.
+            times = [ended + gap - 0.02 + 0.04 * i / burst for i in range(burst)]
+            answers = await asyncio.gather(*(one(t) for t in times))
+            errors.extend(
+                (gap, repr(a) if not isinstance(a, Answer) else f"{a.status} {a.body}")
+                for a in answers if not isinstance(a, Answer) or a.status != 200
+            )
+            if any(isinstance(a, Answer) and a.cold for a in answers):
+                caught_asleep += 1
+    assert not errors, f"{len(errors)} failed requests (gap, answer): {errors[:5]}"
+    assert caught_asleep >= 2, (
+        f"only {caught_asleep} bursts met a sleeping instance: the test missed the moment "
+        f"(idle_timeout {idle}s)"
+    )
+    assert caught_asleep < len(gaps), "every burst met it asleep: none came before the moment"
+    assert wg.metric("wakegate_requests_total", code="502", **LABELS) is None
+    assert wg.metric("wakegate_requests_total", code="503", **LABELS) is None
+    assert wg.metric("wakegate_requests_total", code="504", **LABELS) is None
+
+
+# --- long-lived requests ---
+
+
+async def test_open_websocket_keeps_it_awake(wakegate: Start) -> None:
+    wg = wakegate(demo_config("300ms"))
+    async with aiohttp.ClientSession() as http:
+        await wake(http, wg)
+        ws = await http.ws_connect(wg.base + "/ws", headers={"Host": wg.host(SERVICE, DEMO)})
+        try:
+            await stays_ready_for(wg, 1.5)
+            await ws.send_str("still there?")
+            msg = await asyncio.wait_for(ws.receive(), 5.0)
+            assert (msg.type, msg.data) == (aiohttp.WSMsgType.TEXT, "still there?")
+        finally:
+            await ws.close()
+    wg.wait_state(DEMO, SERVICE, "sleeping", timeout=SLEEP_DEADLINE)
+    assert wg.service_pids() == []
+
+
+async def test_long_stream_keeps_it_awake(wakegate: Start) -> None:
+    wg = wakegate(demo_config("300ms"))
+    chunks = 15
+    async with aiohttp.ClientSession() as http:
+        await wake(http, wg)
+        async with http.get(wg.base + f"/stream?chunks={chunks}&interval_ms=100",
+                            headers={"Host": wg.host(SERVICE, DEMO)}) as r:
+            assert r.status == 200
+            lines = []
+            while line := await r.content.readline():
+                lines.append(line.decode())
+                assert wg.state(DEMO, SERVICE) == "ready", f"asleep after {len(lines)} chunks"
+    assert lines == [f"chunk {i}\n" for i in range(chunks)]
+    assert starts_in_log(wg) == 1
+    assert wg.metric("wakegate_scale_events_total", direction="down", **LABELS) is None
+    wg.wait_state(DEMO, SERVICE, "sleeping", timeout=SLEEP_DEADLINE)
+
+
+# --- what does not count as activity ---
+
+
+async def test_ignored_requests_neither_keep_it_awake_nor_wake_it(wakegate: Start) -> None:
+    wg = wakegate(demo_config("400ms", activity={
+        "ignore_paths": ["/healthz", "/probe/*"],
+        "ignore_user_agents": ["kube-probe"],
+    }))
+    ignored: list[tuple[str, dict[str, str]]] = [
+        ("/healthz", {}),
+        ("/probe/live", {}),
+        ("/", {"User-Agent": "kube-probe/1.29"}),
+    ]
+    async with aiohttp.ClientSession() as http:
+        await wake(http, wg)
+        stop = asyncio.Event()
+        while_awake: list[Answer] = []
+
+        async def probe_forever() -> None:
+            i = 0
+            while not stop.is_set():
+                path, headers = ignored[i % len(ignored)]
+                while_awake.append(await get(http, wg, path, **headers))
+                i += 1
+                await asyncio.sleep(0.1)
+
+        prober = asyncio.create_task(probe_forever())
+        try:
+            await wait_for(lambda: wg.state(DEMO, SERVICE) == "sleeping", SLEEP_DEADLINE,
+                           "the instance to sleep despite the ignored requests")
+        finally:
+            stop.set()
+            await prober
+        assert len(while_awake) >= 3
+        assert {a.status for a in while_awake} <= {200, 503}, while_awake
+        assert any(a.status == 200 for a in while_awake), "they were forwarded while awake"
+
+        for path, headers in ignored:
+            answer = await get(http, wg, path, **headers)
+            assert answer.status == 503, (path, answer)
+            assert int(answer.headers["Retry-After"]) > 0
+            assert answer.body["error"] == "sleeping", answer
+            assert "X-Wakegate-Cold-Start" not in answer.headers
+    assert wg.state(DEMO, SERVICE) == "sleeping"
+    assert wg.service_pids() == []
+    assert starts_in_log(wg) == 1
+    assert wg.metric("wakegate_held_requests", **LABELS) in (None, 0)
+
+
+async def test_admin_endpoints_neither_wake_nor_keep_awake(wakegate: Start) -> None:
+    wg = wakegate(demo_config("400ms"))
+    admin = [wg.base + "/metrics", wg.base + "/healthz", wg.base + "/readyz",
+             wg.controller + "/v1/status"]
+
+    async with aiohttp.ClientSession() as http:
+
+        async def poke_all() -> None:
+            for url in admin:  # aiohttp sends Host: 127.0.0.1:<port>
+                async with http.get(url) as r:
+                    assert r.status == 200, (url, r.status)
+                    await r.read()
+
+        # Asleep: they do not wake it.
+        for _ in range(5):
+            await poke_all()
+        assert wg.state(DEMO, SERVICE) == "sleeping"
+        assert starts_in_log(wg) == 0
+        assert wg.service_pids() == []
+
+        # Awake: they do not keep it awake.
+        await wake(http, wg)
+        stop = asyncio.Event()
+
+        async def poke_forever() -> None:
+            while not stop.is_set():
+                await poke_all()
+                await asyncio.sleep(0.1)
+
+        poker = asyncio.create_task(poke_forever())
+        try:
+            await wait_for(lambda: wg.state(DEMO, SERVICE) == "sleeping", SLEEP_DEADLINE,
+                           "the instance to sleep despite the admin requests")
+        finally:
+            stop.set()
+            await poker
+        for _ in range(3):  # and more of it while asleep
+            await poke_all()
+    assert wg.state(DEMO, SERVICE) == "sleeping"
+    assert wg.service_pids() == []
+    assert starts_in_log(wg) == 1
