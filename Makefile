@@ -24,5 +24,8 @@ test: $(BIN)/wakegate
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
+bench: $(BIN)/wakegate
+	$(BIN)/python -m bench.coldstart --runs 30 --json bench/results/coldstart.json
+
 clean:
 	rm -rf $(VENV) .wakegate .pytest_cache .ruff_cache

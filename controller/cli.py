@@ -128,6 +128,7 @@ async def _up(config: Config) -> None:
             _fail(f"cannot listen on {config.controller.host}:{config.controller.port} "
                   f"(listen.controller): {exc.strerror}")
         await scaler.run()
+        await scaler.always_on_started()
         # Made only now that wakegate serves, so a failed start never eats a
         # key that was shown nowhere.
         new_keys = []
@@ -232,6 +233,11 @@ def cmd_status(args: argparse.Namespace) -> None:
         if row["state"] == "sleeping" and row.get("error"):
             row["state"] = "sleeping (last start failed)"
     _print_table(rows, ("environment", "service", "state", "replicas", "version", "idle", "url"))
+    failed = [row for row in rows if row.get("error")]
+    if failed:
+        print()
+        for row in failed:
+            print(f"{row['environment']}/{row['service']}: last start failed: {row['error']}")
 
 
 def _human_seconds(seconds: float) -> str:

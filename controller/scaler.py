@@ -248,6 +248,19 @@ class Scaler:
                 self.request_activation(inst.key)
         self._idle_loop = asyncio.ensure_future(self._watch_idle())
 
+    async def always_on_started(self) -> None:
+        """Wait for the first start of every always-on instance, ready or failed.
+
+        So that `up` says it is up only once production answers without a
+        cold start. Each start is bounded by its own start_timeout.
+        """
+        pending = [
+            inst.activation for inst in self.instances.values()
+            if inst.activation is not None and not inst.spec.environment.sleeps
+        ]
+        if pending:
+            await asyncio.wait(pending)
+
     async def _watch_idle(self) -> None:
         while not self._closing:
             now = time.monotonic()

@@ -41,7 +41,7 @@ def key_matches(key: str, hashes: tuple[bytes, ...]) -> bool:
 
 
 def check(route: Route, headers: Mapping[str, str], query: str) -> tuple[str | None, bool]:
-    """(failure reason or None, whether Authorization carried the key)."""
+    """(failure reason or None, whether Authorization carries a key to strip)."""
     key, in_authorization = presented_key(headers)
     if key is None:
         if query and any(name in query.lower() for name in _QUERY_KEY_NAMES):
@@ -49,6 +49,13 @@ def check(route: Route, headers: Mapping[str, str], query: str) -> tuple[str | N
         return MISSING, False
     if not key_matches(key, route.key_hashes):
         return INVALID, in_authorization
+    if not in_authorization:
+        # The key may have been sent both ways at once: Authorization then
+        # carries a secret too and must not reach the upstream either.
+        auth = headers.get("Authorization")
+        if auth and auth[:7].lower() == BEARER and key_matches(auth[7:].strip(),
+                                                               route.key_hashes):
+            return None, True
     return None, in_authorization
 
 

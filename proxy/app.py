@@ -165,6 +165,7 @@ class Proxy:
             )
             is_websocket = request.headers.get("Upgrade", "").lower() == "websocket"
             key = route.key
+            rewoken = False
             while True:
                 try:
                     if is_websocket:
@@ -175,6 +176,15 @@ class Proxy:
                         lambda: self.table.by_key.get(key),
                     )
                 except NeedsWake as wake:
+                    # The instance died before this request reached it: wake it
+                    # once more, but never loop on a service that keeps dying.
+                    if rewoken:
+                        raise UpstreamError(
+                            502, "upstream_unreachable",
+                            "The service stopped again right after it started; its owner "
+                            "can find why in the instance's log.",
+                        ) from None
+                    rewoken = True
                     route, extra = await self._hold(wake.route, started, ignored)
         except _Reply as reply:
             return reply.response

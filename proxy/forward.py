@@ -49,6 +49,26 @@ class BodyTooLarge(Exception):
     pass
 
 
+class _BodyGuard:
+    """Cuts the upstream exchange when a streamed body passes the limit late.
+
+    Before the upstream answers, the overflow surfaces as a failed request
+    (413). After it answered, the upstream waits for the rest of a body that
+    will never come: closing its connection is the only way to end that.
+    """
+
+    __slots__ = ("overflowed", "upstream")
+
+    def __init__(self) -> None:
+        self.overflowed = False
+        self.upstream: aiohttp.ClientResponse | None = None
+
+    def overflow(self) -> None:
+        self.overflowed = True
+        if self.upstream is not None:
+            self.upstream.close()
+
+
 class Forwarder:
     def __init__(self, settings: ProxySettings) -> None:
         self._settings = settings
@@ -74,6 +94,12 @@ class Forwarder:
             cookie_jar=aiohttp.DummyCookieJar(),
             skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding", "Content-Type"),
         )
+        # aiohttp silently resends an idempotent request once when a pooled
+        # connection breaks, and then reports only the second failure. We do
+        # that retry ourselves, because we must know that the first try
+        # reached the upstream (see `reached`). aiohttp's own test client
+        # turns it off the same way; there is no public switch.
+        self._session._retry_connection = False
 
     async def close(self) -> None:
         if self._session is not None:
@@ -95,8 +121,13 @@ class Forwarder:
         current: Callable[[], Route | None],
     ) -> web.StreamResponse:
         assert self._session is not None
-        body = self._body(request)
+        guard = _BodyGuard()
+        body = self._body(request, guard)
         retryable_reset = body is None and request.method in _IDEMPOTENT
+        # Once the upstream may have seen the request, a refusal on the next
+        # try means it died on it: answering 502 beats waking it to replay
+        # the same request into another crash.
+        reached = False
         deadline = 0.0
         attempt = 0
         delay = 0.005
@@ -113,6 +144,11 @@ class Forwarder:
                 attempt += 1
                 if attempt < len(route.endpoints):
                     continue
+                if reached:
+                    raise UpstreamError(
+                        502, "upstream_reset",
+                        "The service closed the connection without answering.",
+                    ) from None
                 now = time.monotonic()
                 if not deadline:
                     deadline = now + self._settings.retry_window
@@ -142,14 +178,12 @@ class Forwarder:
                 ) from None
             except aiohttp.ClientConnectionError as exc:
                 # The body stream's own limit surfaces wrapped by the client.
-                if isinstance(exc.__cause__, BodyTooLarge):
-                    raise UpstreamError(
-                        413, "body_too_large",
-                        f"The request body is larger than {self._settings.max_body_size} bytes.",
-                    ) from None
+                if isinstance(exc.__cause__, BodyTooLarge) or guard.overflowed:
+                    raise _too_large(self._settings.max_body_size) from None
                 # Reset before answering. A pooled keep-alive connection the
                 # upstream just closed looks the same: retry an idempotent,
                 # body-less request once.
+                reached = True
                 if retryable_reset:
                     retryable_reset = False
                     attempt += 1
@@ -162,18 +196,24 @@ class Forwarder:
                 raise UpstreamError(
                     400, "bad_request_body", "The request body ended before its declared length."
                 ) from None
-            return await self._respond(request, upstream, extra)
+            guard.upstream = upstream
+            if guard.overflowed:
+                upstream.close()
+            try:
+                return await self._respond(request, upstream, extra)
+            except UpstreamError:
+                if guard.overflowed:
+                    raise _too_large(self._settings.max_body_size) from None
+                raise
 
-    def _body(self, request: web.BaseRequest) -> AsyncIterator[bytes] | None:
+    def _body(self, request: web.BaseRequest, guard: _BodyGuard) -> AsyncIterator[bytes] | None:
         if not request.body_exists:
             return None
         limit = self._settings.max_body_size
         length = request.content_length
         if length is not None and length > limit:
-            raise UpstreamError(
-                413, "body_too_large", f"The request body is larger than {limit} bytes."
-            )
-        return _limited(request.content, limit)
+            raise _too_large(limit)
+        return _limited(request.content, limit, guard)
 
     async def _respond(
         self,
@@ -208,9 +248,15 @@ class Forwarder:
             await resp.prepare(request)
             if not no_body:
                 # Once the status line is out, an upstream failure can only
-                # cut the response short, as the upstream did.
-                async for chunk in upstream.content.iter_any():
-                    await resp.write(chunk)
+                # cut the response short, as the upstream did: close the
+                # client connection so it sees a truncated answer, never one
+                # that looks complete.
+                try:
+                    async for chunk in upstream.content.iter_any():
+                        await resp.write(chunk)
+                except (aiohttp.ClientError, TimeoutError):
+                    _cut(request)
+                    return resp
             await resp.write_eof()
             return resp
         finally:
@@ -269,13 +315,26 @@ class Forwarder:
         return ws
 
 
-async def _limited(stream: aiohttp.StreamReader, limit: int) -> AsyncIterator[bytes]:
+async def _limited(
+    stream: aiohttp.StreamReader, limit: int, guard: _BodyGuard
+) -> AsyncIterator[bytes]:
     seen = 0
     async for chunk in stream.iter_any():
         seen += len(chunk)
         if seen > limit:
+            guard.overflow()
             raise BodyTooLarge
         yield chunk
+
+
+def _too_large(limit: int) -> UpstreamError:
+    return UpstreamError(413, "body_too_large", f"The request body is larger than {limit} bytes.")
+
+
+def _cut(request: web.BaseRequest) -> None:
+    transport = request.transport
+    if transport is not None:
+        transport.close()
 
 
 async def _pump_both_ways(

@@ -208,6 +208,7 @@ async def test_service_that_exits_at_start_fails_held_requests_at_once(wakegate:
     shown = wg.cli("status", check=True).stdout
     line = next(ln for ln in shown.splitlines() if ln.startswith(DEMO))
     assert "failed" in line, shown
+    assert f"{DEMO}/{SERVICE}: last start failed:" in shown and "status 7" in shown, shown
     as_json = wg.cli("status", "--json", check=True).stdout
     assert "exited with status 7" in as_json, as_json
 
