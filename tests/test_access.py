@@ -16,6 +16,7 @@ from typing import Any
 
 import aiohttp
 
+from .client import fetch
 from .conftest import Wakegate, hello_service
 
 DEMO = "hello.demo.localhost"
@@ -41,13 +42,8 @@ def session() -> aiohttp.ClientSession:
 async def get(http: aiohttp.ClientSession, wg: Wakegate, host: str, path: str = "/",
               **headers: str) -> tuple[int, Any, Any]:
     """(status, JSON body or text, response headers)."""
-    async with http.get(wg.base + path, headers={"Host": host, **headers}) as r:
-        text = await r.text()
-        try:
-            body: Any = json.loads(text)
-        except ValueError:
-            body = text
-        return r.status, body, r.headers
+    a = await fetch(http, wg.base, host, path, **headers)
+    return a.status, a.body, a.headers
 
 
 def assert_unauthorized(status: int, body: Any, headers: Any) -> None:

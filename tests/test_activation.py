@@ -16,6 +16,7 @@ from typing import Any
 import aiohttp
 import pytest
 
+from .client import Answer, fetch
 from .conftest import Wakegate, hello_service, wait_until
 
 SERVICE = "hello"
@@ -53,33 +54,9 @@ def cold_start_ms(headers: Any) -> float:
     return float(match.group(1))
 
 
-class Answer:
-    """What a client saw: status, headers and the body (parsed if JSON)."""
-
-    def __init__(self, status: int, headers: Any, body: Any, seconds: float) -> None:
-        self.status = status
-        self.headers = headers
-        self.body = body
-        self.seconds = seconds
-
-    @property
-    def cold(self) -> bool:
-        return self.headers.get("X-Wakegate-Cold-Start") == "true"
-
-    def __repr__(self) -> str:
-        return f"<{self.status} {dict(self.headers)!r} {self.body!r}>"
-
-
 async def get(http: aiohttp.ClientSession, wg: Wakegate, path: str = "/",
               environment: str = DEMO, **headers: str) -> Answer:
-    started = time.monotonic()
-    async with http.get(wg.base + path,
-                        headers={"Host": wg.host(SERVICE, environment), **headers}) as r:
-        text = await r.text()
-        body: Any = text
-        if r.content_type == "application/json":
-            body = await r.json()
-        return Answer(r.status, r.headers, body, time.monotonic() - started)
+    return await fetch(http, wg.base, wg.host(SERVICE, environment), path, **headers)
 
 
 def read_environ(pid: int) -> dict[str, str]:

@@ -13,6 +13,7 @@ from typing import Any
 
 import aiohttp
 
+from .client import Answer, fetch
 from .conftest import Wakegate, hello_service, wait_until
 
 SERVICE = "hello"
@@ -44,30 +45,9 @@ def starts_in_log(wg: Wakegate) -> int:
     return wg.log_of(DEMO, SERVICE).count(STARTING_LINE)
 
 
-class Answer:
-    """What a client saw: status, headers and the body (parsed if JSON)."""
-
-    def __init__(self, status: int, headers: Any, body: Any) -> None:
-        self.status = status
-        self.headers = headers
-        self.body = body
-
-    @property
-    def cold(self) -> bool:
-        return self.headers.get("X-Wakegate-Cold-Start") == "true"
-
-    def __repr__(self) -> str:
-        return f"<{self.status} {dict(self.headers)!r} {self.body!r}>"
-
-
 async def get(http: aiohttp.ClientSession, wg: Wakegate, path: str = "/",
               **headers: str) -> Answer:
-    async with http.get(wg.base + path,
-                        headers={"Host": wg.host(SERVICE, DEMO), **headers}) as r:
-        body: Any = await r.text()
-        if r.content_type == "application/json":
-            body = await r.json()
-        return Answer(r.status, r.headers, body)
+    return await fetch(http, wg.base, wg.host(SERVICE, DEMO), path, **headers)
 
 
 async def wake(http: aiohttp.ClientSession, wg: Wakegate) -> Answer:

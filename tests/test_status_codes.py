@@ -18,6 +18,7 @@ from typing import Any
 
 import aiohttp
 
+from .client import fetch
 from .conftest import Wakegate, hello_service, wait_until
 
 DEMO = "hello.demo.localhost"
@@ -45,17 +46,11 @@ def config(
     return cfg
 
 
-async def get(
-    http: aiohttp.ClientSession, wg: Wakegate, host: str, path: str = "/", **headers: str
-) -> tuple[int, Any, Any]:
+async def get(http: aiohttp.ClientSession, wg: Wakegate, host: str, path: str = "/",
+              **headers: str) -> tuple[int, Any, Any]:
     """(status, JSON body or text, response headers)."""
-    async with http.get(wg.base + path, headers={"Host": host, **headers}) as r:
-        text = await r.text()
-        try:
-            body: Any = json.loads(text)
-        except ValueError:
-            body = text
-        return r.status, body, r.headers
+    a = await fetch(http, wg.base, host, path, **headers)
+    return a.status, a.body, a.headers
 
 
 def assert_error(body: Any, code: str, environment: str | None = None,
