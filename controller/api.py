@@ -1,27 +1,158 @@
-"""The controller's HTTP API: status, keys, health and metrics.
+"""The controller's HTTP API: status, keys, and what proxies in other processes need.
 
-It listens on loopback unless given a token; mutating calls then need
-`Authorization: Bearer <token>`.
+Proxies watch the route table (`GET /v1/routes`, a long poll), ask for
+activations (`POST /v1/activate`) and report activity (`POST /v1/activity`).
+The API listens on loopback unless given a token; with a token every /v1/*
+call needs `Authorization: Bearer <token>` (the route table carries key
+hashes). /healthz, /readyz and /metrics stay open. Every error is JSON.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hmac
 import json
-from collections.abc import Awaitable, Callable
+import logging
+import secrets
+import time
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
+from .activity_reports import ActivityReports, ActivitySource, RemoteActivity, parse_report
 from .scaler import Scaler
+from .spec import READY, STOPPING, RouteTable, routes_to_wire
 
-_KEYS_BODY_HINT = 'Send a JSON object: {"service": ..., "environment": ...}.'
+log = logging.getLogger("wakegate.api")
+
+MAX_WAIT = 30.0  # the longest a route-table watch is held open
+_INSTANCE_BODY_HINT = 'Send a JSON object: {"environment": ..., "service": ...}.'
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+Key = tuple[str, str]
 
 
 def _error(status: int, code: str, message: str, **extra: Any) -> web.Response:
     return web.json_response({"error": code, "message": message, **extra}, status=status)
+
+
+class _BadRequest(Exception):
+    """An answer of 400 with this message."""
+
+
+async def _json_body(request: web.Request, hint: str) -> Any:
+    try:
+        return await request.json()
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise _BadRequest(f"The body is not valid JSON. {hint}") from None
+
+
+class RouteFeed:
+    """The route table as proxies in other processes get it: numbered, watched, drained.
+
+    Versions count from 1 in every controller process; `epoch` (random, new
+    at every start) tells a proxy that a restarted controller's version 1 is
+    newer than the version 900 it had. A drained instance (see
+    activity_reports.py) is sent as `stopping` without endpoints, so that
+    proxies hold its requests while the controller makes sure it is idle.
+    """
+
+    def __init__(self, scaler: Scaler) -> None:
+        self.epoch = secrets.token_hex(8)
+        self.version = 0
+        self._table: RouteTable | None = None
+        self._draining: dict[Key, int] = {}
+        self._routes_json = b"[]"
+        self._changed = asyncio.Event()
+        self._closed = False
+        scaler.subscribe(self._on_table)
+
+    def _on_table(self, table: RouteTable) -> None:
+        self._table = table
+        for key in list(self._draining):
+            route = table.by_key.get(key)
+            if route is None or route.state != READY:
+                del self._draining[key]  # asleep, going to sleep or gone: nothing to drain
+        self._bump()
+
+    def _bump(self) -> None:
+        assert self._table is not None
+        self.version += 1
+        routes = routes_to_wire(self._table)
+        for wire in routes:
+            if (wire["environment"], wire["service"]) in self._draining:
+                wire["state"], wire["endpoints"] = STOPPING, []
+        # Encoded once per version, however many proxies fetch it.
+        self._routes_json = json.dumps(routes, separators=(",", ":")).encode()
+        changed, self._changed = self._changed, asyncio.Event()
+        changed.set()
+
+    # --- drains (activity_reports.Drains) ---
+
+    def drain(self, key: Key) -> tuple[str, int] | None:
+        if key not in self._draining:
+            route = self._table.by_key.get(key) if self._table else None
+            if route is None or route.state != READY:
+                return None
+            self._draining[key] = self.version + 1
+            self._bump()
+        return self.epoch, self._draining[key]
+
+    def undrain(self, key: Key) -> None:
+        if self._draining.pop(key, None) is not None:
+            self._bump()
+
+    def draining(self) -> Iterable[Key]:
+        return self._draining.keys()
+
+    # --- the watch ---
+
+    def current(self, epoch: str, version: int) -> bool:
+        return epoch == self.epoch and version == self.version
+
+    async def changed(self, timeout: float) -> None:
+        """Return when the next version is out, after `timeout` seconds, or at close."""
+        if self._closed:
+            return
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._changed.wait(), timeout)
+
+    def body(self) -> bytes:
+        # `now` lets the proxy move ready_since into its own monotonic clock.
+        head = json.dumps({"epoch": self.epoch, "version": self.version,
+                           "now": time.monotonic()})
+        return head[:-1].encode() + b',"routes":' + self._routes_json + b"}"
+
+    def close(self) -> None:
+        """Answer every open watch now, so that shutting down does not wait for them."""
+        self._closed = True
+        self._changed.set()
+
+
+async def create_key(scaler: Scaler, environment: str, service: str) -> str:
+    """A new API key for an instance, stored (as a digest) and published to the proxies."""
+    make = getattr(scaler, "create_key", None)
+    if make is not None:  # the scaler knows how its key store writes (Kubernetes: a Secret)
+        return str(await make(environment, service))
+    key = str(scaler.keys.create(environment, service))
+    scaler.keys_changed((environment, service))
+    return key
+
+
+def _sleep_info(scaler: Scaler) -> Callable[[Key], tuple[float, float] | None]:
+    def info(key: Key) -> tuple[float, float] | None:
+        inst = scaler.instances.get(key)
+        if inst is None or inst.state != READY:
+            return None
+        env = inst.spec.environment
+        if not env.sleeps or env.idle_timeout is None:
+            return None
+        floor = getattr(inst, "activity_floor", None) or getattr(inst, "created", 0.0)
+        return env.idle_timeout, max(floor, inst.ready_since)
+
+    return info
 
 
 class ControllerAPI:
@@ -31,35 +162,72 @@ class ControllerAPI:
         registry: CollectorRegistry,
         proxy_port: Callable[[], int],
         token: str | None,
+        local_activity: ActivitySource | None = None,
     ) -> None:
+        """`local_activity`: a proxy in this process (`wakegate up`), if there is one."""
         self.scaler = scaler
         self.registry = registry
         self.proxy_port = proxy_port
         self.token = token
+        self.routes = RouteFeed(scaler)
+        self.remote = RemoteActivity(
+            ActivityReports(), _sleep_info(scaler), self.routes, local_activity
+        )
+        # Reports of remote proxies count as activity wherever the scaler looks.
+        scaler.add_activity_source(self.remote)
 
     def app(self) -> web.Application:
-        app = web.Application(middlewares=[self._auth])
+        app = web.Application(middlewares=[self._errors_and_auth])
         app.router.add_get("/healthz", self.healthz)
         app.router.add_get("/readyz", self.healthz)
         app.router.add_get("/metrics", self.metrics)
         app.router.add_get("/v1/status", self.status)
         app.router.add_post("/v1/keys", self.create_key)
+        app.router.add_get("/v1/routes", self.watch_routes)
+        app.router.add_post("/v1/activate", self.activate)
+        app.router.add_post("/v1/activity", self.activity)
+        app.router.add_get("/v1/proxies", self.proxies)
         return app
 
+    def close(self) -> None:
+        self.routes.close()
+
     @web.middleware
-    async def _auth(self, request: web.Request, handler: Handler) -> web.StreamResponse:
-        if self.token and request.method not in ("GET", "HEAD"):
-            sent = request.headers.get("Authorization", "")
-            expected = f"Bearer {self.token}"
-            if not hmac.compare_digest(sent.encode(), expected.encode()):
-                return _error(401, "unauthorized",
+    async def _errors_and_auth(
+        self, request: web.Request, handler: Handler
+    ) -> web.StreamResponse:
+        if self.token and request.path.startswith("/v1/") and not self._authorized(request):
+            response = _error(401, "unauthorized",
                               "This call needs `Authorization: Bearer <token>` "
                               "(the controller's WAKEGATE_TOKEN).")
+            response.headers["WWW-Authenticate"] = 'Bearer realm="wakegate"'
+            return response
         try:
             return await handler(request)
+        except _BadRequest as exc:
+            return _error(400, "bad_request", str(exc))
         except web.HTTPException as exc:
-            return _error(exc.status, "not_found" if exc.status == 404 else "bad_request",
-                          exc.reason)
+            if exc.status == 404:
+                return _error(404, "not_found", f"There is no {request.path} in this API.")
+            if exc.status == 405:
+                return _error(405, "method_not_allowed",
+                              f"{request.path} does not take {request.method}.")
+            if exc.status == 413:
+                return _error(413, "body_too_large", "The request body is too large.")
+            return _error(exc.status, "bad_request", exc.reason)
+        except (asyncio.CancelledError, ConnectionError):
+            raise
+        except Exception:
+            log.exception("error in %s %s", request.method, request.path)
+            return _error(500, "internal_error", "The controller failed on this call; "
+                          "its log says why.")
+
+    def _authorized(self, request: web.Request) -> bool:
+        assert self.token is not None
+        scheme, _, sent = request.headers.get("Authorization", "").partition(" ")
+        # Compared in constant time, and always compared, whatever the scheme.
+        same = hmac.compare_digest(sent.strip().encode(), self.token.encode())
+        return same and scheme.lower() == "bearer"
 
     async def healthz(self, request: web.Request) -> web.Response:
         return web.json_response({"status": "ok"})
@@ -72,38 +240,99 @@ class ControllerAPI:
     async def status(self, request: web.Request) -> web.Response:
         return web.json_response({"instances": self.scaler.status(self.proxy_port())})
 
-    async def create_key(self, request: web.Request) -> web.Response:
+    # --- for proxies ---
+
+    async def watch_routes(self, request: web.Request) -> web.Response:
+        """`GET /v1/routes?epoch=E&version=N&wait=S`: the table now if it is not (E, N), else
+        when it changes, within S seconds (at most MAX_WAIT); 304 if it did not."""
+        query = request.query
+        epoch = query.get("epoch", "")
         try:
-            body = await request.json()
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            return _error(400, "bad_request", _KEYS_BODY_HINT)
+            version = int(query.get("version", "0"))
+            wait = float(query.get("wait", "0"))
+        except ValueError:
+            raise _BadRequest("version must be the version of the table you have (0 for none) "
+                              "and wait the seconds to wait for a newer one, e.g. "
+                              "?epoch=…&version=12&wait=30") from None
+        if version < 0 or not 0 <= wait < float("inf"):
+            raise _BadRequest("version and wait must not be negative.")
+        if self.routes.current(epoch, version) and wait > 0:
+            await self.routes.changed(min(wait, MAX_WAIT))
+        if self.routes.current(epoch, version):
+            return web.Response(status=304)
+        return web.Response(body=self.routes.body(), content_type="application/json")
+
+    async def activate(self, request: web.Request) -> web.Response:
+        """`POST /v1/activate {"environment", "service"}` → 202; the table says how it goes."""
+        body = await _json_body(request, _INSTANCE_BODY_HINT)
         if not isinstance(body, dict):
-            return _error(400, "bad_request", _KEYS_BODY_HINT)
+            raise _BadRequest(_INSTANCE_BODY_HINT)
+        environment, service = body.get("environment"), body.get("service")
+        if not isinstance(environment, str) or not isinstance(service, str):
+            raise _BadRequest(f"environment and service must be strings. {_INSTANCE_BODY_HINT}")
+        key = (environment, service)
+        inst = self.scaler.instances.get(key)
+        if inst is None:
+            return _error(404, "unknown_instance",
+                          f"There is no instance {environment}/{service}.",
+                          environment=environment, service=service)
+        self.remote.activated(key)
+        self.scaler.request_activation(key)
+        return web.json_response(
+            {"environment": environment, "service": service, "state": inst.state}, status=202
+        )
+
+    async def activity(self, request: web.Request) -> web.Response:
+        """`POST /v1/activity`: a proxy's report (format in activity_reports.parse_report)."""
+        body = await _json_body(request, "Send a proxy activity report (see the README).")
+        try:
+            report = parse_report(body)
+        except ValueError as exc:
+            raise _BadRequest(str(exc)) from None
+        return web.json_response({"accepted": self.remote.report(report)})
+
+    async def proxies(self, request: web.Request) -> web.Response:
+        return web.json_response({
+            "epoch": self.routes.epoch,
+            "version": self.routes.version,
+            "proxies": self.remote.reports.proxies(),
+        })
+
+    # --- keys ---
+
+    async def create_key(self, request: web.Request) -> web.Response:
+        hint = 'Send a JSON object: {"service": ..., "environment": ...}.'
+        body = await _json_body(request, hint)
+        if not isinstance(body, dict):
+            raise _BadRequest(hint)
         service = body.get("service")
         environment = body.get("environment", "private")
         if not isinstance(service, str) or not isinstance(environment, str):
-            return _error(400, "bad_request", "service and environment must be strings.")
-        config = self.scaler.config
-        if service not in config.services:
+            raise _BadRequest("service and environment must be strings.")
+        # The instances, not the config: a runtime may find services elsewhere
+        # (Kubernetes: in the cluster).
+        keys = list(self.scaler.instances)
+        services = sorted({svc for _, svc in keys})
+        environments = sorted({env for env, _ in keys} | set(self.scaler.config.environments))
+        if service not in services:
             return _error(404, "unknown_service",
                           f"There is no service {service!r}; known: "
-                          f"{', '.join(config.services) or 'none'}.", service=service)
-        if environment not in config.environments:
+                          f"{', '.join(services) or 'none'}.", service=service)
+        if environment not in environments:
             return _error(404, "unknown_environment",
                           f"There is no environment {environment!r}; known: "
-                          f"{', '.join(config.environments)}.", environment=environment)
+                          f"{', '.join(environments)}.", environment=environment)
         inst = self.scaler.instances.get((environment, service))
         if inst is None:
+            runs_in = sorted(env for env, svc in keys if svc == service)
             return _error(404, "unknown_instance",
                           f"{service} does not run in {environment}; it runs in "
-                          f"{', '.join(config.services[service].environments)}.",
-                          environment=environment, service=service)
+                          f"{', '.join(runs_in)}.", environment=environment, service=service)
         if inst.spec.environment.access != "api_key":
             return _error(400, "public_instance",
                           f"{environment}/{service} is public: it does not check API keys.",
                           environment=environment, service=service)
-        key = self.scaler.keys.create(environment, service)
-        self.scaler.keys_changed(inst.key)
+        key = await create_key(self.scaler, environment, service)
         return web.json_response(
             {"environment": environment, "service": service, "key": key}, status=201
         )

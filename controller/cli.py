@@ -5,17 +5,20 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
 import os
 import signal
 import sys
 import urllib.error
+import urllib.parse
 import urllib.request
+from collections.abc import Callable
 from typing import Any, NoReturn
 
 from .config import ConfigError, load_config
-from .spec import Config
+from .spec import Config, ProxySettings
 
 DEFAULT_CONFIG = "wakegate.yaml"
 DEFAULT_CONTROLLER = "http://127.0.0.1:8081"
@@ -58,69 +61,100 @@ def cmd_validate(args: argparse.Namespace) -> None:
           f"{len(config.services)} services, {n} instances)")
 
 
-# --- up ---
+# --- up, controller, proxy ---
 
 
 def cmd_up(args: argparse.Namespace) -> None:
     config = _load(args.config)
     _setup_logging(args.log_level)
+    _run(_serve_controller(config, with_proxy=True))
+
+
+def cmd_controller(args: argparse.Namespace) -> None:
+    config = _load(args.config)
+    _setup_logging(args.log_level)
+    _run(_serve_controller(config, with_proxy=False))
+
+
+def _run(main: Any) -> None:
     import uvloop
 
     with contextlib.suppress(KeyboardInterrupt):
-        uvloop.run(_up(config))
+        uvloop.run(main)
 
 
-async def _up(config: Config) -> None:
+def _token() -> str | None:
+    return os.environ.get("WAKEGATE_TOKEN") or None
+
+
+def _stop_on_signals(kill_now: Callable[[], None]) -> asyncio.Event:
+    """An event set by SIGINT/SIGTERM; a second signal kills what is left and exits at once."""
+    stop = asyncio.Event()
+    seen = 0
+
+    def on_signal() -> None:
+        nonlocal seen
+        seen += 1
+        if seen > 1:
+            # A second Ctrl-C: no more grace for anyone.
+            kill_now()
+            os._exit(130)
+        stop.set()
+
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, on_signal)
+    return stop
+
+
+async def _serve_controller(config: Config, with_proxy: bool) -> None:
+    """`up` (with_proxy: the proxy in this process) and `controller` (proxies elsewhere)."""
     # Imported here so that validate/status/keys start fast.
     from aiohttp import web
     from prometheus_client import CollectorRegistry
 
     from proxy.app import Proxy
 
-    from .api import ControllerAPI
+    from .api import ControllerAPI, create_key
     from .inprocess import InProcessLink
     from .keys import KeyStore
     from .metrics import ControllerMetrics
     from .scaler import Scaler
 
-    token = os.environ.get("WAKEGATE_TOKEN") or None
+    token = _token()
     if not token and not _is_loopback(config.controller.host):
         _fail(f"{config.path}: listen.controller: {config.controller.host} is not a loopback "
               "address; set WAKEGATE_TOKEN so that the controller API needs a token", EXIT_USAGE)
     os.makedirs(config.state_dir, exist_ok=True)
-    keys = KeyStore(config.state_dir)
     registry = CollectorRegistry()
     controller_metrics = ControllerMetrics()
     registry.register(controller_metrics)
-    scaler = Scaler(config, keys, controller_metrics.scale_event)
+    scaler = Scaler(config, KeyStore(config.state_dir), controller_metrics.scale_event)
     controller_metrics.scaler = scaler
-    proxy = Proxy(config.proxy, InProcessLink(scaler), registry)
+    proxy = Proxy(config.proxy, InProcessLink(scaler), registry) if with_proxy else None
 
-    loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
-    signals_seen = 0
+    def kill_now() -> None:
+        kill = getattr(scaler.runtime, "kill_all_now", None)
+        if kill is not None:
+            kill()
 
-    def on_signal() -> None:
-        nonlocal signals_seen
-        signals_seen += 1
-        if signals_seen > 1:
-            # A second Ctrl-C: no more grace for anyone.
-            scaler.runtime.kill_all_now()
-            os._exit(130)
-        stop.set()
-
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, on_signal)
-
+    stop = _stop_on_signals(kill_now)
+    api: ControllerAPI | None = None
     api_runner: web.AppRunner | None = None
     try:
-        try:
-            port = await proxy.start(config.proxy.host, config.proxy.port)
-        except OSError as exc:
-            _fail(f"cannot listen on {config.proxy.host}:{config.proxy.port} (listen.proxy): "
-                  f"{exc.strerror}")
-        api = ControllerAPI(scaler, registry, lambda: port, token)
-        api_runner = web.AppRunner(api.app(), access_log=None, handle_signals=False)
+        # Without a proxy here, status shows the URLs of listen.proxy.
+        port = config.proxy.port
+        if proxy is not None:
+            try:
+                port = await proxy.start(config.proxy.host, config.proxy.port)
+            except OSError as exc:
+                _fail(f"cannot listen on {config.proxy.host}:{config.proxy.port} "
+                      f"(listen.proxy): {exc.strerror}")
+        api = ControllerAPI(scaler, registry, lambda: port, token,
+                            proxy.activity.snapshot if proxy is not None else None)
+        # Open watches are answered at close; shutting down never waits on them long.
+        api_runner = web.AppRunner(api.app(), access_log=None, handle_signals=False,
+                                   shutdown_timeout=2.0)
         await api_runner.setup()
         try:
             await web.TCPSite(api_runner, config.controller.host, config.controller.port).start()
@@ -133,20 +167,91 @@ async def _up(config: Config) -> None:
         # key that was shown nowhere.
         new_keys = []
         for spec in config.instances():
-            if spec.environment.access == "api_key" and not keys.has_key(*spec.key):
-                new_keys.append((spec.name, keys.create(*spec.key)))
-                scaler.keys_changed(spec.key)
-        _print_welcome(config, scaler.status(port), new_keys, port)
+            if spec.environment.access == "api_key" and not scaler.keys.has_key(*spec.key):
+                new_keys.append((spec.name, await create_key(scaler, *spec.key)))
+        _print_welcome(config, scaler.status(port), new_keys, port, with_proxy)
         await stop.wait()
         log.info("stopping: putting every instance to sleep")
     finally:
         try:
             await scaler.shutdown()
-            await proxy.close()
+            if proxy is not None:
+                await proxy.close()
+            if api is not None:
+                api.close()
             if api_runner is not None:
                 await api_runner.cleanup()
         finally:
-            scaler.runtime.kill_all_now()
+            kill_now()
+
+
+def cmd_proxy(args: argparse.Namespace) -> None:
+    from .config import parse_duration
+
+    # The proxy's settings (timeouts, sizes, trusted proxies) come from the
+    # config file when there is one; the controller sends only the routes.
+    config = _load(args.config) if args.config_given or os.path.exists(args.config) else None
+    settings = config.proxy if config is not None else ProxySettings()
+    if args.listen:
+        try:
+            host, port = _parse_address(args.listen)
+        except ValueError as exc:
+            _fail(f"--listen {args.listen}: {exc}", EXIT_USAGE)
+        settings = dataclasses.replace(settings, host=host, port=port)
+    url = args.controller or os.environ.get("WAKEGATE_CONTROLLER")
+    if not url and config is not None:
+        url = f"http://{_url_host(config.controller.host)}:{config.controller.port}"
+    url = (url or DEFAULT_CONTROLLER).rstrip("/")
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        _fail(f"--controller {url}: give the controller API's URL, e.g. {DEFAULT_CONTROLLER}",
+              EXIT_USAGE)
+    try:
+        interval = parse_duration(args.report_interval)
+        if interval <= 0:
+            raise ValueError("it must be more than 0")
+    except ValueError as exc:
+        _fail(f"--report-interval {args.report_interval}: {exc}", EXIT_USAGE)
+    _setup_logging(args.log_level)
+    _run(_serve_proxy(settings, url, interval))
+
+
+async def _serve_proxy(settings: ProxySettings, url: str, report_interval: float) -> None:
+    from prometheus_client import CollectorRegistry
+
+    from proxy.app import Proxy
+    from proxy.remote_link import RemoteLink
+
+    proxy = Proxy(settings, RemoteLink(url, _token(), report_interval), CollectorRegistry())
+    stop = _stop_on_signals(lambda: None)
+    try:
+        try:
+            port = await proxy.start(settings.host, settings.port)
+        except OSError as exc:
+            _fail(f"cannot listen on {settings.host}:{settings.port}: {exc.strerror}")
+        print(f"wakegate proxy is up on {settings.host}:{port}, taking its routes from {url} "
+              f"(reports every {report_interval:g}s)")
+        print("Press Ctrl-C to stop. /readyz answers 200 once the first route table is in.",
+              flush=True)
+        await stop.wait()
+        log.info("stopping the proxy")
+    finally:
+        await proxy.close()
+
+
+def _parse_address(text: str) -> tuple[str, int]:
+    """"HOST:PORT", "[v6]:PORT" or "PORT" (on 127.0.0.1)."""
+    host, sep, port_text = text.rpartition(":")
+    if not sep:
+        host, port_text = "127.0.0.1", text
+    host = host.strip("[]") or "127.0.0.1"
+    if not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+        raise ValueError("give HOST:PORT with a port from 0 to 65535, e.g. 0.0.0.0:8080")
+    return host, int(port_text)
+
+
+def _url_host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
 
 
 def _is_loopback(host: str) -> bool:
@@ -161,10 +266,16 @@ def _is_loopback(host: str) -> bool:
 
 
 def _print_welcome(
-    config: Config, rows: list[dict[str, Any]], new_keys: list[tuple[str, str]], port: int
+    config: Config, rows: list[dict[str, Any]], new_keys: list[tuple[str, str]], port: int,
+    with_proxy: bool = True,
 ) -> None:
-    print(f"wakegate is up: proxy on {config.proxy.host}:{port}, controller API on "
-          f"http://{config.controller.host}:{config.controller.port} ({config.path})")
+    api_url = f"http://{_url_host(config.controller.host)}:{config.controller.port}"
+    if with_proxy:
+        print(f"wakegate is up: proxy on {config.proxy.host}:{port}, controller API on "
+              f"{api_url} ({config.path})")
+    else:
+        print(f"wakegate controller is up: API on {api_url} ({config.path}); start proxies "
+              f"with `wakegate proxy --controller {api_url}`")
     print()
     _print_table(rows, ("environment", "service", "access", "state", "url"))
     for name, key in new_keys:
@@ -194,9 +305,7 @@ def _controller_url(args: argparse.Namespace) -> str:
         return os.environ["WAKEGATE_CONTROLLER"].rstrip("/")
     if args.config_given or os.path.exists(args.config):
         config = _load(args.config)
-        host = config.controller.host
-        host = f"[{host}]" if ":" in host else host
-        return f"http://{host}:{config.controller.port}"
+        return f"http://{_url_host(config.controller.host)}:{config.controller.port}"
     return DEFAULT_CONTROLLER
 
 
@@ -278,6 +387,23 @@ def build_parser() -> argparse.ArgumentParser:
     with_config(p)
     p.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
     p.set_defaults(func=cmd_up)
+
+    p = sub.add_parser("controller", help="the controller alone; proxies join over HTTP")
+    with_config(p)
+    p.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
+    p.set_defaults(func=cmd_controller)
+
+    p = sub.add_parser("proxy", help="a proxy alone, taking its routes from a controller")
+    with_config(p)
+    p.add_argument("--controller", help="controller API URL (default: WAKEGATE_CONTROLLER, "
+                   f"listen.controller of the config, or {DEFAULT_CONTROLLER})")
+    p.add_argument("--listen", metavar="HOST:PORT",
+                   help="where to serve (default: listen.proxy of the config, or 127.0.0.1:8080)")
+    p.add_argument("--report-interval", default="1s", metavar="DURATION",
+                   help="how often activity is reported to the controller, e.g. 1s, 100ms "
+                   "(a report holds for 3 intervals; default 1s)")
+    p.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
+    p.set_defaults(func=cmd_proxy)
 
     p = sub.add_parser("validate", help="check a config file")
     with_config(p)

@@ -81,7 +81,18 @@ __all__ = ["ConfigError", "load_config", "parse_duration", "parse_size"]
 
 T = TypeVar("T")
 
-TOP_KEYS = ("domain", "state_dir", "runtime", "listen", "proxy", "environments", "services")
+TOP_KEYS = (
+    "domain", "state_dir", "runtime", "listen", "proxy", "kubernetes", "environments", "services",
+)
+KUBERNETES_KEYS = (
+    "kubeconfig",
+    "lease_namespace",
+    "lease_name",
+    "lease_duration",
+    "renew_deadline",
+    "retry_period",
+    "activity_persist_interval",
+)
 LISTEN_KEYS = ("proxy", "controller")
 PROXY_KEYS = (
     "connect_timeout",
@@ -720,6 +731,52 @@ def _proxy(report: _Report, value: object, address: tuple[str, int]) -> spec.Pro
     )
 
 
+def _kubernetes(report: _Report, value: object, base_dir: str) -> spec.KubernetesSettings:
+    raw = _section(report, "kubernetes", value, KUBERNETES_KEYS) or {}
+    d = spec.KubernetesSettings()
+    kubeconfig = _take(report, raw, "kubernetes", "kubeconfig", _string, None)
+    if kubeconfig is not None:
+        kubeconfig = os.path.join(base_dir, os.path.expanduser(kubeconfig))
+    settings = spec.KubernetesSettings(
+        kubeconfig=kubeconfig,
+        lease_namespace=_take(
+            report, raw, "kubernetes", "lease_namespace", _dns_label, d.lease_namespace
+        ),
+        lease_name=_take(report, raw, "kubernetes", "lease_name", _dns_label, d.lease_name),
+        lease_duration=_take(
+            report, raw, "kubernetes", "lease_duration", _duration(positive=True),
+            d.lease_duration,
+        ),
+        renew_deadline=_take(
+            report, raw, "kubernetes", "renew_deadline", _duration(positive=True),
+            d.renew_deadline,
+        ),
+        retry_period=_take(
+            report, raw, "kubernetes", "retry_period", _duration(positive=True), d.retry_period
+        ),
+        activity_persist_interval=_take(
+            report, raw, "kubernetes", "activity_persist_interval", _duration(positive=True),
+            d.activity_persist_interval,
+        ),
+    )
+    # client-go's rule: the leader must give up before anyone may take over.
+    if not settings.retry_period < settings.renew_deadline < settings.lease_duration:
+        report.add(
+            "kubernetes",
+            "needs retry_period < renew_deadline < lease_duration "
+            f"(got {settings.retry_period:g}s, {settings.renew_deadline:g}s, "
+            f"{settings.lease_duration:g}s)",
+        )
+    return settings
+
+
+def _dns_label(value: object) -> str:
+    text = _string(value)
+    if not _SERVICE_NAME.fullmatch(text):
+        raise ValueError(f"{_show(text)} is not a lowercase DNS label (RFC 1123)")
+    return text
+
+
 def _environments(report: _Report, value: object) -> tuple[dict[str, spec.Environment], list[str]]:
     """The valid environments, and every name the file defines (valid or not).
 
@@ -1033,6 +1090,7 @@ def _build_config(report: _Report, file: str, data: dict[Any, Any]) -> spec.Conf
     runtime = _take(report, data, "", "runtime", _choice(RUNTIMES), DEFAULT_RUNTIME)
     proxy_address, controller_address = _listen(report, data.get("listen"))
     proxy = _proxy(report, data.get("proxy"), proxy_address)
+    kubernetes = _kubernetes(report, data.get("kubernetes"), base_dir)
     environments, defined = _environments(report, data.get("environments"))
     services = _services(report, data.get("services"), defined)
     _check_hosts(report, domain, environments, services)
@@ -1046,4 +1104,5 @@ def _build_config(report: _Report, file: str, data: dict[Any, Any]) -> spec.Conf
         controller=spec.ControllerSettings(host=controller_address[0], port=controller_address[1]),
         environments=MappingProxyType(environments),
         services=MappingProxyType(services),
+        kubernetes=kubernetes,
     )

@@ -1,4 +1,10 @@
-"""The proxy's link to a controller in the same process (`wakegate up`)."""
+"""The proxy's link to a controller in the same process (`wakegate up`).
+
+No reports and no drain: the scaler reads this proxy's counters directly, so
+it sees a request the moment the proxy counts it. (Proxies in other processes
+use proxy/remote_link.py and controller/api.py's /v1/routes, /v1/activate and
+/v1/activity instead.)
+"""
 
 from __future__ import annotations
 

@@ -18,7 +18,9 @@ from types import MappingProxyType
 from typing import Any
 
 from .keys import KeyStore
-from .runtimes.local import LocalRuntime, Replica, StartFailed
+from .runtimes.base import ReplicaLike as Replica
+from .runtimes.base import Runtime, StartFailed
+from .runtimes.local import LocalRuntime
 from .spec import (
     READY,
     SLEEPING,
@@ -51,7 +53,9 @@ class Instance:
         self.failures = 0
         self.error: str | None = None
         self.ready_since = 0.0
-        self.created = time.monotonic()
+        # Activity before this moment is unknown: a new instance, or one a
+        # restarted controller found (then the persisted last activity).
+        self.activity_floor = time.monotonic()
         self.lock = asyncio.Lock()
         self.activation: asyncio.Task[None] | None = None
         self.restart_backoff = 0.5
@@ -68,12 +72,19 @@ class Instance:
 
 class Scaler:
     def __init__(
-        self, config: Config, keys: KeyStore, on_scale: Callable[[Instance, str], None]
+        self,
+        config: Config,
+        keys: KeyStore,
+        on_scale: Callable[[Instance, str], None],
+        runtime: Runtime | None = None,
     ) -> None:
         self.config = config
-        self.keys = keys
+        self.keys: Any = keys
         self._on_scale = on_scale
-        self.runtime = LocalRuntime(config, self._replica_exited)
+        self.runtime: Any = runtime or self._make_runtime()
+        # False until the runtime is open (Kubernetes: leader elected and synced).
+        self.acting = False
+        self._pending: set[Key] = set()
         self.instances: dict[Key, Instance] = {
             spec.key: Instance(spec, config.host_of(*spec.key)) for spec in config.instances()
         }
@@ -90,6 +101,70 @@ class Scaler:
         for inst in self.instances.values():
             self._refresh_route(inst)
         self._swap_table()
+
+    def _make_runtime(self) -> Runtime:
+        if self.config.runtime == "kubernetes":
+            # Imported only here: the local runtime never loads the client.
+            from .runtimes.kubernetes import KubernetesRuntime
+
+            runtime = KubernetesRuntime(self.config, self)
+            self.keys = runtime.keys
+            return runtime
+        return LocalRuntime(self.config, self.replica_exited)
+
+    # --- the set of instances (config, cluster discovery, apply) ---
+
+    def sync_instances(self, specs: list[InstanceSpec], stop_removed: bool = True) -> None:
+        """Make the instances exactly `specs`: new ones appear asleep, gone ones go away.
+
+        A changed spec (idle timeout, access, ...) takes effect at once. A
+        removed instance's route disappears, so its held requests get 404.
+        """
+        wanted = {spec.key: spec for spec in specs}
+        changed: list[Instance] = []
+        for key, spec in wanted.items():
+            inst = self.instances.get(key)
+            if inst is None:
+                inst = Instance(spec, self.config.host_of(*key))
+                self.instances[key] = inst
+                changed.append(inst)
+                log.info("%s appeared", inst.name)
+                if self.acting and not spec.environment.sleeps:
+                    self.request_activation(key)
+            elif inst.spec != spec:
+                inst.spec = spec
+                changed.append(inst)
+        for key in [k for k in self.instances if k not in wanted]:
+            inst = self.instances.pop(key)
+            if inst.route is not None:
+                self._routes_by_host.pop(inst.route.host, None)
+            self._routes_by_key.pop(key, None)
+            log.info("%s was removed", inst.name)
+            replicas, inst.replicas = inst.replicas, []
+            if stop_removed and replicas:
+                self._spawn(self.runtime.stop(replicas, inst.spec.service.stop_grace))
+        self.publish(*changed)
+
+    def replica_appeared(self, key: Key, replica: Replica, active_at: float | None = None) -> None:
+        """A ready replica the scaler did not start (Kubernetes: scaled by someone else).
+
+        `active_at` is the instance's last known activity (monotonic), for
+        replicas found when a controller starts.
+        """
+        inst = self.instances.get(key)
+        if inst is None:
+            return
+        inst.replicas.append(replica)
+        if active_at is not None:
+            inst.activity_floor = active_at
+        if inst.state in (SLEEPING, STARTING) and not inst.lock.locked():
+            inst.state = READY
+            inst.error = None
+            inst.ready_since = active_at if active_at is not None else time.monotonic()
+            log.info("%s is ready (%d replica%s found)", inst.name, len(inst.replicas),
+                     "" if len(inst.replicas) == 1 else "s")
+        self.publish(inst)
+        self._on_scale(inst, "up")
 
     # --- route table ---
 
@@ -144,12 +219,23 @@ class Scaler:
     def keys_changed(self, key: Key) -> None:
         self.publish(self.instances[key])
 
+    async def create_key(self, environment: str, service: str) -> str:
+        """A new API key for an instance, stored (as a digest) before it is returned."""
+        create_async = getattr(self.keys, "create_async", None)
+        if create_async is not None:
+            key: str = await create_async(environment, service)
+        else:
+            key = self.keys.create(environment, service)
+        if (environment, service) in self.instances:
+            self.keys_changed((environment, service))
+        return key
+
     # --- activity ---
 
     def activity(self, inst: Instance) -> tuple[int, float]:
         """(requests in flight on all proxies, monotonic time the instance was last active)."""
         in_flight = 0
-        last = max(inst.created, inst.ready_since)
+        last = max(inst.activity_floor, inst.ready_since)
         for source in self._sources:
             n, end = source(inst.key)
             in_flight += n
@@ -161,6 +247,11 @@ class Scaler:
     def request_activation(self, key: Key) -> None:
         inst = self.instances.get(key)
         if inst is None or self._closing:
+            return
+        if not self.acting:
+            # Before the runtime is open (Kubernetes: not the leader yet):
+            # remembered, and done as soon as the scaler may act.
+            self._pending.add(key)
             return
         if inst.state == READY and len(inst.replicas) >= self._desired(inst):
             return
@@ -191,7 +282,7 @@ class Scaler:
                     inst.state = SLEEPING
                 self.publish(inst)
                 log.error("activation of %s failed: %s", inst.name, exc)
-                if not inst.spec.environment.sleeps:
+                if not inst.spec.environment.sleeps and not self.runtime.self_healing:
                     self._restart_later(inst)
                 return
             # A replica that died between ready and here is already gone.
@@ -222,30 +313,31 @@ class Scaler:
 
         self._spawn(later())
 
-    def _replica_exited(self, key: Key, replica: Replica, code: int) -> None:
+    def replica_exited(self, key: Key, replica: Replica, code: int) -> None:
         inst = self.instances.get(key)
         if inst is None or replica not in inst.replicas:
             return
         inst.replicas.remove(replica)
-        log.warning(
-            "%s: replica pid %d exited with status %d while serving (see %s)",
-            inst.name, replica.pid, code, replica.log_path,
-        )
+        log.warning("%s: replica %s exited with status %d while serving (see %s)",
+                    inst.name, replica.endpoint, code, self.runtime.log_path(inst.spec))
         if not inst.replicas:
             inst.state = SLEEPING
             inst.ready_since = 0.0
         self.publish(inst)
         self._on_scale(inst, "down")
-        if not inst.spec.environment.sleeps:
+        if not inst.spec.environment.sleeps and not self.runtime.self_healing:
             self._restart_later(inst)
 
     # --- sleeping ---
 
     async def run(self) -> None:
-        """Start the always-on instances, then watch for idle ones until closed."""
-        for inst in self.instances.values():
-            if inst.spec.environment.min_replicas > 0:
+        """Open the runtime, start the always-on instances, then watch for idle ones."""
+        await self.runtime.open()
+        self.acting = True
+        for inst in list(self.instances.values()):
+            if inst.spec.environment.min_replicas > 0 or inst.key in self._pending:
                 self.request_activation(inst.key)
+        self._pending.clear()
         self._idle_loop = asyncio.ensure_future(self._watch_idle())
 
     async def always_on_started(self) -> None:

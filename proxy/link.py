@@ -1,7 +1,9 @@
 """The one small interface between a proxy and the controller.
 
 Two implementations: in process (`wakegate up`, see controller/inprocess.py)
-and over HTTP for separate processes. The proxy only ever calls these.
+and over HTTP for separate processes (`wakegate proxy`, see remote_link.py).
+The proxy only ever calls these, and never from the hot path except
+`activate`, which must return at once.
 """
 
 from __future__ import annotations
@@ -21,6 +23,11 @@ class ControlLink(Protocol):
         """Begin delivering route tables to `apply_table` and reading/reporting activity."""
 
     def activate(self, key: tuple[str, str]) -> None:
-        """Ask the controller to wake an instance; returns at once, safe to repeat."""
+        """Ask the controller to wake an instance; returns at once, safe to repeat.
 
-    async def close(self) -> None: ...
+        The activator asks once per hold, and again whenever a table shows the
+        instance asleep while requests are held (e.g. a restarted controller).
+        """
+
+    async def close(self) -> None:
+        """Stop talking to the controller (the HTTP link says goodbye in a last report)."""

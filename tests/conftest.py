@@ -85,6 +85,24 @@ def processes_with(marker_name: str, marker: str) -> list[int]:
     return pids
 
 
+def metric_value(text: str, name: str, **labels: str) -> float | None:
+    """The value of one sample in a Prometheus text exposition, or None if absent."""
+    for line in text.splitlines():
+        if line.startswith("#") or not line.startswith(name):
+            continue
+        head, _, value = line.rpartition(" ")
+        metric_name, _, label_text = head.partition("{")
+        if metric_name != name:
+            continue
+        found = dict(
+            part.split("=", 1) for part in label_text.rstrip("}").split(",") if "=" in part
+        )
+        found = {k: v.strip('"') for k, v in found.items()}
+        if all(found.get(k) == v for k, v in labels.items()):
+            return float(value)
+    return None
+
+
 class Wakegate:
     """One `wakegate up` process and what a test asks of it."""
 
@@ -106,14 +124,22 @@ class Wakegate:
         self._up_seen = threading.Event()
         self.stderr_path = self.dir / "wakegate.stderr"
         self.proc: subprocess.Popen[str] | None = None
+        self.token: str | None = None  # WAKEGATE_TOKEN, given to wakegate and sent by api()
 
     # --- lifecycle ---
+
+    def argv(self) -> list[str]:
+        """The wakegate command line after `wakegate`."""
+        return ["up", "-c", str(self.config_path)]
 
     def env(self) -> dict[str, str]:
         env = dict(os.environ)
         env["WAKEGATE_TEST_RUN"] = RUN_MARKER
         env["WAKEGATE_TEST_INSTANCE"] = self.marker
         env.pop("WAKEGATE_CONTROLLER", None)
+        env.pop("WAKEGATE_TOKEN", None)
+        if self.token:
+            env["WAKEGATE_TOKEN"] = self.token
         return env
 
     def start(self) -> Wakegate:
@@ -121,7 +147,7 @@ class Wakegate:
         self.stdout.clear()
         with open(self.stderr_path, "a") as err:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "controller.cli", "up", "-c", str(self.config_path)],
+                [sys.executable, "-m", "controller.cli", *self.argv()],
                 cwd=REPO, env=self.env(), stdout=subprocess.PIPE, stderr=err, text=True,
                 stdin=subprocess.DEVNULL,
             )
@@ -197,7 +223,10 @@ class Wakegate:
         return keys
 
     def api(self, path: str) -> Any:
-        with urllib.request.urlopen(self.controller + path, timeout=10) as resp:
+        request = urllib.request.Request(self.controller + path)
+        if self.token:
+            request.add_header("Authorization", f"Bearer {self.token}")
+        with urllib.request.urlopen(request, timeout=10) as resp:
             return json.loads(resp.read())
 
     def status(self) -> dict[tuple[str, str], dict[str, Any]]:
@@ -217,20 +246,7 @@ class Wakegate:
 
     def metric(self, name: str, **labels: str) -> float | None:
         """The value of one sample from the proxy's /metrics, or None if absent."""
-        for line in self.metrics_text().splitlines():
-            if line.startswith("#") or not line.startswith(name):
-                continue
-            head, _, value = line.rpartition(" ")
-            metric_name, _, label_text = head.partition("{")
-            if metric_name != name:
-                continue
-            found = dict(
-                part.split("=", 1) for part in label_text.rstrip("}").split(",") if "=" in part
-            )
-            found = {k: v.strip('"') for k, v in found.items()}
-            if all(found.get(k) == v for k, v in labels.items()):
-                return float(value)
-        return None
+        return metric_value(self.metrics_text(), name, **labels)
 
     def cli(self, *args: str, check: bool = False) -> subprocess.CompletedProcess[str]:
         result = subprocess.run(
@@ -271,6 +287,220 @@ def wakegate(tmp_path: Path) -> Iterator[Callable[..., Wakegate]]:
                 os.kill(pid, signal.SIGKILL)
     for wg in started:
         assert not wg.leftovers(), "processes left behind"
+
+
+# --- split mode: `wakegate controller` + N `wakegate proxy` processes ---
+
+
+class Controller(Wakegate):
+    """A `wakegate controller` process: the Scaler and its API, no proxy."""
+
+    def argv(self) -> list[str]:
+        return ["controller", "-c", str(self.config_path)]
+
+    def run_to_exit(self, timeout: float = START_DEADLINE) -> tuple[int, str]:
+        """Run it expecting it to refuse to start: (exit status, stderr)."""
+        result = subprocess.run(
+            [sys.executable, "-m", "controller.cli", *self.argv()], cwd=REPO, env=self.env(),
+            capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL,
+        )
+        return result.returncode, result.stderr
+
+
+class ProxyProcess:
+    """One `wakegate proxy` process on a free loopback port, fed by a controller."""
+
+    def __init__(self, tmp: Path, name: str, controller: Controller,
+                 report_interval: str, token: str | None) -> None:
+        self.dir = tmp / name
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.name = name
+        self.marker = uuid.uuid4().hex
+        self.port = free_port()
+        self.controller = controller
+        self.report_interval = report_interval
+        self.token = token
+        self.stderr_path = self.dir / "proxy.stderr"
+        self.proc: subprocess.Popen[str] | None = None
+        self._up_seen = threading.Event()
+
+    def env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        env["WAKEGATE_TEST_RUN"] = RUN_MARKER
+        env["WAKEGATE_TEST_INSTANCE"] = self.marker
+        env.pop("WAKEGATE_CONTROLLER", None)
+        env.pop("WAKEGATE_TOKEN", None)
+        if self.token:
+            env["WAKEGATE_TOKEN"] = self.token
+        return env
+
+    def launch(self) -> ProxyProcess:
+        """Start the process; `wait_up` waits for it to listen."""
+        self._up_seen.clear()
+        with open(self.stderr_path, "a") as err:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "controller.cli", "proxy",
+                 "-c", str(self.controller.config_path),
+                 "--controller", self.controller.controller,
+                 "--listen", f"127.0.0.1:{self.port}",
+                 "--report-interval", self.report_interval],
+                cwd=REPO, env=self.env(), stdout=subprocess.PIPE, stderr=err, text=True,
+                stdin=subprocess.DEVNULL,
+            )
+        proc = self.proc
+
+        def read() -> None:
+            assert proc.stdout is not None
+            for line in proc.stdout:
+                if line.startswith("Press Ctrl-C"):
+                    self._up_seen.set()
+
+        threading.Thread(target=read, daemon=True).start()
+        return self
+
+    def wait_up(self, table: bool = True) -> ProxyProcess:
+        """Until it listens and (with `table`) has a route table (/readyz 200)."""
+        proc = self.proc
+        assert proc is not None
+
+        def up() -> bool:
+            if proc.poll() is not None:
+                raise AssertionError(f"{self.name} exited with {proc.returncode} while "
+                                     f"starting:\n{self.stderr()}")
+            return self._up_seen.is_set() and (not table or self.readyz() == 200)
+
+        wait_until(up, START_DEADLINE, f"{self.name} to be up")
+        return self
+
+    def readyz(self) -> int:
+        try:
+            with urllib.request.urlopen(self.base + "/readyz", timeout=5) as resp:
+                return int(resp.status)
+        except urllib.error.HTTPError as exc:
+            return int(exc.code)
+
+    def stderr(self) -> str:
+        return self.stderr_path.read_text() if self.stderr_path.exists() else ""
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 15.0) -> int:
+        proc, self.proc = self.proc, None
+        if proc is None:
+            return 0
+        if proc.poll() is None:
+            proc.send_signal(sig)
+            try:
+                proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+                raise AssertionError(f"{self.name} did not stop within {timeout}s of {sig}") \
+                    from None
+        return proc.returncode
+
+    def leftovers(self) -> list[int]:
+        return processes_with("WAKEGATE_TEST_INSTANCE", self.marker)
+
+    @property
+    def base(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def metric(self, name: str, **labels: str) -> float | None:
+        with urllib.request.urlopen(self.base + "/metrics", timeout=10) as resp:
+            return metric_value(resp.read().decode(), name, **labels)
+
+
+class Split:
+    """One controller and the proxies that share it."""
+
+    def __init__(self, tmp: Path, controller: Controller, report_interval: str,
+                 token: str | None) -> None:
+        self.tmp = tmp
+        self.controller = controller
+        self.report_interval = report_interval
+        self.token = token
+        self.proxies: list[ProxyProcess] = []
+        self.keys: dict[str, str] = {}
+
+    def add_proxy(self, wait: bool = True, without_token: bool = False) -> ProxyProcess:
+        """Start one more proxy, given the controller's token unless `without_token`."""
+        name = f"proxy{len(self.proxies)}"
+        proxy = ProxyProcess(self.tmp, name, self.controller, self.report_interval,
+                             None if without_token else self.token)
+        self.proxies.append(proxy)
+        proxy.launch()
+        return proxy.wait_up() if wait else proxy
+
+    def restart_controller(self, sig: int = signal.SIGTERM) -> None:
+        self.controller.stop(sig)
+        self.controller.start()
+
+    # --- what a test reads ---
+
+    def status(self) -> dict[tuple[str, str], dict[str, Any]]:
+        return self.controller.status()
+
+    def state(self, environment: str, service: str) -> str:
+        return self.controller.state(environment, service)
+
+    def wait_state(self, environment: str, service: str, state: str,
+                   timeout: float = 10.0) -> None:
+        self.controller.wait_state(environment, service, state, timeout)
+
+    def live_proxies(self) -> list[dict[str, Any]]:
+        return list(self.controller.api("/v1/proxies")["proxies"])
+
+    def metric_total(self, name: str, **labels: str) -> float:
+        """The sum of one sample over every running proxy."""
+        return sum(p.metric(name, **labels) or 0.0 for p in self.proxies if p.proc)
+
+    def controller_metric(self, name: str, **labels: str) -> float | None:
+        return metric_value(self.controller.metrics_text(self.controller.controller), name,
+                            **labels)
+
+    def service_pids(self) -> list[int]:
+        return self.controller.service_pids()
+
+    def log_of(self, environment: str, service: str) -> str:
+        return self.controller.log_of(environment, service)
+
+
+@pytest.fixture
+def split(tmp_path: Path) -> Iterator[Callable[..., Split]]:
+    """Start a controller and N proxies (all on free loopback ports); all stopped by pid at
+    the end, even on failure, and checked for leftovers."""
+    started: list[Split] = []
+
+    def start(config: dict[str, Any], proxies: int = 2, token: str | None = None,
+              report_interval: str = "100ms") -> Split:
+        controller = Controller(tmp_path, config, "controller")
+        controller.token = token
+        deployment = Split(tmp_path, controller, report_interval, token)
+        started.append(deployment)
+        controller.start()
+        deployment.keys = controller.new_keys()
+        for _ in range(proxies):  # started together, waited for together
+            deployment.add_proxy(wait=False)
+        for proxy in deployment.proxies:
+            proxy.wait_up()
+        return deployment
+
+    yield start
+    everything: list[Any] = []
+    for deployment in started:
+        everything.extend(deployment.proxies)
+        everything.append(deployment.controller)
+    problems: list[str] = []
+    for process in everything:
+        try:
+            process.stop()
+        except AssertionError as exc:
+            problems.append(str(exc))
+        finally:
+            for pid in process.leftovers():
+                os.kill(pid, signal.SIGKILL)
+    for process in everything:
+        wait_until(lambda p=process: not p.leftovers(), 5.0, "processes left behind")
+    assert not problems, problems
 
 
 @pytest.fixture(scope="session", autouse=True)

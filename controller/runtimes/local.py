@@ -23,6 +23,9 @@ import time
 from collections.abc import Callable
 
 from ..spec import Config, InstanceSpec, Readiness
+from .base import StartFailed
+
+__all__ = ["LocalRuntime", "Replica", "StartFailed"]
 
 log = logging.getLogger("wakegate.runtime")
 
@@ -35,10 +38,6 @@ _PROBE_FIRST_INTERVAL = 0.002
 _PROBE_MAX_INTERVAL = 0.02
 # Variables of wakegate's own that a service has no business seeing.
 _PRIVATE_ENV = ("WAKEGATE_TOKEN",)
-
-
-class StartFailed(Exception):
-    pass
 
 
 class Replica:
@@ -79,11 +78,16 @@ def command_argv(command: str, port: int, version: str) -> list[str]:
 
 
 class LocalRuntime:
+    self_healing = False
+
     def __init__(self, config: Config, on_exit: ExitCallback) -> None:
         self._config = config
         self._on_exit = on_exit
         self._live: set[Replica] = set()
         self._log_dir = os.path.join(config.state_dir, "logs")
+
+    async def open(self) -> None:
+        return None
 
     def log_path(self, inst: InstanceSpec) -> str:
         return os.path.join(self._log_dir, f"{inst.environment.name}.{inst.service.name}.log")

@@ -1,0 +1,481 @@
+"""The Kubernetes runtime: instances are annotated Deployments, replicas their ready endpoints.
+
+- Discovery: a namespace labelled `wakegate.dev/environment` (and
+  `wakegate.dev/kind`) is an environment; a Deployment there annotated
+  `wakegate.dev/service` is an instance, served by the Service of the same
+  name. Annotations override the environment's idle and hold timeouts and the
+  service's ignored paths.
+- Scaling goes through the `deployments/scale` subresource only, read fresh
+  and written back with its resourceVersion, so a change made by someone else
+  is never overwritten from a stale cache (409 → read again).
+- Readiness comes from EndpointSlices: the proxy forwards straight to the
+  ready endpoint addresses, so a cold start does not wait for kube-proxy.
+- Key hashes live in a Secret per instance; last activity is written to the
+  Deployment as an annotation every few seconds, so that a restarted
+  controller neither puts a busy service to sleep nor forgets an idle one.
+- Only the leader (Lease) acts; it stops when it loses the Lease.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import datetime as dt
+import logging
+import os
+import re
+import signal
+import socket
+import time
+from typing import TYPE_CHECKING, Any
+
+from kubernetes_asyncio import client as k8s
+
+from ..config import parse_duration
+from ..leader import LeaderElector
+from ..spec import KIND_DEFAULTS, KINDS, Config, Environment, InstanceSpec, Service
+from .base import StartFailed
+from .kube_client import Informer, KubeError, Obj, call, connect
+from .kube_keys import KEYS_LABEL, KubeKeyStore, hashes_in, secret_name
+
+if TYPE_CHECKING:
+    from ..scaler import Scaler
+
+log = logging.getLogger("wakegate.kubernetes")
+
+Key = tuple[str, str]
+
+ENVIRONMENT_LABEL = "wakegate.dev/environment"
+KIND_LABEL = "wakegate.dev/kind"
+SERVICE_ANNOTATION = "wakegate.dev/service"
+VERSION_ANNOTATION = "wakegate.dev/version"
+IDLE_TIMEOUT_ANNOTATION = "wakegate.dev/idle-timeout"
+HOLD_TIMEOUT_ANNOTATION = "wakegate.dev/hold-timeout"
+IGNORE_PATHS_ANNOTATION = "wakegate.dev/ignore-paths"
+ACTIVITY_ANNOTATION = "wakegate.dev/last-activity"
+SERVICE_NAME_LABEL = "kubernetes.io/service-name"
+
+_ENVIRONMENT_NAME = re.compile(r"[A-Za-z][A-Za-z0-9-]{0,23}")
+_DNS_LABEL = re.compile(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?")
+_SCALE_ATTEMPTS = 5
+
+
+@dataclasses.dataclass(frozen=True)
+class Placement:
+    namespace: str
+    deployment: str  # also the name of the Service whose EndpointSlices hold the replicas
+    persisted_activity: float | None  # wall-clock seconds, from the annotation
+
+
+class EndpointReplica:
+    """A ready endpoint of an instance's Deployment."""
+
+    __slots__ = ("endpoint", "exited", "key")
+
+    def __init__(self, key: Key, endpoint: str) -> None:
+        self.key = key
+        self.endpoint = endpoint
+        self.exited: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+
+    def gone(self) -> None:
+        if not self.exited.done():
+            self.exited.set_result(0)
+
+
+class _StartWaiter:
+    def __init__(self, count: int) -> None:
+        self.count = count
+        self.replicas: list[EndpointReplica] = []
+        self.done = asyncio.Event()
+
+    def add(self, replica: EndpointReplica) -> None:
+        self.replicas.append(replica)
+        if len(self.replicas) >= self.count:
+            self.done.set()
+
+
+class KubernetesRuntime:
+    self_healing = True  # Deployments restart their own pods
+
+    def __init__(self, config: Config, scaler: Scaler) -> None:
+        self._config = config
+        self._scaler = scaler
+        self._client: k8s.ApiClient | None = None
+        self.leader: LeaderElector | None = None
+        self._placements: dict[Key, Placement] = {}
+        self._known: dict[Key, dict[str, EndpointReplica]] = {}
+        self._leaving: dict[Key, set[str]] = {}
+        self._waiters: dict[Key, _StartWaiter] = {}
+        self._key_digests: dict[Key, tuple[bytes, ...]] = {}
+        self._persisted: dict[Key, float] = {}
+        self._warned: set[str] = set()
+        self._informers: list[Informer] = []
+        self._tasks: list[asyncio.Task[Any]] = []
+        self._reconcile_due = False
+        self._opened = False
+        self.keys = KubeKeyStore(self._api_client, self._namespace_of, self._secret_of)
+
+    # --- opening: connect, become the leader, learn the cluster ---
+
+    def _api_client(self) -> k8s.ApiClient:
+        assert self._client is not None, "the Kubernetes runtime is not open"
+        return self._client
+
+    async def open(self) -> None:
+        settings = self._config.kubernetes
+        self._client = await connect(settings.kubeconfig)
+        identity = os.environ.get("POD_NAME") or f"{socket.gethostname()}-{os.getpid()}"
+        self.leader = LeaderElector(self._client, settings, identity)
+        await self.leader.acquire()
+        self.leader.keep_renewing(self._lost_leadership)
+        core = k8s.CoreV1Api(self._client)
+        apps = k8s.AppsV1Api(self._client)
+        discovery = k8s.DiscoveryV1Api(self._client)
+        self._namespaces = Informer(
+            "namespaces", core.list_namespace, self._changed, label_selector=ENVIRONMENT_LABEL
+        )
+        self._deployments = Informer(
+            "deployments", apps.list_deployment_for_all_namespaces, self._changed
+        )
+        self._slices = Informer(
+            "endpointslices", discovery.list_endpoint_slice_for_all_namespaces, self._changed,
+            label_selector=SERVICE_NAME_LABEL,
+        )
+        self._secrets = Informer(
+            "secrets", core.list_secret_for_all_namespaces, self._changed,
+            label_selector=f"{KEYS_LABEL}=true",
+        )
+        self._informers = [self._namespaces, self._deployments, self._slices, self._secrets]
+        self._tasks = [asyncio.ensure_future(i.run()) for i in self._informers]
+        # Act only on a complete picture: every cache listed once.
+        await asyncio.gather(*(i.synced.wait() for i in self._informers))
+        self._reconcile(initial=True)
+        self._opened = True
+        self._tasks.append(asyncio.ensure_future(self._persist_activity()))
+
+    def _lost_leadership(self) -> None:
+        # Another controller may act from now on: stop this one the normal way
+        # (Kubernetes restarts it, and it then waits to become the leader).
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    # --- the cluster's state → instances and replicas ---
+
+    def _changed(self) -> None:
+        if not self._opened or self._reconcile_due:
+            return
+        # Coalesce a burst of watch events into one pass.
+        self._reconcile_due = True
+        asyncio.get_running_loop().call_soon(self._reconcile)
+
+    def _warn_once(self, message: str) -> None:
+        if message not in self._warned:
+            self._warned.add(message)
+            log.warning("%s", message)
+
+    def _environments(self) -> dict[str, Environment]:
+        """namespace → environment, for every correctly labelled namespace."""
+        found: dict[str, Environment] = {}
+        for (_, namespace), obj in self._namespaces.cache.items():
+            labels = obj.get("metadata", {}).get("labels") or {}
+            name = labels.get(ENVIRONMENT_LABEL, "")
+            kind = labels.get(KIND_LABEL) or (name if name in KINDS else "")
+            if not _ENVIRONMENT_NAME.fullmatch(name):
+                self._warn_once(f"namespace {namespace}: {ENVIRONMENT_LABEL}={name!r} is not a "
+                                "valid environment name (1-24 letters, digits, dashes)")
+                continue
+            if kind not in KINDS:
+                self._warn_once(f"namespace {namespace}: {KIND_LABEL}={kind!r} is not one of "
+                                f"{', '.join(KINDS)}")
+                continue
+            configured = self._config.environments.get(name)
+            if configured is not None and configured.kind == kind:
+                found[namespace] = configured
+            else:
+                d = KIND_DEFAULTS[kind]
+                found[namespace] = Environment(
+                    name=name, kind=kind, access=d.access, idle_timeout=d.idle_timeout,
+                    min_replicas=d.min_replicas, max_replicas=d.max_replicas,
+                )
+        return found
+
+    def _instance(
+        self, env: Environment, deployment: Obj
+    ) -> tuple[InstanceSpec, Placement] | None:
+        meta = deployment.get("metadata", {})
+        annotations = meta.get("annotations") or {}
+        service = annotations.get(SERVICE_ANNOTATION)
+        if service is None:
+            return None
+        where = f"deployment {meta.get('namespace')}/{meta.get('name')}"
+        if not _DNS_LABEL.fullmatch(service):
+            self._warn_once(f"{where}: {SERVICE_ANNOTATION}={service!r} is not a DNS label")
+            return None
+        overrides: dict[str, Any] = {}
+        for annotation, field in ((IDLE_TIMEOUT_ANNOTATION, "idle_timeout"),
+                                  (HOLD_TIMEOUT_ANNOTATION, "hold_timeout")):
+            raw = annotations.get(annotation)
+            if raw is None:
+                continue
+            try:
+                overrides[field] = (None if raw == "never" and field == "idle_timeout"
+                                    else parse_duration(raw))
+            except ValueError as exc:
+                self._warn_once(f"{where}: {annotation}: {exc}; using the environment's value")
+        if overrides:
+            env = dataclasses.replace(env, **overrides)
+        ignore = tuple(p.strip() for p in annotations.get(IGNORE_PATHS_ANNOTATION, "").split(",")
+                       if p.strip())
+        spec = InstanceSpec(env, Service(
+            name=service, command="", version=annotations.get(VERSION_ANNOTATION)
+            or _image_tag(deployment), environments=(env.name,), ignore_paths=ignore,
+        ))
+        persisted = _parse_time(annotations.get(ACTIVITY_ANNOTATION))
+        return spec, Placement(meta.get("namespace", ""), meta.get("name", ""), persisted)
+
+    def _reconcile(self, initial: bool = False) -> None:
+        self._reconcile_due = False
+        environments = self._environments()
+        specs: list[InstanceSpec] = []
+        placements: dict[Key, Placement] = {}
+        for (namespace, _), obj in sorted(self._deployments.cache.items()):
+            env = environments.get(namespace)
+            if env is None:
+                continue
+            found = self._instance(env, obj)
+            if found is None:
+                continue
+            spec, placement = found
+            if spec.key in placements:
+                other = placements[spec.key]
+                self._warn_once(f"{spec.name} is claimed by both {other.namespace}/"
+                                f"{other.deployment} and {namespace}/{placement.deployment}: "
+                                "using the first")
+                continue
+            placements[spec.key] = placement
+            specs.append(spec)
+        self._placements = placements
+        for key in [k for k in self._known if k not in placements]:
+            for replica in self._known.pop(key).values():
+                replica.gone()
+        self._scaler.sync_instances(specs, stop_removed=False)
+        self._sync_endpoints(initial)
+        self._sync_keys()
+
+    def _ready_endpoints(self, placement: Placement) -> set[str]:
+        ready: set[str] = set()
+        for (namespace, _), slice_ in self._slices.cache.items():
+            labels = slice_.get("metadata", {}).get("labels") or {}
+            if namespace != placement.namespace or \
+                    labels.get(SERVICE_NAME_LABEL) != placement.deployment:
+                continue
+            ports = slice_.get("ports") or []
+            port = next((p.get("port") for p in ports if p.get("name") == "http"), None) or \
+                next((p.get("port") for p in ports if p.get("port")), None)
+            if not port:
+                continue
+            ipv6 = slice_.get("addressType") == "IPv6"
+            for endpoint in slice_.get("endpoints") or []:
+                conditions = endpoint.get("conditions") or {}
+                # Absent `ready` means ready (the API's rule); terminating never serves new work.
+                if conditions.get("ready") is False or conditions.get("terminating") is True:
+                    continue
+                for address in endpoint.get("addresses") or []:
+                    ready.add(f"[{address}]:{port}" if ipv6 else f"{address}:{port}")
+        return ready
+
+    def _sync_endpoints(self, initial: bool) -> None:
+        now_mono, now_wall = time.monotonic(), time.time()
+        for key, placement in self._placements.items():
+            ready = self._ready_endpoints(placement)
+            known = self._known.setdefault(key, {})
+            leaving = self._leaving.get(key)
+            if leaving:
+                leaving &= ready  # forget addresses once they are really gone
+            for address in [a for a in known if a not in ready]:
+                replica = known.pop(address)
+                replica.gone()
+                self._scaler.replica_exited(key, replica, 0)
+            for address in sorted(ready):
+                if address in known or (leaving and address in leaving):
+                    continue
+                replica = EndpointReplica(key, address)
+                known[address] = replica
+                waiter = self._waiters.get(key)
+                if waiter is not None:
+                    waiter.add(replica)
+                    continue
+                active_at = None
+                if initial and placement.persisted_activity is not None:
+                    active_at = now_mono - max(0.0, now_wall - placement.persisted_activity)
+                self._scaler.replica_appeared(key, replica, active_at)
+
+    def _sync_keys(self) -> None:
+        for key in self._placements:
+            digests = self.keys.hashes(*key)
+            if self._key_digests.get(key, ()) != digests:
+                self._key_digests[key] = digests
+                if key in self._scaler.instances:
+                    self._scaler.keys_changed(key)
+
+    def _namespace_of(self, environment: str, service: str) -> str | None:
+        placement = self._placements.get((environment, service))
+        return placement.namespace if placement else None
+
+    def _secret_of(self, environment: str, service: str) -> Obj | None:
+        namespace = self._namespace_of(environment, service)
+        if namespace is None or not self._informers:
+            return None
+        return self._secrets.cache.get((namespace, secret_name(service)))
+
+    # --- scaling ---
+
+    async def _scale(self, key: Key, target: int, at_least: bool) -> int:
+        """Set the Deployment's replicas from a fresh read; with at_least, never lower them."""
+        placement = self._placements.get(key)
+        if placement is None:
+            raise StartFailed(f"the Deployment of {key[0]}/{key[1]} is gone")
+        apps = k8s.AppsV1Api(self._api_client())
+        for _ in range(_SCALE_ATTEMPTS):
+            scale = await call(apps.read_namespaced_deployment_scale,
+                               placement.deployment, placement.namespace)
+            current = int((scale.get("spec") or {}).get("replicas") or 0)
+            if current == target or (at_least and current > target):
+                return current
+            scale.setdefault("spec", {})["replicas"] = target
+            try:
+                await call(apps.replace_namespaced_deployment_scale,
+                           placement.deployment, placement.namespace, scale)
+                log.info("scaled %s/%s from %d to %d replicas", placement.namespace,
+                         placement.deployment, current, target)
+                return target
+            except KubeError as exc:
+                if exc.status != 409:
+                    raise
+        raise StartFailed(f"the scale of {placement.namespace}/{placement.deployment} kept "
+                          "changing under us")
+
+    async def start(self, inst: InstanceSpec, version: str, count: int) -> list[Any]:
+        if count <= 0:
+            return []
+        key = inst.key
+        known = self._known.get(key, {})
+        limit = max(inst.environment.max_replicas, 1)
+        target = min(len(known) + count, limit)
+        count = target - len(known)
+        if count <= 0:
+            return []
+        waiter = _StartWaiter(count)
+        self._waiters[key] = waiter
+        try:
+            try:
+                await self._scale(key, target, at_least=True)
+            except KubeError as exc:
+                raise StartFailed(f"cannot scale the Deployment: {exc}") from None
+            try:
+                await asyncio.wait_for(waiter.done.wait(), inst.service.start_timeout)
+            except TimeoutError:
+                placement = self._placements.get(key)
+                where = f"{placement.namespace}/{placement.deployment}" if placement else ""
+                raise StartFailed(
+                    f"{len(waiter.replicas)} of {count} new replicas ready within "
+                    f"{inst.service.start_timeout:g}s (see kubectl describe deployment -n "
+                    f"{where.replace('/', ' ')})"
+                ) from None
+            return list(waiter.replicas)
+        except BaseException:
+            # Whatever became ready meanwhile is not lost: the scaler gets it as found.
+            for replica in waiter.replicas:
+                if not replica.exited.done():
+                    self._scaler.replica_appeared(key, replica)
+            raise
+        finally:
+            self._waiters.pop(key, None)
+
+    async def stop(self, replicas: list[Any], grace: float) -> None:
+        by_key: dict[Key, list[EndpointReplica]] = {}
+        for replica in replicas:
+            by_key.setdefault(replica.key, []).append(replica)
+        for key, going in by_key.items():
+            known = self._known.get(key, {})
+            leaving = self._leaving.setdefault(key, set())
+            for replica in going:
+                known.pop(replica.endpoint, None)
+                leaving.add(replica.endpoint)
+                replica.gone()
+            try:
+                await self._scale(key, len(known), at_least=False)
+            except (KubeError, StartFailed) as exc:
+                log.error("could not scale %s/%s down: %s", key[0], key[1], exc)
+
+    # --- last activity, persisted on the Deployment ---
+
+    async def _persist_activity(self) -> None:
+        interval = self._config.kubernetes.activity_persist_interval
+        apps = k8s.AppsV1Api(self._api_client())
+        while True:
+            await asyncio.sleep(interval)
+            now_mono, now_wall = time.monotonic(), time.time()
+            for key, placement in list(self._placements.items()):
+                inst = self._scaler.instances.get(key)
+                if inst is None or not inst.replicas:
+                    continue
+                in_flight, last = self._scaler.activity(inst)
+                wall = now_wall if in_flight else now_wall - (now_mono - last)
+                if abs(wall - self._persisted.get(key, 0.0)) < interval:
+                    continue
+                body = {"metadata": {"annotations": {ACTIVITY_ANNOTATION: _format_time(wall)}}}
+                try:
+                    await call(apps.patch_namespaced_deployment, placement.deployment,
+                               placement.namespace, body,
+                               _content_type="application/merge-patch+json")
+                    self._persisted[key] = wall
+                except Exception as exc:  # retried at the next interval
+                    log.warning("could not record the activity of %s: %s", inst.name, exc)
+
+    # --- the rest of the runtime interface ---
+
+    def log_path(self, inst: InstanceSpec) -> str:
+        placement = self._placements.get(inst.key)
+        if placement is None:
+            return "-"
+        return f"kubectl logs -n {placement.namespace} deployment/{placement.deployment}"
+
+    async def shutdown(self, grace: float) -> None:
+        # Instances keep running: a controller going away is not a reason to stop them.
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        if self.leader is not None:
+            await self.leader.release()
+        if self._client is not None:
+            await self._client.close()
+
+    def kill_all_now(self) -> None:
+        return None
+
+
+def _image_tag(deployment: Obj) -> str:
+    containers = (((deployment.get("spec") or {}).get("template") or {}).get("spec") or {}) \
+        .get("containers") or []
+    image = containers[0].get("image", "") if containers else ""
+    tail = image.rsplit("/", 1)[-1]
+    return tail.split(":", 1)[1].split("@", 1)[0] if ":" in tail else "latest"
+
+
+def _format_time(wall: float) -> str:
+    return dt.datetime.fromtimestamp(wall, dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def _parse_time(value: str | None) -> float | None:
+    if not value:
+        return None
+    try:
+        return dt.datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return None
+
+
+__all__ = ["KubernetesRuntime", "hashes_in"]

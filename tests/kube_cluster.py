@@ -1,0 +1,124 @@
+"""A fake Kubernetes cluster for wakegate's tests: the fake API server in a thread of its own.
+
+The server runs on its own event loop, so that a test may block (waiting on
+a wakegate process, calling the CLI) without stalling the API server that
+wakegate talks to. Objects are made through the server's own create path.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+import threading
+import urllib.request
+from collections.abc import Coroutine
+from pathlib import Path
+from typing import Any, TypeVar
+
+from tests.kube import FakeKube
+
+T = TypeVar("T")
+
+HELLO_PORT = 8080
+
+
+class Cluster:
+    def __init__(self, tmp: Path, start_delay: float = 0.05) -> None:
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
+        self._thread.start()
+        self.kube = FakeKube(tmp, start_delay=start_delay)
+        self.run(self.kube.__aenter__())
+        # Where the manifests put the controller, and so its Lease.
+        self.create({"apiVersion": "v1", "kind": "Namespace",
+                     "metadata": {"name": "wakegate-system"}})
+
+    def run(self, coro: Coroutine[Any, Any, T], timeout: float = 30.0) -> T:
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout)
+
+    def call(self, fn: Any, *args: Any) -> Any:
+        """A plain method of the server, called on its own loop."""
+        async def go() -> Any:
+            return fn(*args)
+        return self.run(go())
+
+    def close(self) -> None:
+        try:
+            self.run(self.kube.__aexit__(None, None, None))
+        finally:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(10)
+            self._loop.close()
+
+    @property
+    def kubeconfig(self) -> str:
+        return str(self.kube.kubeconfig)
+
+    def create(self, obj: dict[str, Any]) -> Any:
+        return self.run(self.kube.create(obj))
+
+    def get(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
+        return self.call(self.kube.get, kind, namespace, name)
+
+    def replicas(self, namespace: str, name: str) -> int:
+        obj = self.get("Deployment", namespace, name)
+        assert obj is not None
+        return int(obj["spec"].get("replicas") or 0)
+
+    def pod_pids(self, namespace: str, deployment: str) -> list[int]:
+        return list(self.call(self.kube.pod_pids, namespace, deployment))
+
+    # --- objects ---
+
+    def environment(self, namespace: str, environment: str, kind: str) -> None:
+        self.create({
+            "apiVersion": "v1", "kind": "Namespace",
+            "metadata": {"name": namespace, "labels": {
+                "wakegate.dev/environment": environment, "wakegate.dev/kind": kind}},
+        })
+
+    def service(self, namespace: str, name: str, replicas: int = 0, version: str = "1.0.0",
+                annotations: dict[str, str] | None = None,
+                env: dict[str, str] | None = None) -> None:
+        """A Deployment + Service of the hello example, annotated as a wakegate instance."""
+        labels = {"app": name}
+        container_env = [{"name": "WAKEGATE_VERSION", "value": version},
+                         {"name": "SERVICE_NAME", "value": name}]
+        container_env += [{"name": k, "value": v} for k, v in (env or {}).items()]
+        self.create({
+            "apiVersion": "apps/v1", "kind": "Deployment",
+            "metadata": {"name": name, "namespace": namespace, "annotations": {
+                "wakegate.dev/service": name, **(annotations or {})}},
+            "spec": {
+                "replicas": replicas,
+                "selector": {"matchLabels": labels},
+                "template": {
+                    "metadata": {"labels": labels},
+                    "spec": {"containers": [{
+                        "name": "app", "image": f"example/hello:{version}",
+                        "command": [sys.executable, "examples/hello/app.py"],
+                        "env": container_env,
+                        "ports": [{"name": "http", "containerPort": HELLO_PORT}],
+                        "readinessProbe": {"httpGet": {"path": "/healthz", "port": HELLO_PORT}},
+                    }]},
+                },
+            },
+        })
+        self.create({
+            "apiVersion": "v1", "kind": "Service",
+            "metadata": {"name": name, "namespace": namespace},
+            "spec": {"selector": labels,
+                     "ports": [{"name": "http", "port": 80, "targetPort": HELLO_PORT}]},
+        })
+
+    def scale(self, namespace: str, name: str, replicas: int) -> None:
+        """What `kubectl scale` does: a merge patch of the scale subresource, over HTTP."""
+        request = urllib.request.Request(
+            f"{self.kube.url}/apis/apps/v1/namespaces/{namespace}/deployments/{name}/scale",
+            data=json.dumps({"spec": {"replicas": replicas}}).encode(), method="PATCH",
+            headers={"Authorization": f"Bearer {self.kube.token}",
+                     "Content-Type": "application/merge-patch+json"},
+        )
+        with urllib.request.urlopen(request, timeout=10) as response:
+            assert response.status == 200, response.status
