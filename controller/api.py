@@ -34,6 +34,12 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 Key = tuple[str, str]
 
 
+def _not_leader() -> web.Response:
+    return _error(503, "not_leader",
+                  "This controller is not acting yet (it starts, or waits to become the "
+                  "leader): retry, or ask the one that leads.")
+
+
 def _error(status: int, code: str, message: str, **extra: Any) -> web.Response:
     return web.json_response({"error": code, "message": message, **extra}, status=status)
 
@@ -179,7 +185,7 @@ class ControllerAPI:
     def app(self) -> web.Application:
         app = web.Application(middlewares=[self._errors_and_auth])
         app.router.add_get("/healthz", self.healthz)
-        app.router.add_get("/readyz", self.healthz)
+        app.router.add_get("/readyz", self.readyz)
         app.router.add_get("/metrics", self.metrics)
         app.router.add_get("/v1/status", self.status)
         app.router.add_post("/v1/keys", self.create_key)
@@ -232,6 +238,13 @@ class ControllerAPI:
     async def healthz(self, request: web.Request) -> web.Response:
         return web.json_response({"status": "ok"})
 
+    async def readyz(self, request: web.Request) -> web.Response:
+        # Ready only once it acts (Kubernetes: holds the Lease), so that a
+        # Service sends proxies to the leader and never to a standby.
+        if not self.scaler.acting:
+            return _not_leader()
+        return web.json_response({"status": "ok"})
+
     async def metrics(self, request: web.Request) -> web.Response:
         return web.Response(
             body=generate_latest(self.registry), headers={"Content-Type": CONTENT_TYPE_LATEST}
@@ -245,6 +258,9 @@ class ControllerAPI:
     async def watch_routes(self, request: web.Request) -> web.Response:
         """`GET /v1/routes?epoch=E&version=N&wait=S`: the table now if it is not (E, N), else
         when it changes, within S seconds (at most MAX_WAIT); 304 if it did not."""
+        if not self.scaler.acting:
+            # A standby's table is empty: a proxy must never apply it.
+            return _not_leader()
         query = request.query
         epoch = query.get("epoch", "")
         try:
@@ -264,6 +280,8 @@ class ControllerAPI:
 
     async def activate(self, request: web.Request) -> web.Response:
         """`POST /v1/activate {"environment", "service"}` → 202; the table says how it goes."""
+        if not self.scaler.acting:
+            return _not_leader()
         body = await _json_body(request, _INSTANCE_BODY_HINT)
         if not isinstance(body, dict):
             raise _BadRequest(_INSTANCE_BODY_HINT)

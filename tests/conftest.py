@@ -267,10 +267,30 @@ class Wakegate:
         path = self.state_dir / "logs" / f"{environment}.{service}.log"
         return path.read_text() if path.exists() else ""
 
+    def starts(self, environment: str, service: str) -> int:
+        """How many times the service was started: the runtime marks each start in its log."""
+        return self.log_of(environment, service).count("--- wakegate: starting")
+
+
+# Deployments a test module can run in (see tests/modes.py).
+MODES = ("up", "split", "kubernetes")
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Parametrize `wakegate_mode` by the test's `modes` marker (default: every mode)."""
+    if "wakegate_mode" in metafunc.fixturenames:
+        marker = metafunc.definition.get_closest_marker("modes")
+        metafunc.parametrize("wakegate_mode", marker.args if marker else MODES)
+
 
 @pytest.fixture
-def wakegate(tmp_path: Path) -> Iterator[Callable[..., Wakegate]]:
+def wakegate(_wakegate_up: Callable[..., Wakegate]) -> Callable[..., Wakegate]:
     """Start a wakegate with a config dict; stopped (and checked for leftovers) at the end."""
+    return _wakegate_up
+
+
+@pytest.fixture
+def _wakegate_up(tmp_path: Path) -> Iterator[Callable[..., Wakegate]]:
     started: list[Wakegate] = []
 
     def start(config: dict[str, Any], name: str = "wakegate") -> Wakegate:

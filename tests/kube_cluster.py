@@ -80,7 +80,8 @@ class Cluster:
 
     def service(self, namespace: str, name: str, replicas: int = 0, version: str = "1.0.0",
                 annotations: dict[str, str] | None = None,
-                env: dict[str, str] | None = None) -> None:
+                env: dict[str, str] | None = None, command: list[str] | None = None,
+                readiness_path: str = "/healthz", grace_seconds: int = 2) -> None:
         """A Deployment + Service of the hello example, annotated as a wakegate instance."""
         labels = {"app": name}
         container_env = [{"name": "WAKEGATE_VERSION", "value": version},
@@ -97,11 +98,12 @@ class Cluster:
                     "metadata": {"labels": labels},
                     "spec": {"containers": [{
                         "name": "app", "image": f"example/hello:{version}",
-                        "command": [sys.executable, "examples/hello/app.py"],
+                        "command": command or [sys.executable, "examples/hello/app.py"],
                         "env": container_env,
                         "ports": [{"name": "http", "containerPort": HELLO_PORT}],
-                        "readinessProbe": {"httpGet": {"path": "/healthz", "port": HELLO_PORT}},
-                    }]},
+                        "readinessProbe": {"httpGet": {"path": readiness_path,
+                                                       "port": HELLO_PORT}},
+                    }], "terminationGracePeriodSeconds": grace_seconds},
                 },
             },
         })

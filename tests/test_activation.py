@@ -18,6 +18,7 @@ import pytest
 
 from .client import Answer, fetch
 from .conftest import Wakegate, hello_service, wait_until
+from .modes import wakegate_in_every_mode  # noqa: F401  (every deployment)
 
 SERVICE = "hello"
 DEMO = "demo"
@@ -45,7 +46,7 @@ async def wait_for(predicate: Callable[[], Any], timeout: float, what: str) -> A
 
 
 def starts_in_log(wg: Wakegate, environment: str = DEMO) -> int:
-    return wg.log_of(environment, SERVICE).count(STARTING_LINE)
+    return wg.starts(environment, SERVICE)
 
 
 def cold_start_ms(headers: Any) -> float:
@@ -156,6 +157,9 @@ async def test_held_client_that_disconnects_is_removed_at_once(wakegate: Start) 
 # --- failures ---
 
 
+# On Kubernetes the kubelet restarts a crashing container: the activation fails
+# only at start_timeout (tests/test_kubernetes.py).
+@pytest.mark.modes("up", "split")
 async def test_service_that_exits_at_start_fails_held_requests_at_once(wakegate: Start) -> None:
     wg = wakegate(demo_config({"HELLO_EXIT_AT_START": "7"}, hold_timeout="30s"))
     async with aiohttp.ClientSession() as http:
@@ -190,6 +194,7 @@ async def test_service_that_exits_at_start_fails_held_requests_at_once(wakegate:
     assert "exited with status 7" in as_json, as_json
 
 
+@pytest.mark.modes("up", "split")  # on Kubernetes the Deployment restarts a crashed pod itself
 async def test_service_that_crashes_while_serving_sleeps_then_wakes_again(
     wakegate: Start,
 ) -> None:
@@ -262,6 +267,7 @@ async def test_readiness_is_noticed_within_milliseconds(wakegate: Start) -> None
             )
 
 
+@pytest.mark.modes("up", "split")  # ports and process environment are the local runtime's
 async def test_service_gets_its_version_and_a_free_port(wakegate: Start) -> None:
     wg = wakegate(demo_config(version="2.5.1-rc.1"))
     async with aiohttp.ClientSession() as http:

@@ -15,6 +15,7 @@ import aiohttp
 
 from .client import Answer, fetch
 from .conftest import Wakegate, hello_service, wait_until
+from .modes import wakegate_in_every_mode  # noqa: F401  (every deployment)
 
 SERVICE = "hello"
 DEMO = "demo"
@@ -42,7 +43,7 @@ async def wait_for(predicate: Callable[[], Any], timeout: float, what: str) -> A
 
 
 def starts_in_log(wg: Wakegate) -> int:
-    return wg.log_of(DEMO, SERVICE).count(STARTING_LINE)
+    return wg.starts(DEMO, SERVICE)
 
 
 async def get(http: aiohttp.ClientSession, wg: Wakegate, path: str = "/",

@@ -53,6 +53,7 @@ VERSION_ANNOTATION = "wakegate.dev/version"
 IDLE_TIMEOUT_ANNOTATION = "wakegate.dev/idle-timeout"
 HOLD_TIMEOUT_ANNOTATION = "wakegate.dev/hold-timeout"
 IGNORE_PATHS_ANNOTATION = "wakegate.dev/ignore-paths"
+IGNORE_USER_AGENTS_ANNOTATION = "wakegate.dev/ignore-user-agents"
 ACTIVITY_ANNOTATION = "wakegate.dev/last-activity"
 SERVICE_NAME_LABEL = "kubernetes.io/service-name"
 
@@ -107,6 +108,7 @@ class KubernetesRuntime:
         self._known: dict[Key, dict[str, EndpointReplica]] = {}
         self._leaving: dict[Key, set[str]] = {}
         self._waiters: dict[Key, _StartWaiter] = {}
+        self._gone_events: dict[Key, asyncio.Event] = {}
         self._key_digests: dict[Key, tuple[bytes, ...]] = {}
         self._persisted: dict[Key, float] = {}
         self._warned: set[str] = set()
@@ -224,11 +226,11 @@ class KubernetesRuntime:
                 self._warn_once(f"{where}: {annotation}: {exc}; using the environment's value")
         if overrides:
             env = dataclasses.replace(env, **overrides)
-        ignore = tuple(p.strip() for p in annotations.get(IGNORE_PATHS_ANNOTATION, "").split(",")
-                       if p.strip())
         spec = InstanceSpec(env, Service(
             name=service, command="", version=annotations.get(VERSION_ANNOTATION)
-            or _image_tag(deployment), environments=(env.name,), ignore_paths=ignore,
+            or _image_tag(deployment), environments=(env.name,),
+            ignore_paths=_comma_list(annotations.get(IGNORE_PATHS_ANNOTATION)),
+            ignore_user_agents=_comma_list(annotations.get(IGNORE_USER_AGENTS_ANNOTATION)),
         ))
         persisted = _parse_time(annotations.get(ACTIVITY_ANNOTATION))
         return spec, Placement(meta.get("namespace", ""), meta.get("name", ""), persisted)
@@ -262,8 +264,10 @@ class KubernetesRuntime:
         self._sync_endpoints(initial)
         self._sync_keys()
 
-    def _ready_endpoints(self, placement: Placement) -> set[str]:
+    def _endpoints(self, placement: Placement) -> tuple[set[str], set[str]]:
+        """(ready addresses, every address still listed, terminating ones included)."""
         ready: set[str] = set()
+        present: set[str] = set()
         for (namespace, _), slice_ in self._slices.cache.items():
             labels = slice_.get("metadata", {}).get("labels") or {}
             if namespace != placement.namespace or \
@@ -278,20 +282,25 @@ class KubernetesRuntime:
             for endpoint in slice_.get("endpoints") or []:
                 conditions = endpoint.get("conditions") or {}
                 # Absent `ready` means ready (the API's rule); terminating never serves new work.
-                if conditions.get("ready") is False or conditions.get("terminating") is True:
-                    continue
+                serves = not (conditions.get("ready") is False
+                              or conditions.get("terminating") is True)
                 for address in endpoint.get("addresses") or []:
-                    ready.add(f"[{address}]:{port}" if ipv6 else f"{address}:{port}")
-        return ready
+                    text = f"[{address}]:{port}" if ipv6 else f"{address}:{port}"
+                    present.add(text)
+                    if serves:
+                        ready.add(text)
+        return ready, present
 
     def _sync_endpoints(self, initial: bool) -> None:
         now_mono, now_wall = time.monotonic(), time.time()
         for key, placement in self._placements.items():
-            ready = self._ready_endpoints(placement)
+            ready, present = self._endpoints(placement)
             known = self._known.setdefault(key, {})
             leaving = self._leaving.get(key)
-            if leaving:
-                leaving &= ready  # forget addresses once they are really gone
+            if leaving is not None:
+                leaving &= present  # forget addresses once they are really gone
+                if not leaving and key in self._gone_events:
+                    self._gone_events.pop(key).set()
             for address in [a for a in known if a not in ready]:
                 replica = known.pop(address)
                 replica.gone()
@@ -407,6 +416,17 @@ class KubernetesRuntime:
                 await self._scale(key, len(known), at_least=False)
             except (KubeError, StartFailed) as exc:
                 log.error("could not scale %s/%s down: %s", key[0], key[1], exc)
+                continue
+            # Asleep means stopped: wait until the pods have left the EndpointSlices
+            # (they are gone when their process has exited), as the local runtime
+            # waits for its processes.
+            gone = self._gone_events.setdefault(key, asyncio.Event())
+            self._changed()
+            try:
+                await asyncio.wait_for(gone.wait(), grace + 5.0)
+            except TimeoutError:
+                log.warning("%s/%s: pods still listed %gs after scaling down", key[0], key[1],
+                            grace + 5.0)
 
     # --- last activity, persisted on the Deployment ---
 
@@ -455,6 +475,10 @@ class KubernetesRuntime:
 
     def kill_all_now(self) -> None:
         return None
+
+
+def _comma_list(value: str | None) -> tuple[str, ...]:
+    return tuple(item.strip() for item in (value or "").split(",") if item.strip())
 
 
 def _image_tag(deployment: Obj) -> str:
