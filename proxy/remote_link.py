@@ -191,8 +191,17 @@ class RemoteLink:
             self._failure_base = dict(self._failures)
         table = self._with_lasting_failures(table)
         self._local_version += 1
+        new_controller = self.epoch is not None and epoch != self.epoch
         self.epoch, self.wire_version = epoch, version
         self._apply(table)
+        if new_controller:
+            # The old controller may have died between taking an activation and
+            # finishing it; the new one knows nothing of it. Ask again for every
+            # instance requests are held for.
+            for key, route in table.by_key.items():
+                act = self._activity.instances.get(key)
+                if act is not None and act.in_flight > 0 and not route.endpoints:
+                    self.activate(key)
         self._report_now.set()  # the controller may be waiting to hear that it arrived
 
     def _with_lasting_failures(self, table: RouteTable) -> RouteTable:

@@ -285,3 +285,29 @@ async def test_rbac_grants_exactly_the_calls_the_controller_makes(cluster: Clust
     assert granted, "no wakegate-controller ClusterRole/Role in manifests/"
     assert seen <= granted, f"calls the manifests do not allow: {sorted(seen - granted)}"
     assert granted <= seen, f"verbs granted but never used: {sorted(granted - seen)}"
+
+
+# --- split mode on Kubernetes: a controller that dies mid-activation ---
+
+
+async def test_controller_killed_mid_activation_held_requests_still_answered(
+    cluster: Cluster, split: Callable[..., Any]
+) -> None:
+    cluster.environment("hello-demo", "demo", "demo")
+    cluster.service("hello-demo", "hello", env={"HELLO_STARTUP_DELAY_MS": "1500"})
+    config = kube_config(cluster, demo={"idle_timeout": "1h", "hold_timeout": "20s"})
+    deployment = split(config, proxies=2)
+    base = deployment.proxies[0].base
+    host = Wakegate.host("hello", "demo")
+    async with aiohttp.ClientSession() as http:
+        held = [asyncio.ensure_future(fetch(http, base, host)) for _ in range(5)]
+        # The leader has scaled the Deployment up; the pod is still starting.
+        await asyncio.to_thread(wait_replicas, cluster, "hello-demo", "hello", 1, 10.0)
+        assert not any(task.done() for task in held)
+        await asyncio.to_thread(deployment.restart_controller, signal.SIGKILL)
+        answers = await asyncio.wait_for(asyncio.gather(*held), 20.0)
+    for a in answers:
+        assert a.status == 200, a
+        assert a.cold, a
+    assert cluster.replicas("hello-demo", "hello") == 1, "the new leader did not scale again"
+    assert deployment.state("demo", "hello") == "ready"
