@@ -26,6 +26,7 @@ test: $(BIN)/wakegate
 
 bench: $(BIN)/wakegate
 	$(BIN)/python -m bench.coldstart --runs 30 --json bench/results/coldstart.json
+	$(BIN)/python -m bench.kubernetes --runs 30 --failovers 5 --json bench/results/kubernetes.json
 
 clean:
 	rm -rf $(VENV) .wakegate .pytest_cache .ruff_cache

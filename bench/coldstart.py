@@ -73,7 +73,7 @@ async def direct_start() -> float:
 
 
 class Wakegate:
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, overrides: dict[str, Any] | None = None) -> None:
         self.proxy_port, self.api_port = _free_port(), _free_port()
         config = {
             "state_dir": str(workdir / "state"),
@@ -84,6 +84,7 @@ class Wakegate:
                                    "readiness": {"http": "/healthz"},
                                    "environments": ["demo"], "stop_grace": "2s"}},
         }
+        config.update(overrides or {})
         path = workdir / "wakegate.yaml"
         path.write_text(yaml.safe_dump(config))
         self.proc = subprocess.Popen(
@@ -177,16 +178,21 @@ def markdown(result: dict[str, Any]) -> str:
     return "\n".join(out)
 
 
+def report(result: dict[str, Any], json_path: str | None, table: str) -> None:
+    """Write the result as JSON (when asked) and print its markdown table."""
+    if json_path:
+        Path(json_path).parent.mkdir(parents=True, exist_ok=True)
+        Path(json_path).write_text(json.dumps(result, indent=2) + "\n")
+    print(table)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--runs", type=int, default=30)
     parser.add_argument("--json", help="write the result to this file")
     args = parser.parse_args()
     result = asyncio.run(run(args.runs))
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
-    print(markdown(result))
+    report(result, args.json, markdown(result))
 
 
 if __name__ == "__main__":

@@ -26,6 +26,8 @@ from typing import Any
 import pytest
 import yaml
 
+from .procs import processes_with
+
 REPO = Path(__file__).resolve().parent.parent
 HELLO = REPO / "examples" / "hello" / "app.py"
 RUN_MARKER = uuid.uuid4().hex
@@ -64,25 +66,16 @@ def wait_until(predicate: Callable[[], Any], timeout: float, what: str,
         time.sleep(interval)
 
 
-def processes_with(marker_name: str, marker: str) -> list[int]:
-    """Pids of live processes whose environment carries NAME=marker."""
-    needle = f"{marker_name}={marker}".encode()
-    pids = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/environ", "rb") as f:
-                environ = f.read()
-            with open(f"/proc/{entry}/stat", "rb") as f:
-                state = f.read().rsplit(b")", 1)[1].split()[0]
-        except OSError:
-            continue
-        if state == b"Z":
-            continue  # exited; only its parent's wait is missing
-        if needle in environ.split(b"\0"):
-            pids.append(int(entry))
-    return pids
+def process_env(marker: str, token: str | None) -> dict[str, str]:
+    """The environment of a wakegate process a test starts: marked, and only its own token."""
+    env = dict(os.environ)
+    env["WAKEGATE_TEST_RUN"] = RUN_MARKER
+    env["WAKEGATE_TEST_INSTANCE"] = marker
+    env.pop("WAKEGATE_CONTROLLER", None)
+    env.pop("WAKEGATE_TOKEN", None)
+    if token:
+        env["WAKEGATE_TOKEN"] = token
+    return env
 
 
 def metric_value(text: str, name: str, **labels: str) -> float | None:
@@ -133,14 +126,7 @@ class Wakegate:
         return ["up", "-c", str(self.config_path)]
 
     def env(self) -> dict[str, str]:
-        env = dict(os.environ)
-        env["WAKEGATE_TEST_RUN"] = RUN_MARKER
-        env["WAKEGATE_TEST_INSTANCE"] = self.marker
-        env.pop("WAKEGATE_CONTROLLER", None)
-        env.pop("WAKEGATE_TOKEN", None)
-        if self.token:
-            env["WAKEGATE_TOKEN"] = self.token
-        return env
+        return process_env(self.marker, self.token)
 
     def start(self) -> Wakegate:
         self._up_seen.clear()
@@ -345,14 +331,7 @@ class ProxyProcess:
         self._up_seen = threading.Event()
 
     def env(self) -> dict[str, str]:
-        env = dict(os.environ)
-        env["WAKEGATE_TEST_RUN"] = RUN_MARKER
-        env["WAKEGATE_TEST_INSTANCE"] = self.marker
-        env.pop("WAKEGATE_CONTROLLER", None)
-        env.pop("WAKEGATE_TOKEN", None)
-        if self.token:
-            env["WAKEGATE_TOKEN"] = self.token
-        return env
+        return process_env(self.marker, self.token)
 
     def launch(self) -> ProxyProcess:
         """Start the process; `wait_up` waits for it to listen."""

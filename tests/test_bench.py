@@ -22,3 +22,18 @@ async def test_coldstart_bench_measures_both_sides() -> None:
         - result["service_start_to_ready"]["p50_ms"], 2), result
     table = coldstart.markdown(result)
     assert "| cold request through wakegate (first byte) | 2 |" in table, table
+
+
+async def test_kubernetes_bench_measures_cold_starts_and_failover() -> None:
+    from bench import kubernetes
+
+    result = await kubernetes.run(2, 1)
+    cold = result["coldstart"]
+    assert cold["through_wakegate_first_byte"]["n"] == 2, cold
+    # A cold start through the cluster includes the kubelet's simulated delay.
+    assert cold["through_wakegate_first_byte"]["min_ms"] >= cold["simulated_start_delay_ms"]
+    takeover = result["failover"]["takeover"]
+    assert takeover["n"] == 1
+    # The standby may only take over once the killed leader's 1 s lease expired.
+    assert takeover["min_ms"] >= 900, takeover
+    assert "leader failover" in kubernetes.markdown(result)

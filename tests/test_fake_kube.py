@@ -24,7 +24,7 @@ from kubernetes_asyncio.client.exceptions import ApiException
 from tests.conftest import RUN_MARKER
 from tests.kube import ApiError, FakeKube
 from tests.kube.fixtures import fake_kube  # noqa: F401
-from tests.kube.server import processes_with
+from tests.procs import processes_with
 
 DEADLINE = 10.0
 

@@ -25,6 +25,7 @@ from typing import Any, TypeVar
 import yaml
 from aiohttp import web
 
+from ..procs import processes_with
 from .api import ApiServer
 from .controllers import Controllers
 from .errors import ApiError
@@ -50,25 +51,6 @@ def _run_marker() -> str | None:
     conftest = sys.modules.get("tests.conftest")
     marker = getattr(conftest, "RUN_MARKER", None)
     return marker if isinstance(marker, str) else None
-
-
-def processes_with(name: str, value: str) -> list[int]:
-    """Pids of live (not zombie) processes whose environment has name=value."""
-    needle = f"{name}={value}".encode()
-    found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/environ", "rb") as f:
-                environ = f.read()
-            with open(f"/proc/{entry}/stat", "rb") as f:
-                state = f.read().rsplit(b")", 1)[1].split()[0]
-        except OSError:
-            continue
-        if state != b"Z" and needle in environ.split(b"\0"):
-            found.append(int(entry))
-    return found
 
 
 class _Cluster:

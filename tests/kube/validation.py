@@ -31,31 +31,25 @@ MSG_DNS1035 = (
 )
 
 
-def dns1123_subdomain(value: str) -> list[str]:
+def _name_errors(value: str, longest: int, pattern: re.Pattern[str], message: str) -> list[str]:
     errs = []
-    if len(value) > 253:
-        errs.append("must be no more than 253 characters")
-    if not _DNS1123_SUBDOMAIN.match(value):
-        errs.append(MSG_SUBDOMAIN)
+    if len(value) > longest:
+        errs.append(f"must be no more than {longest} characters")
+    if not pattern.match(value):
+        errs.append(message)
     return errs
+
+
+def dns1123_subdomain(value: str) -> list[str]:
+    return _name_errors(value, 253, _DNS1123_SUBDOMAIN, MSG_SUBDOMAIN)
 
 
 def dns1123_label(value: str) -> list[str]:
-    errs = []
-    if len(value) > 63:
-        errs.append("must be no more than 63 characters")
-    if not _DNS1123_LABEL.match(value):
-        errs.append(MSG_LABEL)
-    return errs
+    return _name_errors(value, 63, _DNS1123_LABEL, MSG_LABEL)
 
 
 def dns1035_label(value: str) -> list[str]:
-    errs = []
-    if len(value) > 63:
-        errs.append("must be no more than 63 characters")
-    if not _DNS1035_LABEL.match(value):
-        errs.append(MSG_DNS1035)
-    return errs
+    return _name_errors(value, 63, _DNS1035_LABEL, MSG_DNS1035)
 
 
 NAME_RULES = {"subdomain": dns1123_subdomain, "label": dns1123_label, "dns1035": dns1035_label}
