@@ -23,7 +23,9 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from .activity_reports import ActivityReports, ActivitySource, RemoteActivity, parse_report
-from .scaler import Scaler
+from .config import parse_version
+from .runtimes.base import StartFailed
+from .scaler import DeployRefused, Scaler
 from .spec import READY, STOPPING, RouteTable, routes_to_wire
 
 log = logging.getLogger("wakegate.api")
@@ -189,6 +191,8 @@ class ControllerAPI:
         app.router.add_get("/metrics", self.metrics)
         app.router.add_get("/v1/status", self.status)
         app.router.add_post("/v1/keys", self.create_key)
+        app.router.add_post("/v1/deploy", self.deploy)
+        app.router.add_post("/v1/promote", self.promote)
         app.router.add_get("/v1/routes", self.watch_routes)
         app.router.add_post("/v1/activate", self.activate)
         app.router.add_post("/v1/activity", self.activity)
@@ -317,6 +321,45 @@ class ControllerAPI:
         })
 
     # --- keys ---
+
+    async def deploy(self, request: web.Request) -> web.Response:
+        """`POST /v1/deploy {"service", "environment", "version"}`: run that version there."""
+        hint = 'Send a JSON object: {"service": ..., "environment": ..., "version": ...}.'
+        body = await _json_body(request, hint)
+        if not isinstance(body, dict):
+            raise _BadRequest(hint)
+        service, environment = body.get("service"), body.get("environment")
+        if not isinstance(service, str) or not isinstance(environment, str):
+            raise _BadRequest(f"service and environment must be strings. {hint}")
+        try:
+            version = parse_version(body.get("version"))
+        except ValueError as exc:
+            return _error(400, "bad_version", f"version: {exc}. Nothing was changed.")
+        if not self.scaler.acting:
+            return _not_leader()
+        return await self._versions(self.scaler.deploy(environment, service, version))
+
+    async def promote(self, request: web.Request) -> web.Response:
+        """`POST /v1/promote {"service"}`: the private version becomes the demo version."""
+        hint = 'Send a JSON object: {"service": ...}.'
+        body = await _json_body(request, hint)
+        if not isinstance(body, dict) or not isinstance(body.get("service"), str):
+            raise _BadRequest(hint)
+        if not self.scaler.acting:
+            return _not_leader()
+        return await self._versions(self.scaler.promote(body["service"]))
+
+    async def _versions(self, change: Awaitable[dict[str, Any]]) -> web.Response:
+        try:
+            result = await change
+        except LookupError as exc:
+            return _error(404, "not_found", f"{exc}. `wakegate status` lists the instances.")
+        except DeployRefused as exc:
+            return _error(409, "refused", f"{exc}. Nothing was changed.")
+        except StartFailed as exc:
+            return _error(502, "start_failed",
+                          f"the new version did not start ({exc}); the old one keeps serving.")
+        return web.json_response(result)
 
     async def create_key(self, request: web.Request) -> web.Response:
         hint = 'Send a JSON object: {"service": ..., "environment": ...}.'

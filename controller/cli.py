@@ -309,7 +309,8 @@ def _controller_url(args: argparse.Namespace) -> str:
     return DEFAULT_CONTROLLER
 
 
-def _call(args: argparse.Namespace, method: str, path: str, body: Any = None) -> Any:
+def _call(args: argparse.Namespace, method: str, path: str, body: Any = None,
+          timeout: float = 30) -> Any:
     url = _controller_url(args) + path
     data = json.dumps(body).encode() if body is not None else None
     request = urllib.request.Request(url, data=data, method=method)
@@ -318,7 +319,7 @@ def _call(args: argparse.Namespace, method: str, path: str, body: Any = None) ->
     if token:
         request.add_header("Authorization", f"Bearer {token}")
     try:
-        with urllib.request.urlopen(request, timeout=30) as resp:
+        with urllib.request.urlopen(request, timeout=timeout) as resp:
             return json.loads(resp.read())
     except urllib.error.HTTPError as exc:
         try:
@@ -362,6 +363,29 @@ def cmd_keys_create(args: argparse.Namespace) -> None:
     print(f"New API key for {result['environment']}/{result['service']} "
           "(shown only this once; only its hash is stored):")
     print(result["key"])
+
+
+# A deploy to a running instance waits for the new replicas (up to start_timeout).
+_DEPLOY_TIMEOUT = 300.0
+
+
+def _print_change(result: dict[str, Any]) -> None:
+    where = f"{result['environment']}/{result['service']}"
+    if result["changed"]:
+        print(f"{where}: version {result['version']} (was {result['previous']})")
+    else:
+        print(f"{where}: already at version {result['version']}; nothing to do")
+
+
+def cmd_deploy(args: argparse.Namespace) -> None:
+    _print_change(_call(args, "POST", "/v1/deploy", {
+        "service": args.service, "environment": args.env, "version": args.version,
+    }, timeout=_DEPLOY_TIMEOUT))
+
+
+def cmd_promote(args: argparse.Namespace) -> None:
+    _print_change(_call(args, "POST", "/v1/promote", {"service": args.service},
+                        timeout=_DEPLOY_TIMEOUT))
 
 
 # --- argument parsing ---
@@ -421,6 +445,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--env", default="private", help="environment (default: private)")
     with_controller(p)
     p.set_defaults(func=cmd_keys_create)
+
+    p = sub.add_parser("push", help="run VERSION in the private environment")
+    p.add_argument("service")
+    p.add_argument("version")
+    p.add_argument("--env", default="private", help=argparse.SUPPRESS)
+    with_controller(p)
+    p.set_defaults(func=cmd_deploy)
+
+    p = sub.add_parser("promote", help="the private version becomes the demo (public) version")
+    p.add_argument("service")
+    with_controller(p)
+    p.set_defaults(func=cmd_promote)
+
+    p = sub.add_parser("deploy", help="run VERSION in any environment")
+    p.add_argument("service")
+    p.add_argument("version")
+    p.add_argument("--env", required=True, help="environment")
+    with_controller(p)
+    p.set_defaults(func=cmd_deploy)
     return parser
 
 

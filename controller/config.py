@@ -77,7 +77,7 @@ import yaml
 
 from controller import spec
 
-__all__ = ["ConfigError", "load_config", "parse_duration", "parse_size"]
+__all__ = ["ConfigError", "load_config", "parse_duration", "parse_size", "parse_version"]
 
 T = TypeVar("T")
 
@@ -656,6 +656,11 @@ def _version(value: object) -> str:
             "dashes and underscores, starting with a letter or digit"
         )
     return value
+
+
+def parse_version(value: object) -> str:
+    """A version string as a command gives it; ValueError says what is wrong."""
+    return _version(value)
 
 
 def _http_path(value: object) -> str:

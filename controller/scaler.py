@@ -31,6 +31,7 @@ from .spec import (
     Route,
     RouteTable,
 )
+from .versions import VersionStore
 
 log = logging.getLogger("wakegate.controller")
 
@@ -70,6 +71,10 @@ class Instance:
         return self.spec.name
 
 
+class DeployRefused(Exception):
+    """The deploy cannot be done as asked; nothing was changed."""
+
+
 class Scaler:
     def __init__(
         self,
@@ -85,9 +90,10 @@ class Scaler:
         # False until the runtime is open (Kubernetes: leader elected and synced).
         self.acting = False
         self._pending: set[Key] = set()
-        self.instances: dict[Key, Instance] = {
-            spec.key: Instance(spec, config.host_of(*spec.key)) for spec in config.instances()
-        }
+        self.versions = VersionStore(config.state_dir)
+        self.instances: dict[Key, Instance] = {}
+        for spec in config.instances():
+            self.instances[spec.key] = self._new_instance(spec)
         self._subscribers: list[Callable[[RouteTable], None]] = []
         self._sources: list[ActivitySource] = []
         self._routes_by_host: dict[str, Route] = {}
@@ -114,6 +120,19 @@ class Scaler:
 
     # --- the set of instances (config, cluster discovery, apply) ---
 
+    def _new_instance(self, spec: InstanceSpec) -> Instance:
+        inst = Instance(spec, self.config.host_of(*spec.key))
+        if not self.runtime.versions_on_objects:
+            inst.version = self.versions.initial(spec, self._environment_of_kind("demo", spec))
+        return inst
+
+    def _environment_of_kind(self, kind: str, spec: InstanceSpec) -> str | None:
+        for name in spec.service.environments:
+            env = self.config.environments.get(name)
+            if env is not None and env.kind == kind:
+                return name
+        return None
+
     def sync_instances(self, specs: list[InstanceSpec], stop_removed: bool = True) -> None:
         """Make the instances exactly `specs`: new ones appear asleep, gone ones go away.
 
@@ -125,7 +144,7 @@ class Scaler:
         for key, spec in wanted.items():
             inst = self.instances.get(key)
             if inst is None:
-                inst = Instance(spec, self.config.host_of(*key))
+                inst = self._new_instance(spec)
                 self.instances[key] = inst
                 changed.append(inst)
                 log.info("%s appeared", inst.name)
@@ -133,6 +152,8 @@ class Scaler:
                     self.request_activation(key)
             elif inst.spec != spec:
                 inst.spec = spec
+                if self.runtime.versions_on_objects:
+                    inst.version = spec.service.version
                 changed.append(inst)
         for key in [k for k in self.instances if k not in wanted]:
             inst = self.instances.pop(key)
@@ -327,6 +348,63 @@ class Scaler:
         self._on_scale(inst, "down")
         if not inst.spec.environment.sleeps and not self.runtime.self_healing:
             self._restart_later(inst)
+
+    # --- versions ---
+
+    async def deploy(self, environment: str, service: str, version: str) -> dict[str, Any]:
+        """Make an instance run `version`; safe to repeat.
+
+        A sleeping instance stays asleep and wakes with it. A running one gets
+        new replicas of it first; only once they are ready does the route
+        switch and the old ones stop, so nothing is refused meanwhile. If the
+        new version does not start, the old one keeps serving and nothing
+        changes.
+        """
+        inst = self.instances.get((environment, service))
+        if inst is None:
+            raise LookupError(f"there is no instance {environment}/{service}")
+        if inst.spec.environment.kind in ("production", "prerelease"):
+            raise DeployRefused(
+                f"{environment} is a {inst.spec.environment.kind} environment: its versions "
+                "go through blue/green releases, which this version of wakegate does not run yet"
+            )
+        async with inst.lock:
+            previous = inst.version
+            if previous == version:
+                return {"environment": environment, "service": service, "version": version,
+                        "previous": previous, "changed": False}
+            if self.runtime.versions_on_objects:
+                await self.runtime.set_version(inst.spec, version)
+            elif inst.replicas:
+                old = list(inst.replicas)
+                new = await self.runtime.start(inst.spec, version, len(old))
+                self.versions.set(environment, service, version)
+                inst.version = version
+                inst.replicas = [*new, *(r for r in inst.replicas if r not in old)]
+                inst.ready_since = time.monotonic()
+                self.publish(inst)
+                await self.runtime.stop(old, inst.spec.service.stop_grace)
+            else:
+                self.versions.set(environment, service, version)
+            inst.version = version
+            self.publish(inst)
+        log.info("%s: version %s (was %s)", inst.name, version, previous)
+        return {"environment": environment, "service": service, "version": version,
+                "previous": previous, "changed": True}
+
+    async def promote(self, service: str) -> dict[str, Any]:
+        """The private version becomes the demo (public) version."""
+        found: dict[str, Instance] = {}
+        for inst in self.instances.values():
+            kind = inst.spec.environment.kind
+            if inst.spec.service.name == service and kind in ("private", "demo"):
+                found.setdefault(kind, inst)
+        if not any(i.spec.service.name == service for i in self.instances.values()):
+            raise LookupError(f"there is no service {service}")
+        if "private" not in found or "demo" not in found:
+            raise DeployRefused(f"{service} needs both a private and a demo instance to promote")
+        private, demo = found["private"], found["demo"]
+        return await self.deploy(demo.spec.environment.name, service, private.version)
 
     # --- sleeping ---
 

@@ -112,7 +112,7 @@ class Wakegate:
         config.setdefault("state_dir", str(self.dir / "state"))
         self.state_dir = Path(config["state_dir"])
         self.config_path = self.dir / "wakegate.yaml"
-        self.config_path.write_text(yaml.safe_dump(config, sort_keys=False))
+        self.write_config()
         self.stdout: list[str] = []
         self._up_seen = threading.Event()
         self.stderr_path = self.dir / "wakegate.stderr"
@@ -120,6 +120,10 @@ class Wakegate:
         self.token: str | None = None  # WAKEGATE_TOKEN, given to wakegate and sent by api()
 
     # --- lifecycle ---
+
+    def write_config(self) -> None:
+        """(Re)write the config file from `self.config`."""
+        self.config_path.write_text(yaml.safe_dump(self.config, sort_keys=False))
 
     def argv(self) -> list[str]:
         """The wakegate command line after `wakegate`."""

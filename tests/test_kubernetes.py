@@ -311,3 +311,29 @@ async def test_controller_killed_mid_activation_held_requests_still_answered(
         assert a.cold, a
     assert cluster.replicas("hello-demo", "hello") == 1, "the new leader did not scale again"
     assert deployment.state("demo", "hello") == "ready"
+
+
+async def test_push_sets_the_version_on_the_deployment(cluster: Cluster, wakegate: Start) -> None:
+    cluster.environment("hello-demo", "demo", "demo")
+    cluster.service("hello-demo", "hello")
+    wg = wakegate(kube_config(cluster, demo={"idle_timeout": "1h"}))
+    async with aiohttp.ClientSession() as http:
+        assert (await get(http, wg)).body["version"] == "1.0.0"
+    wg.cli("deploy", "hello", "1.2.0", "--env", "demo", check=True)
+    dep = cluster.get("Deployment", "hello-demo", "hello")
+    assert dep is not None
+    assert dep["metadata"]["annotations"]["wakegate.dev/version"] == "1.2.0"
+    assert dep["spec"]["template"]["spec"]["containers"][0]["image"] == "example/hello:1.2.0"
+    wait_until(lambda: wg.status()[("demo", "hello")]["version"] == "1.2.0", 10.0,
+               "the new version to be discovered")
+
+    async def answered_by_new() -> bool:
+        async with aiohttp.ClientSession() as http:
+            a = await get(http, wg)
+        return a.status == 200 and a.body["version"] == "1.2.0"
+
+    # The Deployment rolls its pod; requests are answered throughout.
+    deadline = time.monotonic() + 15
+    while not await answered_by_new():
+        assert time.monotonic() < deadline, "the rolled pod never answered"
+        await asyncio.sleep(0.05)

@@ -38,6 +38,9 @@ class Runtime(Protocol):
     # True when the platform restarts dead replicas itself (Kubernetes):
     # the scaler then never restarts an always-on instance on its own.
     self_healing: bool
+    # True when an instance's version is kept on the platform's objects
+    # (Kubernetes) rather than in wakegate's state_dir.
+    versions_on_objects: bool
 
     async def open(self) -> None:
         """Connect and learn the current state; returns when the scaler may act."""

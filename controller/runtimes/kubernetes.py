@@ -98,6 +98,7 @@ class _StartWaiter:
 
 class KubernetesRuntime:
     self_healing = True  # Deployments restart their own pods
+    versions_on_objects = True  # the Deployment's wakegate.dev/version and image tag
 
     def __init__(self, config: Config, scaler: Scaler) -> None:
         self._config = config
@@ -428,6 +429,41 @@ class KubernetesRuntime:
                 log.warning("%s/%s: pods still listed %gs after scaling down", key[0], key[1],
                             grace + 5.0)
 
+    # --- versions, kept on the Deployment ---
+
+    async def set_version(self, inst: InstanceSpec, version: str) -> None:
+        """Point the Deployment at `version`: its image tag, wakegate.dev/version, and
+        WAKEGATE_VERSION when the container has that variable.
+
+        The Deployment rolls its pods itself; a Deployment at 0 replicas just
+        starts the new version at its next wake.
+        """
+        placement = self._placements.get(inst.key)
+        if placement is None:
+            raise LookupError(f"the Deployment of {inst.name} is gone")
+        deployment = self._deployments.cache.get((placement.namespace, placement.deployment))
+        containers = (((deployment or {}).get("spec") or {}).get("template") or {}) \
+            .get("spec", {}).get("containers") or []
+        if not containers:
+            raise LookupError(f"the Deployment of {inst.name} has no container")
+        first = containers[0]
+        repository = _image_repository(first.get("image", ""))
+        container: dict[str, Any] = {"name": first["name"], "image": f"{repository}:{version}"}
+        if any(e.get("name") == "WAKEGATE_VERSION" for e in first.get("env") or []):
+            # A container that is told its version (as the local runtime does) is told again.
+            container["env"] = [{"name": "WAKEGATE_VERSION", "value": version}]
+        body = {
+            "metadata": {"annotations": {VERSION_ANNOTATION: version}},
+            "spec": {"template": {
+                "metadata": {"annotations": {VERSION_ANNOTATION: version}},
+                "spec": {"containers": [container]},
+            }},
+        }
+        apps = k8s.AppsV1Api(self._api_client())
+        # A strategic merge patch: containers merge by name, the others stay.
+        await call(apps.patch_namespaced_deployment, placement.deployment,
+                   placement.namespace, body)
+
     # --- last activity, persisted on the Deployment ---
 
     async def _persist_activity(self) -> None:
@@ -475,6 +511,14 @@ class KubernetesRuntime:
 
     def kill_all_now(self) -> None:
         return None
+
+
+def _image_repository(image: str) -> str:
+    """The image without its tag or digest (a registry's port is not a tag)."""
+    image = image.split("@", 1)[0]
+    head, _, tail = image.rpartition("/")
+    name = tail.split(":", 1)[0]
+    return f"{head}/{name}" if head else name
 
 
 def _comma_list(value: str | None) -> tuple[str, ...]:

@@ -79,6 +79,7 @@ def command_argv(command: str, port: int, version: str) -> list[str]:
 
 class LocalRuntime:
     self_healing = False
+    versions_on_objects = False  # versions live in state_dir (controller/versions.py)
 
     def __init__(self, config: Config, on_exit: ExitCallback) -> None:
         self._config = config
