@@ -23,7 +23,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from .activity_reports import ActivityReports, ActivitySource, RemoteActivity, parse_report
-from .config import parse_version
+from .config import ConfigError, load_config, parse_version
 from .runtimes.base import StartFailed
 from .scaler import DeployRefused, Scaler
 from .spec import READY, STOPPING, RouteTable, routes_to_wire
@@ -34,6 +34,24 @@ MAX_WAIT = 30.0  # the longest a route-table watch is held open
 _INSTANCE_BODY_HINT = 'Send a JSON object: {"environment": ..., "service": ...}.'
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 Key = tuple[str, str]
+
+
+def apply_file(scaler: Scaler, path: str) -> web.Response:
+    """Load, validate and apply a config file; an invalid one changes nothing."""
+    try:
+        config = load_config(path)
+    except ConfigError as exc:
+        log.error("config not applied:\n%s", "\n".join(exc.problems))
+        return _error(400, "invalid_config", "The config was refused as a whole; the running "
+                      "system keeps the old one.", problems=exc.problems)
+    try:
+        result = scaler.apply(config)
+    except DeployRefused as exc:
+        log.error("config not applied: %s", exc)
+        return _error(409, "needs_restart", f"{exc}. Nothing was changed.")
+    log.info("applied %s: added %s, removed %s", path, result["added"] or "none",
+             result["removed"] or "none")
+    return web.json_response(result)
 
 
 def _not_leader() -> web.Response:
@@ -193,6 +211,7 @@ class ControllerAPI:
         app.router.add_post("/v1/keys", self.create_key)
         app.router.add_post("/v1/deploy", self.deploy)
         app.router.add_post("/v1/promote", self.promote)
+        app.router.add_post("/v1/apply", self.apply)
         app.router.add_get("/v1/routes", self.watch_routes)
         app.router.add_post("/v1/activate", self.activate)
         app.router.add_post("/v1/activity", self.activity)
@@ -348,6 +367,14 @@ class ControllerAPI:
         if not self.scaler.acting:
             return _not_leader()
         return await self._versions(self.scaler.promote(body["service"]))
+
+    async def apply(self, request: web.Request) -> web.Response:
+        """`POST /v1/apply {"config": PATH}`: reconcile with that file, all or nothing."""
+        hint = 'Send a JSON object: {"config": "/path/to/wakegate.yaml"}.'
+        body = await _json_body(request, hint)
+        if not isinstance(body, dict) or not isinstance(body.get("config"), str):
+            raise _BadRequest(hint)
+        return apply_file(self.scaler, body["config"])
 
     async def _versions(self, change: Awaitable[dict[str, Any]]) -> web.Response:
         try:

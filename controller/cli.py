@@ -115,7 +115,7 @@ async def _serve_controller(config: Config, with_proxy: bool) -> None:
 
     from proxy.app import Proxy
 
-    from .api import ControllerAPI, create_key
+    from .api import ControllerAPI, apply_file, create_key
     from .inprocess import InProcessLink
     from .keys import KeyStore
     from .metrics import ControllerMetrics
@@ -139,6 +139,10 @@ async def _serve_controller(config: Config, with_proxy: bool) -> None:
             kill()
 
     stop = _stop_on_signals(kill_now)
+    # SIGHUP: apply the edited config file, as `wakegate apply` does.
+    config_path = os.path.abspath(config.path)
+    asyncio.get_running_loop().add_signal_handler(
+        signal.SIGHUP, lambda: apply_file(scaler, config_path))
     api: ControllerAPI | None = None
     api_runner: web.AppRunner | None = None
     try:
@@ -383,6 +387,15 @@ def cmd_deploy(args: argparse.Namespace) -> None:
     }, timeout=_DEPLOY_TIMEOUT))
 
 
+def cmd_apply(args: argparse.Namespace) -> None:
+    # Checked here first: an invalid file is reported like `validate` and never sent.
+    _load(args.config)
+    result = _call(args, "POST", "/v1/apply", {"config": os.path.abspath(args.config)})
+    print(f"{args.config}: applied; {result['instances']} instances "
+          f"(added: {', '.join(result['added']) or 'none'}; "
+          f"removed: {', '.join(result['removed']) or 'none'})")
+
+
 def cmd_promote(args: argparse.Namespace) -> None:
     _print_change(_call(args, "POST", "/v1/promote", {"service": args.service},
                         timeout=_DEPLOY_TIMEOUT))
@@ -452,6 +465,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--env", default="private", help=argparse.SUPPRESS)
     with_controller(p)
     p.set_defaults(func=cmd_deploy)
+
+    p = sub.add_parser("apply", help="reconcile the running system with an edited config "
+                       "(an invalid one changes nothing); SIGHUP does the same")
+    with_controller(p)
+    p.set_defaults(func=cmd_apply)
 
     p = sub.add_parser("promote", help="the private version becomes the demo (public) version")
     p.add_argument("service")

@@ -349,6 +349,40 @@ class Scaler:
         if not inst.spec.environment.sleeps and not self.runtime.self_healing:
             self._restart_later(inst)
 
+    # --- apply: a new config while running ---
+
+    def apply(self, config: Config) -> dict[str, Any]:
+        """Reconcile with an edited (already valid) config; all or nothing.
+
+        Instances and their policies change live. What needs a restart (where
+        it listens, the runtime, state_dir, the domain every host is made of,
+        the proxy's own settings) refuses the whole change, so the running
+        system keeps the old config.
+        """
+        restart = [name for name, old, new in (
+            ("listen", (self.config.proxy.host, self.config.proxy.port, self.config.controller),
+             (config.proxy.host, config.proxy.port, config.controller)),
+            ("runtime", self.config.runtime, config.runtime),
+            ("state_dir", self.config.state_dir, config.state_dir),
+            ("domain", self.config.domain, config.domain),
+            ("proxy", self.config.proxy, config.proxy),
+            ("kubernetes", self.config.kubernetes, config.kubernetes),
+        ) if old != new]
+        if restart:
+            raise DeployRefused(f"{', '.join(restart)} changed: that needs a restart of "
+                                "wakegate, not apply")
+        before = set(self.instances)
+        self.config = config
+        if self.runtime.versions_on_objects:
+            # Kubernetes: the instances are the cluster's; policies come from the file.
+            self.runtime.config_changed(config)
+        else:
+            self.sync_instances(config.instances())
+        after = set(self.instances)
+        return {"added": sorted("/".join(k) for k in after - before),
+                "removed": sorted("/".join(k) for k in before - after),
+                "instances": len(after)}
+
     # --- versions ---
 
     async def deploy(self, environment: str, service: str, version: str) -> dict[str, Any]:

@@ -157,6 +157,11 @@ class KubernetesRuntime:
         self._opened = True
         self._tasks.append(asyncio.ensure_future(self._persist_activity()))
 
+    def config_changed(self, config: Config) -> None:
+        """Environment settings from an applied config: rediscover with them."""
+        self._config = config
+        self._reconcile()
+
     def _lost_leadership(self) -> None:
         # Another controller may act from now on: stop this one the normal way
         # (Kubernetes restarts it, and it then waits to become the leader).
