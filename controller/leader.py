@@ -78,15 +78,21 @@ class LeaderElector:
     async def _renew_loop(self, on_lost: Callable[[], None]) -> None:
         while True:
             await asyncio.sleep(self._s.retry_period)
+            started = time.monotonic()
+            left = self._last_renew + self._s.renew_deadline - started
             try:
-                if await self._try_acquire_or_renew():
-                    self._last_renew = time.monotonic()
+                # An attempt may not outlive the renew deadline: a hung call must
+                # not keep this controller acting once the Lease may be lost.
+                async with asyncio.timeout(max(left, 0.001)):
+                    renewed = await self._try_acquire_or_renew()
+                if renewed:
+                    self._last_renew = started  # the time before the write, to be safe
                     continue
                 reason = "another controller holds the lease"
             except Exception as exc:
-                reason = str(exc)
-                if time.monotonic() - self._last_renew < self._s.renew_deadline:
-                    continue
+                reason = str(exc) or type(exc).__name__
+            if time.monotonic() - self._last_renew < self._s.renew_deadline:
+                continue  # a conflict or an error: retry while the deadline allows
             self.is_leader = False
             log.error("lost leadership (%s): stopping", reason)
             on_lost()

@@ -19,7 +19,7 @@ from typing import Any
 
 from .keys import KeyStore
 from .runtimes.base import ReplicaLike as Replica
-from .runtimes.base import Runtime, StartFailed
+from .runtimes.base import Runtime
 from .runtimes.local import LocalRuntime
 from .spec import (
     READY,
@@ -294,9 +294,12 @@ class Scaler:
             started = time.monotonic()
             try:
                 new = await self.runtime.start(inst.spec, inst.version, missing)
-            except StartFailed as exc:
+            except Exception as exc:  # StartFailed, or the platform's own failure
                 inst.failures += 1
-                inst.error = str(exc)
+                inst.error = str(exc) or type(exc).__name__
+                if inst.replicas:
+                    # Some replicas serve (a partial start): run degraded, not stuck.
+                    inst.state = READY
                 if not inst.replicas:
                     # Held requests see the failure count go up and get 503;
                     # the next request starts a fresh attempt.
@@ -447,7 +450,7 @@ class Scaler:
         await self.runtime.open()
         self.acting = True
         for inst in list(self.instances.values()):
-            if inst.spec.environment.min_replicas > 0 or inst.key in self._pending:
+            if not inst.spec.environment.sleeps or inst.key in self._pending:
                 self.request_activation(inst.key)
         self._pending.clear()
         self._idle_loop = asyncio.ensure_future(self._watch_idle())
@@ -507,7 +510,21 @@ class Scaler:
                 return
             replicas, inst.replicas = inst.replicas, []
             idle_for = time.monotonic() - last
-            await self.runtime.stop(replicas, inst.spec.service.stop_grace)
+            try:
+                await self.runtime.stop(replicas, inst.spec.service.stop_grace)
+            except Exception as exc:
+                # Nothing was stopped (Kubernetes: the scale-down failed): it serves on.
+                inst.replicas = [*replicas, *inst.replicas]
+                inst.state = READY
+                self.publish(inst)
+                log.error("%s could not be put to sleep: %s", inst.name, exc)
+                return
+            if inst.replicas:
+                # Replicas someone else started meanwhile (Kubernetes): they serve.
+                inst.state = READY
+                inst.ready_since = time.monotonic()
+                self.publish(inst)
+                return
             inst.state = SLEEPING
             inst.ready_since = 0.0
             self.publish(inst)

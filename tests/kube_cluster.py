@@ -11,6 +11,7 @@ import asyncio
 import json
 import sys
 import threading
+import urllib.error
 import urllib.request
 from collections.abc import Coroutine
 from pathlib import Path
@@ -124,3 +125,16 @@ class Cluster:
         )
         with urllib.request.urlopen(request, timeout=10) as response:
             assert response.status == 200, response.status
+
+    def put(self, path: str, obj: dict[str, Any]) -> int:
+        """A PUT as any client makes it; the HTTP status (409 on a stale resourceVersion)."""
+        request = urllib.request.Request(
+            f"{self.kube.url}{path}", data=json.dumps(obj).encode(), method="PUT",
+            headers={"Authorization": f"Bearer {self.kube.token}",
+                     "Content-Type": "application/json"},
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=10) as response:
+                return int(response.status)
+        except urllib.error.HTTPError as exc:
+            return int(exc.code)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import datetime as dt
 import hashlib
 import signal
 import threading
@@ -337,3 +338,27 @@ async def test_push_sets_the_version_on_the_deployment(cluster: Cluster, wakegat
     while not await answered_by_new():
         assert time.monotonic() < deadline, "the rolled pod never answered"
         await asyncio.sleep(0.05)
+
+
+async def test_a_controller_that_loses_its_lease_stops_acting(cluster: Cluster,
+                                                             wakegate: Start) -> None:
+    demo_cluster(cluster)
+    wg = wakegate(kube_config(cluster))
+    path = "/apis/coordination.k8s.io/v1/namespaces/wakegate-system/leases/wakegate-controller"
+
+    def take_the_lease() -> bool:
+        lease = cluster.get("Lease", "wakegate-system", "wakegate-controller")
+        assert lease is not None
+        lease["spec"]["holderIdentity"] = "another-controller"
+        lease["spec"]["leaseDurationSeconds"] = 30
+        lease["spec"]["renewTime"] = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        return cluster.put(path, lease) == 200  # 409: the controller renewed meanwhile
+
+    wait_until(take_the_lease, 5.0, "another holder to take the Lease")
+    assert wg.proc is not None
+    proc = wg.proc
+    wait_until(lambda: proc.poll() is not None, 5.0, "the controller to stop")
+    assert "lost leadership" in wg.stderr()
+    holder = cluster.get("Lease", "wakegate-system", "wakegate-controller")
+    assert holder is not None and holder["spec"]["holderIdentity"] == "another-controller", \
+        "the stopping controller did not take the Lease back"

@@ -13,6 +13,7 @@ import random
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import aiohttp
 from kubernetes_asyncio import client as k8s
 from kubernetes_asyncio import config as k8s_config
 
@@ -51,16 +52,28 @@ async def connect(kubeconfig: str | None) -> k8s.ApiClient:
     return k8s.ApiClient(configuration)
 
 
+# No call may hang: a stuck renewal would keep a controller acting without its Lease.
+CALL_TIMEOUT = 10.0
+
+
 async def call(func: Callable[..., Awaitable[Any]], *args: Any, **kwargs: Any) -> Obj:
-    """One API call; the body as a dict, or KubeError with the server's Status."""
-    resp = await func(*args, _preload_content=False, **kwargs)
+    """One API call; the body as a dict, or KubeError (status 0: the server was not reached)."""
+    kwargs.setdefault("_request_timeout", CALL_TIMEOUT)
     try:
-        raw = await resp.read()
-    finally:
-        resp.release()
+        async with asyncio.timeout(kwargs["_request_timeout"]):
+            resp = await func(*args, _preload_content=False, **kwargs)
+            try:
+                raw = await resp.read()
+            finally:
+                resp.release()
+    except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+        raise KubeError(0, "Unreachable", f"{type(exc).__name__}: {exc}") from None
     if not 200 <= resp.status < 300:
         raise _error(resp.status, raw)
-    return json.loads(raw) if raw else {}
+    try:
+        return json.loads(raw) if raw else {}
+    except ValueError:
+        raise KubeError(resp.status, "BadResponse", "the answer is not JSON") from None
 
 
 def _error(status: int, raw: bytes | Obj) -> KubeError:

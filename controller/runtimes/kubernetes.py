@@ -160,11 +160,14 @@ class KubernetesRuntime:
     def config_changed(self, config: Config) -> None:
         """Environment settings from an applied config: rediscover with them."""
         self._config = config
-        self._reconcile()
+        if self._opened:  # else the first reconcile, at open, uses it
+            self._reconcile()
 
     def _lost_leadership(self) -> None:
-        # Another controller may act from now on: stop this one the normal way
-        # (Kubernetes restarts it, and it then waits to become the leader).
+        # Another controller may act from now on: stop acting at once, then stop
+        # this one the normal way (Kubernetes restarts it, and it then waits to
+        # become the leader again).
+        self._scaler.acting = False
         os.kill(os.getpid(), signal.SIGTERM)
 
     # --- the cluster's state → instances and replicas ---
@@ -352,6 +355,8 @@ class KubernetesRuntime:
             raise StartFailed(f"the Deployment of {key[0]}/{key[1]} is gone")
         apps = k8s.AppsV1Api(self._api_client())
         for _ in range(_SCALE_ATTEMPTS):
+            if self.leader is None or not self.leader.is_leader:
+                raise StartFailed("this controller is not the leader (any more)")
             scale = await call(apps.read_namespaced_deployment_scale,
                                placement.deployment, placement.namespace)
             current = int((scale.get("spec") or {}).get("replicas") or 0)
@@ -382,6 +387,7 @@ class KubernetesRuntime:
             return []
         waiter = _StartWaiter(count)
         self._waiters[key] = waiter
+        before = len(known)
         try:
             try:
                 await self._scale(key, target, at_least=True)
@@ -390,6 +396,10 @@ class KubernetesRuntime:
             try:
                 await asyncio.wait_for(waiter.done.wait(), inst.service.start_timeout)
             except TimeoutError:
+                # Pods that never get ready (crash loop, unschedulable) must not
+                # keep running for an instance that shows as not started.
+                with contextlib.suppress(Exception):
+                    await self._scale(key, before + len(waiter.replicas), at_least=False)
                 placement = self._placements.get(key)
                 where = f"{placement.namespace}/{placement.deployment}" if placement else ""
                 raise StartFailed(
@@ -405,7 +415,8 @@ class KubernetesRuntime:
                     self._scaler.replica_appeared(key, replica)
             raise
         finally:
-            self._waiters.pop(key, None)
+            if self._waiters.get(key) is waiter:
+                del self._waiters[key]
 
     async def stop(self, replicas: list[Any], grace: float) -> None:
         by_key: dict[Key, list[EndpointReplica]] = {}
@@ -413,16 +424,17 @@ class KubernetesRuntime:
             by_key.setdefault(replica.key, []).append(replica)
         for key, going in by_key.items():
             known = self._known.get(key, {})
+            remaining = len([a for a in known if a not in {r.endpoint for r in going}])
+            try:
+                await self._scale(key, remaining, at_least=False)
+            except (KubeError, StartFailed) as exc:
+                # Nothing stopped: the caller keeps the replicas, which still serve.
+                raise StartFailed(f"could not scale {key[0]}/{key[1]} down: {exc}") from None
             leaving = self._leaving.setdefault(key, set())
             for replica in going:
                 known.pop(replica.endpoint, None)
                 leaving.add(replica.endpoint)
                 replica.gone()
-            try:
-                await self._scale(key, len(known), at_least=False)
-            except (KubeError, StartFailed) as exc:
-                log.error("could not scale %s/%s down: %s", key[0], key[1], exc)
-                continue
             # Asleep means stopped: wait until the pods have left the EndpointSlices
             # (they are gone when their process has exited), as the local runtime
             # waits for its processes.
@@ -481,12 +493,13 @@ class KubernetesRuntime:
                 inst = self._scaler.instances.get(key)
                 if inst is None or not inst.replicas:
                     continue
-                in_flight, last = self._scaler.activity(inst)
-                wall = now_wall if in_flight else now_wall - (now_mono - last)
-                if abs(wall - self._persisted.get(key, 0.0)) < interval:
-                    continue
-                body = {"metadata": {"annotations": {ACTIVITY_ANNOTATION: _format_time(wall)}}}
                 try:
+                    in_flight, last = self._scaler.activity(inst)
+                    wall = now_wall if in_flight else now_wall - (now_mono - last)
+                    if abs(wall - self._persisted.get(key, 0.0)) < interval:
+                        continue
+                    body = {"metadata": {"annotations": {
+                        ACTIVITY_ANNOTATION: _format_time(wall)}}}
                     await call(apps.patch_namespaced_deployment, placement.deployment,
                                placement.namespace, body,
                                _content_type="application/merge-patch+json")
