@@ -10,6 +10,7 @@ import asyncio
 import json
 import logging
 import random
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -132,7 +133,15 @@ class Informer:
                 failing = False
                 backoff = _BACKOFF_FIRST
                 while True:
+                    began = time.monotonic()
                     version = await self._watch(version)
+                    if time.monotonic() - began < 1.0:
+                        # Ended at once (a proxy or load balancer closing it):
+                        # never spin; the next watch resumes from `version`.
+                        await asyncio.sleep(backoff * (0.5 + random.random()))
+                        backoff = min(backoff * 2, _BACKOFF_MAX)
+                    else:
+                        backoff = _BACKOFF_FIRST
             except asyncio.CancelledError:
                 raise
             except Gone:

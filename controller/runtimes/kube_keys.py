@@ -46,10 +46,14 @@ class KubeKeyStore:
         api_client: Callable[[], k8s.ApiClient],
         namespace_of: Callable[[str, str], str | None],
         secret_of: Callable[[str, str], Obj | None],
+        written: Callable[[Obj], None],
     ) -> None:
         self._api_client = api_client
         self._namespace_of = namespace_of
         self._secret_of = secret_of
+        # Told each Secret as written, so that the new key works at once,
+        # before the watch brings the same change.
+        self._written = written
 
     def hashes(self, environment: str, service: str) -> tuple[bytes, ...]:
         return hashes_in(self._secret_of(environment, service))
@@ -83,7 +87,7 @@ class KubeKeyStore:
                     "data": {entry: value},
                 }
                 try:
-                    await call(api.create_namespaced_secret, namespace, body)
+                    self._written(await call(api.create_namespaced_secret, namespace, body))
                     return key
                 except KubeError as create_exc:
                     if create_exc.status == 409:
@@ -92,7 +96,7 @@ class KubeKeyStore:
             secret.setdefault("data", {})[entry] = value
             try:
                 # The resourceVersion read above makes a concurrent write a 409.
-                await call(api.replace_namespaced_secret, name, namespace, secret)
+                self._written(await call(api.replace_namespaced_secret, name, namespace, secret))
                 return key
             except KubeError as exc:
                 if exc.status != 409:

@@ -117,7 +117,8 @@ class KubernetesRuntime:
         self._tasks: list[asyncio.Task[Any]] = []
         self._reconcile_due = False
         self._opened = False
-        self.keys = KubeKeyStore(self._api_client, self._namespace_of, self._secret_of)
+        self.keys = KubeKeyStore(self._api_client, self._namespace_of, self._secret_of,
+                                 self._secret_written)
 
     # --- opening: connect, become the leader, learn the cluster ---
 
@@ -336,6 +337,11 @@ class KubernetesRuntime:
                 if key in self._scaler.instances:
                     self._scaler.keys_changed(key)
 
+    def _secret_written(self, secret: Obj) -> None:
+        meta = secret.get("metadata", {})
+        self._secrets.cache[(meta.get("namespace", ""), meta.get("name", ""))] = secret
+        self._sync_keys()
+
     def _namespace_of(self, environment: str, service: str) -> str | None:
         placement = self._placements.get((environment, service))
         return placement.namespace if placement else None
@@ -407,6 +413,9 @@ class KubernetesRuntime:
                     f"{inst.service.start_timeout:g}s (see kubectl describe deployment -n "
                     f"{where.replace('/', ' ')})"
                 ) from None
+            # Recorded at once: a controller taking over right after this wake
+            # must not judge the instance by an older recorded activity.
+            await self._record_activity(key, time.time())
             return list(waiter.replicas)
         except BaseException:
             # Whatever became ready meanwhile is not lost: the scaler gets it as found.
@@ -483,28 +492,34 @@ class KubernetesRuntime:
 
     # --- last activity, persisted on the Deployment ---
 
+    async def _record_activity(self, key: Key, wall: float) -> None:
+        placement = self._placements.get(key)
+        if placement is None:
+            return
+        body = {"metadata": {"annotations": {ACTIVITY_ANNOTATION: _format_time(wall)}}}
+        apps = k8s.AppsV1Api(self._api_client())
+        try:
+            await call(apps.patch_namespaced_deployment, placement.deployment,
+                       placement.namespace, body, _content_type="application/merge-patch+json")
+            self._persisted[key] = wall
+        except KubeError as exc:  # retried by the periodic writer
+            log.warning("could not record the activity of %s/%s: %s", key[0], key[1], exc)
+
     async def _persist_activity(self) -> None:
         interval = self._config.kubernetes.activity_persist_interval
-        apps = k8s.AppsV1Api(self._api_client())
         while True:
             await asyncio.sleep(interval)
             now_mono, now_wall = time.monotonic(), time.time()
-            for key, placement in list(self._placements.items()):
+            for key in list(self._placements):
                 inst = self._scaler.instances.get(key)
                 if inst is None or not inst.replicas:
                     continue
                 try:
                     in_flight, last = self._scaler.activity(inst)
                     wall = now_wall if in_flight else now_wall - (now_mono - last)
-                    if abs(wall - self._persisted.get(key, 0.0)) < interval:
-                        continue
-                    body = {"metadata": {"annotations": {
-                        ACTIVITY_ANNOTATION: _format_time(wall)}}}
-                    await call(apps.patch_namespaced_deployment, placement.deployment,
-                               placement.namespace, body,
-                               _content_type="application/merge-patch+json")
-                    self._persisted[key] = wall
-                except Exception as exc:  # retried at the next interval
+                    if abs(wall - self._persisted.get(key, 0.0)) >= interval:
+                        await self._record_activity(key, wall)
+                except Exception as exc:  # never let one instance stop the writer
                     log.warning("could not record the activity of %s: %s", inst.name, exc)
 
     # --- the rest of the runtime interface ---
