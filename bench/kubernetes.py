@@ -101,6 +101,17 @@ def _watch_output(proc: subprocess.Popen[str], waiting: threading.Event,
             leading.set()
 
 
+def _controller(
+    workdir: Path, name: str, cluster: Cluster, procs: list[subprocess.Popen[str]]
+) -> tuple[subprocess.Popen[str], threading.Event, threading.Event]:
+    """A started controller and the events: waiting for the Lease, leading."""
+    proc = _start_controller(workdir, name, cluster)
+    procs.append(proc)
+    waiting, leading = threading.Event(), threading.Event()
+    threading.Thread(target=_watch_output, args=(proc, waiting, leading), daemon=True).start()
+    return proc, waiting, leading
+
+
 def failovers(count: int, workdir: Path) -> dict[str, Any]:
     cluster = Cluster(workdir / "kube-failover")
     times: list[float] = []
@@ -108,19 +119,11 @@ def failovers(count: int, workdir: Path) -> dict[str, Any]:
     try:
         cluster.environment("hello-demo", "demo", "demo")
         cluster.service("hello-demo", "hello", version="bench")
-        leader = _start_controller(workdir, "c0", cluster)
-        procs.append(leader)
-        waiting, leading = threading.Event(), threading.Event()
-        threading.Thread(target=_watch_output, args=(leader, waiting, leading),
-                         daemon=True).start()
+        leader, _, leading = _controller(workdir, "c0", cluster, procs)
         if not leading.wait(30):
             raise RuntimeError("the first controller did not lead")
         for i in range(count):
-            standby = _start_controller(workdir, f"c{i + 1}", cluster)
-            procs.append(standby)
-            waiting, leading = threading.Event(), threading.Event()
-            threading.Thread(target=_watch_output, args=(standby, waiting, leading),
-                             daemon=True).start()
+            standby, waiting, leading = _controller(workdir, f"c{i + 1}", cluster, procs)
             if not waiting.wait(30):
                 raise RuntimeError("the standby did not wait for the lease")
             killed = time.perf_counter()
