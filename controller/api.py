@@ -24,6 +24,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 
 from .activity_reports import ActivityReports, ActivitySource, RemoteActivity, parse_report
 from .config import ConfigError, load_config, parse_version
+from .releases import ReleaseConflict, ReleaseRefused
 from .runtimes.base import StartFailed
 from .scaler import DeployRefused, Scaler
 from .spec import READY, STOPPING, RouteTable, routes_to_wire
@@ -212,6 +213,8 @@ class ControllerAPI:
         app.router.add_post("/v1/deploy", self.deploy)
         app.router.add_post("/v1/promote", self.promote)
         app.router.add_post("/v1/apply", self.apply)
+        app.router.add_post("/v1/release/{action:promote|rollback}", self.release)
+        app.router.add_get("/v1/release/status", self.release_status)
         app.router.add_get("/v1/routes", self.watch_routes)
         app.router.add_post("/v1/activate", self.activate)
         app.router.add_post("/v1/activity", self.activity)
@@ -376,13 +379,44 @@ class ControllerAPI:
             raise _BadRequest(hint)
         return apply_file(self.scaler, body["config"])
 
+    async def release(self, request: web.Request) -> web.Response:
+        """`POST /v1/release/promote|rollback {"service"}`: switch production's colours."""
+        hint = 'Send a JSON object: {"service": ...}.'
+        body = await _json_body(request, hint)
+        if not isinstance(body, dict) or not isinstance(body.get("service"), str):
+            raise _BadRequest(hint)
+        if not self.scaler.acting:
+            return _not_leader()
+        action = request.match_info["action"]
+
+        async def switch() -> dict[str, Any]:
+            inst = self.scaler.production_instance(body["service"])
+            releases = self.scaler.releases
+            return await (releases.promote(inst) if action == "promote"
+                          else releases.rollback(inst))
+
+        return await self._versions(switch())
+
+    async def release_status(self, request: web.Request) -> web.Response:
+        """`GET /v1/release/status?service=S`: both colours, which is live."""
+        service = request.query.get("service", "")
+        try:
+            inst = self.scaler.production_instance(service)
+        except LookupError as exc:
+            return _error(404, "not_found", f"{exc}.")
+        except ReleaseRefused as exc:
+            return _error(409, "refused", f"{exc}.")
+        return web.json_response(self.scaler.releases.status(inst))
+
     async def _versions(self, change: Awaitable[dict[str, Any]]) -> web.Response:
         try:
             result = await change
         except LookupError as exc:
             return _error(404, "not_found", f"{exc}. `wakegate status` lists the instances.")
-        except DeployRefused as exc:
+        except (DeployRefused, ReleaseRefused) as exc:
             return _error(409, "refused", f"{exc}. Nothing was changed.")
+        except ReleaseConflict as exc:
+            return _error(409, "conflict", f"{exc}. Nothing was changed.")
         except StartFailed as exc:
             return _error(502, "start_failed",
                           f"the new version did not start ({exc}); the old one keeps serving.")

@@ -396,6 +396,24 @@ def cmd_apply(args: argparse.Namespace) -> None:
           f"removed: {', '.join(result['removed']) or 'none'})")
 
 
+def cmd_release(args: argparse.Namespace) -> None:
+    if args.action == "status":
+        query = urllib.parse.urlencode({"service": args.service})
+        result = _call(args, "GET", f"/v1/release/status?{query}")
+        print(f"{result['environment']}/{result['service']}: live colour {result['live']}")
+        for colour, info in sorted(result["colours"].items()):
+            line = (f"  {colour:<6} {info['role']:<9} version {info['version']:<12} "
+                    f"replicas {info['replicas']}")
+            if "scale_down_in_seconds" in info:
+                line += f"  (scaled down in {info['scale_down_in_seconds']:g}s)"
+            print(line)
+        return
+    result = _call(args, "POST", f"/v1/release/{args.action}", {"service": args.service},
+                   timeout=_DEPLOY_TIMEOUT)
+    print(f"{result['environment']}/{result['service']}: {result['version']} is live "
+          f"({result['live']}; was {result['previous']})")
+
+
 def cmd_promote(args: argparse.Namespace) -> None:
     _print_change(_call(args, "POST", "/v1/promote", {"service": args.service},
                         timeout=_DEPLOY_TIMEOUT))
@@ -476,7 +494,15 @@ def build_parser() -> argparse.ArgumentParser:
     with_controller(p)
     p.set_defaults(func=cmd_promote)
 
-    p = sub.add_parser("deploy", help="run VERSION in any environment")
+    p = sub.add_parser("release", help="blue/green: promote the preview colour to production, "
+                       "roll back, or show both colours")
+    p.add_argument("action", choices=("promote", "rollback", "status"))
+    p.add_argument("service")
+    with_controller(p)
+    p.set_defaults(func=cmd_release)
+
+    p = sub.add_parser("deploy", help="run VERSION in any environment (production: on the "
+                       "preview colour, at the prerelease URL)")
     p.add_argument("service")
     p.add_argument("version")
     p.add_argument("--env", required=True, help="environment")

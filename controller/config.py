@@ -42,12 +42,13 @@ The file format (every key is optional unless marked required)::
 Environment settings: ``kind`` (one of spec.KINDS; required when the name is
 not itself a kind), ``access`` (public | api_key), ``idle_timeout`` (a
 duration, or ``never``/null: never sleeps), ``min_replicas`` and
-``max_replicas`` (integers >= 0, min <= max), ``hold_timeout`` (duration > 0)
-and ``hold_queue_size`` (integer >= 1). Unset keys take
-``spec.KIND_DEFAULTS[kind]``, ``spec.DEFAULT_HOLD_TIMEOUT`` and
-``spec.DEFAULT_HOLD_QUEUE_SIZE``. When the ``environments`` key is missing
-altogether (or null), the file defines ``private`` and ``demo`` with their kind
-defaults, which is where services go by default.
+``max_replicas`` (integers >= 0, min <= max), ``hold_timeout`` (duration > 0),
+``hold_queue_size`` (integer >= 1) and ``scale_down_delay`` (duration >= 0).
+Unset keys take ``spec.KIND_DEFAULTS[kind]``, ``spec.DEFAULT_HOLD_TIMEOUT``,
+``spec.DEFAULT_HOLD_QUEUE_SIZE`` and ``spec.DEFAULT_SCALE_DOWN_DELAY``. When the
+``environments`` key is missing altogether (or null), the file defines
+``private`` and ``demo`` with their kind defaults, which is where services go
+by default.
 
 Durations are a number of seconds (int or float >= 0) or a string
 ``<number><unit>`` with unit ms, s, m or h ("150ms", "1.5s", "15m", "1h").
@@ -110,6 +111,7 @@ ENVIRONMENT_KEYS = (
     "max_replicas",
     "hold_timeout",
     "hold_queue_size",
+    "scale_down_delay",
 )
 SERVICE_KEYS = (
     "command",
@@ -844,6 +846,10 @@ def _environment(
     hold_queue_size = _take(
         report, raw, path, "hold_queue_size", _integer(1), spec.DEFAULT_HOLD_QUEUE_SIZE
     )
+    scale_down_delay = _take(
+        report, raw, path, "scale_down_delay", _duration(positive=False),
+        spec.DEFAULT_SCALE_DOWN_DELAY,
+    )
     if kind is None or len(report) > before:
         return None
     return spec.Environment(
@@ -855,6 +861,7 @@ def _environment(
         max_replicas=max_replicas,
         hold_timeout=hold_timeout,
         hold_queue_size=hold_queue_size,
+        scale_down_delay=scale_down_delay,
     )
 
 

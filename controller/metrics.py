@@ -51,4 +51,13 @@ class ControllerMetrics(Collector):
                 last_request.add_metric(labels, wall - (now - last))
         for (env, svc, direction), n in sorted(self._scale_events.items()):
             events.add_metric([env, svc, direction], n)
-        yield from (replicas, idle, last_request, events)
+        release = GaugeMetricFamily(
+            "wakegate_release_active",
+            "1 for the colour a production instance's host reaches, 0 for the other.",
+            labels=[*_LABELS, "colour"],
+        )
+        if self.scaler is not None:
+            for key, state in sorted(self.scaler.releases.by_key.items()):
+                for colour in ("blue", "green"):
+                    release.add_metric([*key, colour], 1.0 if state.live == colour else 0.0)
+        yield from (replicas, idle, last_request, events, release)

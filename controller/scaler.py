@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import time
 from collections.abc import Callable
@@ -18,6 +19,7 @@ from types import MappingProxyType
 from typing import Any
 
 from .keys import KeyStore
+from .releases import ReleaseRefused, Releases
 from .runtimes.base import ReplicaLike as Replica
 from .runtimes.base import Runtime
 from .runtimes.local import LocalRuntime
@@ -91,6 +93,9 @@ class Scaler:
         self.acting = False
         self._pending: set[Key] = set()
         self.versions = VersionStore(config.state_dir)
+        self.releases = Releases(self)
+        # The prerelease route of a production instance → that instance.
+        self._aliases: dict[Key, Key] = {}
         self.instances: dict[Key, Instance] = {}
         for spec in config.instances():
             self.instances[spec.key] = self._new_instance(spec)
@@ -160,6 +165,11 @@ class Scaler:
             if inst.route is not None:
                 self._routes_by_host.pop(inst.route.host, None)
             self._routes_by_key.pop(key, None)
+            for alias in [a for a, target in self._aliases.items() if target == key]:
+                route = self._routes_by_key.pop(alias, None)
+                if route is not None:
+                    self._routes_by_host.pop(route.host, None)
+                del self._aliases[alias]
             log.info("%s was removed", inst.name)
             replicas, inst.replicas = inst.replicas, []
             if stop_removed and replicas:
@@ -218,6 +228,26 @@ class Scaler:
         inst.route = route
         self._routes_by_host[route.host] = route
         self._routes_by_key[route.key] = route
+        if env.kind == "production" and not self.runtime.versions_on_objects:
+            self._refresh_prerelease_route(inst, route)
+
+    def _refresh_prerelease_route(self, inst: Instance, live: Route) -> None:
+        """`{service}.prerelease.{domain}`: the preview colour, else the live one."""
+        key = ("prerelease", inst.spec.service.name)
+        host = self.config.host_of(*key)
+        if key in self.instances or self._routes_by_host.get(host, live).key not in (key,
+                                                                                    live.key):
+            return  # an instance of its own has that name: it wins
+        preview = self.releases.preview_endpoints(inst)
+        route = dataclasses.replace(
+            live, environment=key[0], host=host, key_hashes=(),
+            endpoints=preview if preview is not None else live.endpoints,
+            state=READY if preview is not None else live.state,
+            version=self.releases.preview_version(inst) or live.version,
+        )
+        self._aliases[key] = inst.key
+        self._routes_by_host[host] = route
+        self._routes_by_key[key] = route
 
     def _swap_table(self) -> None:
         self._version += 1
@@ -266,7 +296,7 @@ class Scaler:
     # --- waking ---
 
     def request_activation(self, key: Key) -> None:
-        inst = self.instances.get(key)
+        inst = self.instances.get(self._aliases.get(key, key))
         if inst is None or self._closing:
             return
         if not self.acting:
@@ -339,6 +369,8 @@ class Scaler:
 
     def replica_exited(self, key: Key, replica: Replica, code: int) -> None:
         inst = self.instances.get(key)
+        if inst is not None and self.releases.replica_exited(inst, replica):
+            return
         if inst is None or replica not in inst.replicas:
             return
         inst.replicas.remove(replica)
@@ -400,11 +432,15 @@ class Scaler:
         inst = self.instances.get((environment, service))
         if inst is None:
             raise LookupError(f"there is no instance {environment}/{service}")
-        if inst.spec.environment.kind in ("production", "prerelease"):
-            raise DeployRefused(
-                f"{environment} is a {inst.spec.environment.kind} environment: its versions "
-                "go through blue/green releases, which this version of wakegate does not run yet"
-            )
+        kind = inst.spec.environment.kind
+        if kind == "prerelease":
+            raise DeployRefused(f"{environment} is a prerelease environment: deploy to "
+                                "production, whose new versions go to the preview colour")
+        if kind == "production":
+            if self.runtime.versions_on_objects:
+                raise DeployRefused("blue/green releases on the Kubernetes runtime are not "
+                                    "built yet")
+            return await self.releases.deploy(inst, version)
         async with inst.lock:
             previous = inst.version
             if previous == version:
@@ -428,6 +464,14 @@ class Scaler:
         log.info("%s: version %s (was %s)", inst.name, version, previous)
         return {"environment": environment, "service": service, "version": version,
                 "previous": previous, "changed": True}
+
+    def production_instance(self, service: str) -> Instance:
+        for inst in self.instances.values():
+            if inst.spec.service.name == service and inst.spec.environment.kind == "production":
+                return inst
+        if any(i.spec.service.name == service for i in self.instances.values()):
+            raise ReleaseRefused(f"{service} does not run in a production environment")
+        raise LookupError(f"there is no service {service}")
 
     async def promote(self, service: str) -> dict[str, Any]:
         """The private version becomes the demo (public) version."""
@@ -541,6 +585,7 @@ class Scaler:
 
     async def shutdown(self) -> None:
         self._closing = True
+        self.releases.shutdown()
         self._wakeup.set()
         if self._idle_loop is not None:
             self._idle_loop.cancel()

@@ -42,6 +42,7 @@ KIND_DEFAULTS: dict[str, KindDefaults] = {
 
 DEFAULT_HOLD_TIMEOUT = 60.0
 DEFAULT_HOLD_QUEUE_SIZE = 1000
+DEFAULT_SCALE_DOWN_DELAY = 30.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,6 +55,9 @@ class Environment:
     max_replicas: int
     hold_timeout: float = DEFAULT_HOLD_TIMEOUT
     hold_queue_size: int = DEFAULT_HOLD_QUEUE_SIZE
+    # Blue/green (production): how long the old colour keeps running after a
+    # promote, for requests and WebSockets in flight on it and a quick rollback.
+    scale_down_delay: float = DEFAULT_SCALE_DOWN_DELAY
 
     @property
     def sleeps(self) -> bool:

@@ -143,7 +143,7 @@ async def test_bad_deploys_are_refused_and_change_nothing(wakegate: Start) -> No
         (("deploy", "hello", "1.0.0", "--env", "nowhere"), "no instance nowhere/hello"),
         (("push", "hello", "1.0 ; rm -rf /"), "not a valid version"),
         (("push", "hello", "$(id)"), "not a valid version"),
-        (("deploy", "hello", "2.0.0", "--env", "production"), "blue/green"),
+        (("deploy", "hello", "2.0.0", "--env", "prerelease"), "no instance prerelease/hello"),
         (("promote", "nope"), "no service nope"),
     ]
     for args, message in cases:
