@@ -22,6 +22,7 @@ import contextlib
 import logging
 import os
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -123,13 +124,19 @@ class Releases:
 
     # --- commands ---
 
-    async def deploy(self, inst: Instance, version: str) -> dict[str, Any]:
-        """Start `version` on the idle colour at production size; ready when this returns."""
+    @contextlib.asynccontextmanager
+    async def _exclusive(self, inst: Instance) -> AsyncIterator[Release]:
+        """One release command per service at a time; a second one is refused, not queued."""
         release = self.of(inst)
         if release.lock.locked():
             raise ReleaseConflict(f"another release command for {inst.spec.service.name} is "
                                   "under way; retry when it is done")
         async with release.lock:
+            yield release
+
+    async def deploy(self, inst: Instance, version: str) -> dict[str, Any]:
+        """Start `version` on the idle colour at production size; ready when this returns."""
+        async with self._exclusive(inst) as release:
             other = release.other
             result = {"environment": inst.spec.environment.name,
                       "service": inst.spec.service.name, "version": version,
@@ -151,11 +158,7 @@ class Releases:
             return {**result, "changed": True}
 
     async def promote(self, inst: Instance) -> dict[str, Any]:
-        release = self.of(inst)
-        if release.lock.locked():
-            raise ReleaseConflict(f"another release command for {inst.spec.service.name} is "
-                                  "under way")
-        async with release.lock:
+        async with self._exclusive(inst) as release:
             other = release.other
             if other is None or other.role != PREVIEW:
                 raise ReleaseRefused("there is nothing to promote: deploy a version to "
@@ -166,11 +169,7 @@ class Releases:
             return self._swap(inst, release, "promoted")
 
     async def rollback(self, inst: Instance) -> dict[str, Any]:
-        release = self.of(inst)
-        if release.lock.locked():
-            raise ReleaseConflict(f"another release command for {inst.spec.service.name} is "
-                                  "under way")
-        async with release.lock:
+        async with self._exclusive(inst) as release:
             other = release.other
             if other is None or other.role != PREVIOUS:
                 raise ReleaseRefused("there is nothing to roll back to: no colour was live "
