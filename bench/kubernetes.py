@@ -40,8 +40,7 @@ START_DELAY = 0.1
 def _kube_settings(cluster: Cluster) -> dict[str, Any]:
     return {
         "runtime": "kubernetes",
-        "kubernetes": {"kubeconfig": cluster.kubeconfig, "lease_duration": "1s",
-                       "renew_deadline": "600ms", "retry_period": "100ms"},
+        "kubernetes": cluster.settings(),
         "environments": {"demo": {"idle_timeout": "100ms"}},
         "services": {},
     }

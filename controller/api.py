@@ -55,6 +55,15 @@ def apply_file(scaler: Scaler, path: str) -> web.Response:
     return web.json_response(result)
 
 
+async def _string_field(request: web.Request, name: str) -> str:
+    """The one string field a call's JSON body must have, or 400 saying so."""
+    hint = f'Send a JSON object: {{"{name}": "..."}}.'
+    body = await _json_body(request, hint)
+    if not isinstance(body, dict) or not isinstance(body.get(name), str):
+        raise _BadRequest(hint)
+    return str(body[name])
+
+
 def _not_leader() -> web.Response:
     return _error(503, "not_leader",
                   "This controller is not acting yet (it starts, or waits to become the "
@@ -363,34 +372,24 @@ class ControllerAPI:
 
     async def promote(self, request: web.Request) -> web.Response:
         """`POST /v1/promote {"service"}`: the private version becomes the demo version."""
-        hint = 'Send a JSON object: {"service": ...}.'
-        body = await _json_body(request, hint)
-        if not isinstance(body, dict) or not isinstance(body.get("service"), str):
-            raise _BadRequest(hint)
+        service = await _string_field(request, "service")
         if not self.scaler.acting:
             return _not_leader()
-        return await self._versions(self.scaler.promote(body["service"]))
+        return await self._versions(self.scaler.promote(service))
 
     async def apply(self, request: web.Request) -> web.Response:
         """`POST /v1/apply {"config": PATH}`: reconcile with that file, all or nothing."""
-        hint = 'Send a JSON object: {"config": "/path/to/wakegate.yaml"}.'
-        body = await _json_body(request, hint)
-        if not isinstance(body, dict) or not isinstance(body.get("config"), str):
-            raise _BadRequest(hint)
-        return apply_file(self.scaler, body["config"])
+        return apply_file(self.scaler, await _string_field(request, "config"))
 
     async def release(self, request: web.Request) -> web.Response:
         """`POST /v1/release/promote|rollback {"service"}`: switch production's colours."""
-        hint = 'Send a JSON object: {"service": ...}.'
-        body = await _json_body(request, hint)
-        if not isinstance(body, dict) or not isinstance(body.get("service"), str):
-            raise _BadRequest(hint)
+        service = await _string_field(request, "service")
         if not self.scaler.acting:
             return _not_leader()
         action = request.match_info["action"]
 
         async def switch() -> dict[str, Any]:
-            inst = self.scaler.production_instance(body["service"])
+            inst = self.scaler.production_instance(service)
             releases = self.scaler.releases
             return await (releases.promote(inst) if action == "promote"
                           else releases.rollback(inst))

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import datetime as dt
 import logging
 import time
 from collections.abc import Callable
@@ -20,24 +19,10 @@ from typing import Any
 
 from kubernetes_asyncio import client as k8s
 
-from .runtimes.kube_client import KubeError, call
+from .runtimes.kube_client import KubeError, call, format_micro_time, parse_micro_time
 from .spec import KubernetesSettings
 
 log = logging.getLogger("wakegate.leader")
-
-
-def _now_rfc3339() -> str:
-    # MicroTime, as the Lease API wants it.
-    return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
-def _parse_time(value: str | None) -> float:
-    if not value:
-        return 0.0
-    try:
-        return dt.datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
-    except ValueError:
-        return 0.0
 
 
 class LeaderElector:
@@ -100,7 +85,7 @@ class LeaderElector:
 
     async def _try_acquire_or_renew(self) -> bool:
         s = self._s
-        now = _now_rfc3339()
+        now = format_micro_time(time.time())
         try:
             lease = await call(self._api.read_namespaced_lease, s.lease_name, s.lease_namespace)
         except KubeError as exc:
@@ -117,7 +102,7 @@ class LeaderElector:
         spec: dict[str, Any] = lease.get("spec") or {}
         holder = spec.get("holderIdentity") or ""
         if holder and holder != self.identity:
-            renewed = _parse_time(spec.get("renewTime") or spec.get("acquireTime"))
+            renewed = parse_micro_time(spec.get("renewTime") or spec.get("acquireTime")) or 0.0
             duration = float(spec.get("leaseDurationSeconds") or s.lease_duration)
             if time.time() < renewed + duration:
                 return False

@@ -446,45 +446,43 @@ class Scaler:
             if previous == version:
                 return {"environment": environment, "service": service, "version": version,
                         "previous": previous, "changed": False}
+            old: list[Replica] = []
             if self.runtime.versions_on_objects:
                 await self.runtime.set_version(inst.spec, version)
-            elif inst.replicas:
-                old = list(inst.replicas)
-                new = await self.runtime.start(inst.spec, version, len(old))
-                self.versions.set(environment, service, version)
-                inst.version = version
-                inst.replicas = [*new, *(r for r in inst.replicas if r not in old)]
-                inst.ready_since = time.monotonic()
-                self.publish(inst)
-                await self.runtime.stop(old, inst.spec.service.stop_grace)
             else:
+                old = list(inst.replicas)
+                # New replicas first: a start failure raises here, with nothing changed.
+                new = await self.runtime.start(inst.spec, version, len(old)) if old else []
                 self.versions.set(environment, service, version)
+                inst.replicas = [*new, *(r for r in inst.replicas if r not in old)]
+                if new:
+                    inst.ready_since = time.monotonic()
             inst.version = version
-            self.publish(inst)
+            self.publish(inst)  # the switch: from here on requests go to the new replicas
+            if old:
+                await self.runtime.stop(old, inst.spec.service.stop_grace)
         log.info("%s: version %s (was %s)", inst.name, version, previous)
         return {"environment": environment, "service": service, "version": version,
                 "previous": previous, "changed": True}
 
+    def _of_kind(self, service: str, kind: str) -> Instance | None:
+        """The service's instance in an environment of that kind; LookupError if no service."""
+        found = [i for i in self.instances.values() if i.spec.service.name == service]
+        if not found:
+            raise LookupError(f"there is no service {service}")
+        return next((i for i in found if i.spec.environment.kind == kind), None)
+
     def production_instance(self, service: str) -> Instance:
-        for inst in self.instances.values():
-            if inst.spec.service.name == service and inst.spec.environment.kind == "production":
-                return inst
-        if any(i.spec.service.name == service for i in self.instances.values()):
+        inst = self._of_kind(service, "production")
+        if inst is None:
             raise ReleaseRefused(f"{service} does not run in a production environment")
-        raise LookupError(f"there is no service {service}")
+        return inst
 
     async def promote(self, service: str) -> dict[str, Any]:
         """The private version becomes the demo (public) version."""
-        found: dict[str, Instance] = {}
-        for inst in self.instances.values():
-            kind = inst.spec.environment.kind
-            if inst.spec.service.name == service and kind in ("private", "demo"):
-                found.setdefault(kind, inst)
-        if not any(i.spec.service.name == service for i in self.instances.values()):
-            raise LookupError(f"there is no service {service}")
-        if "private" not in found or "demo" not in found:
+        private, demo = self._of_kind(service, "private"), self._of_kind(service, "demo")
+        if private is None or demo is None:
             raise DeployRefused(f"{service} needs both a private and a demo instance to promote")
-        private, demo = found["private"], found["demo"]
         return await self.deploy(demo.spec.environment.name, service, private.version)
 
     # --- sleeping ---

@@ -66,6 +66,22 @@ def wait_until(predicate: Callable[[], Any], timeout: float, what: str,
         time.sleep(interval)
 
 
+def stop_process(proc: subprocess.Popen[str] | None, name: str, sig: int,
+                 timeout: float) -> int:
+    """Signal a process by its pid and wait; SIGKILL (and fail) if it outlives `timeout`."""
+    if proc is None:
+        return 0
+    if proc.poll() is None:
+        proc.send_signal(sig)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+            raise AssertionError(f"{name} did not stop within {timeout}s of {sig}") from None
+    return proc.returncode
+
+
 def process_env(marker: str, token: str | None) -> dict[str, str]:
     """The environment of a wakegate process a test starts: marked, and only its own token."""
     env = dict(os.environ)
@@ -165,20 +181,8 @@ class Wakegate:
         return self.stderr_path.read_text() if self.stderr_path.exists() else ""
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 15.0) -> int:
-        proc = self.proc
-        if proc is None:
-            return 0
-        if proc.poll() is None:
-            proc.send_signal(sig)
-            try:
-                proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-                raise AssertionError(f"wakegate did not stop within {timeout}s of {sig}") \
-                    from None
-        self.proc = None
-        return proc.returncode
+        proc, self.proc = self.proc, None
+        return stop_process(proc, "wakegate", sig, timeout)
 
     def leftovers(self) -> list[int]:
         return processes_with("WAKEGATE_TEST_INSTANCE", self.marker)
@@ -387,18 +391,7 @@ class ProxyProcess:
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 15.0) -> int:
         proc, self.proc = self.proc, None
-        if proc is None:
-            return 0
-        if proc.poll() is None:
-            proc.send_signal(sig)
-            try:
-                proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-                raise AssertionError(f"{self.name} did not stop within {timeout}s of {sig}") \
-                    from None
-        return proc.returncode
+        return stop_process(proc, self.name, sig, timeout)
 
     def leftovers(self) -> list[int]:
         return processes_with("WAKEGATE_TEST_INSTANCE", self.marker)

@@ -56,6 +56,14 @@ class Cluster:
     def kubeconfig(self) -> str:
         return str(self.kube.kubeconfig)
 
+    def settings(self) -> dict[str, Any]:
+        """The `kubernetes:` config section for this cluster, with failover in about 1 s."""
+        return {
+            "kubeconfig": self.kubeconfig,
+            "lease_duration": "1s", "renew_deadline": "600ms", "retry_period": "100ms",
+            "activity_persist_interval": "200ms",
+        }
+
     def create(self, obj: dict[str, Any]) -> Any:
         return self.run(self.kube.create(obj))
 

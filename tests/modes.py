@@ -25,6 +25,8 @@ from typing import Any
 
 import pytest
 
+from controller.config import parse_duration
+
 from .conftest import Split, Wakegate
 from .kube_cluster import HELLO_PORT, Cluster
 
@@ -131,24 +133,14 @@ def to_cluster(config: dict[str, Any], cluster: Cluster) -> tuple[dict[str, Any]
             cluster.service(namespace, service, version=version, annotations=annotations,
                             env={str(k): str(v) for k, v in (svc.get("env") or {}).items()},
                             command=command, readiness_path=readiness,
-                            grace_seconds=math.ceil(_seconds(grace)))
+                            grace_seconds=math.ceil(parse_duration(grace)))
             deployments.append((namespace, service))
     loaded = {k: v for k, v in config.items() if k != "services"}
     loaded["services"] = {}
     loaded["environments"] = environments
     loaded["runtime"] = "kubernetes"
-    loaded["kubernetes"] = {
-        "kubeconfig": cluster.kubeconfig,
-        "lease_duration": "1s", "renew_deadline": "600ms", "retry_period": "100ms",
-        "activity_persist_interval": "200ms",
-    }
+    loaded["kubernetes"] = cluster.settings()
     return loaded, deployments
-
-
-def _seconds(value: str | float) -> float:
-    from controller.config import parse_duration
-
-    return parse_duration(value)
 
 
 @pytest.fixture(name="wakegate")

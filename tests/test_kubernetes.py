@@ -44,11 +44,7 @@ def cluster(tmp_path: Path) -> Iterator[Cluster]:
 def kube_config(cluster: Cluster, **environments: Any) -> dict[str, Any]:
     return {
         "runtime": "kubernetes",
-        "kubernetes": {
-            "kubeconfig": cluster.kubeconfig,
-            "lease_duration": "1s", "renew_deadline": "600ms", "retry_period": "100ms",
-            "activity_persist_interval": "200ms",
-        },
+        "kubernetes": cluster.settings(),
         "environments": environments or {"demo": {"idle_timeout": "1s"}},
         "services": {},
     }

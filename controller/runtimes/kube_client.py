@@ -7,6 +7,7 @@ and never needs the generated models (nor their cost per watch event).
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import json
 import logging
 import random
@@ -88,6 +89,21 @@ def _error(status: int, raw: bytes | Obj) -> KubeError:
         body = {}
     cls = Gone if status == 410 else KubeError
     return cls(status, str(body.get("reason", "")), str(body.get("message", "")))
+
+
+def format_micro_time(wall: float) -> str:
+    """A wall-clock time as the API's MicroTime (RFC 3339, microseconds, UTC)."""
+    return dt.datetime.fromtimestamp(wall, dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def parse_micro_time(value: str | None) -> float | None:
+    """Wall-clock seconds of an RFC 3339 time, or None when absent or unreadable."""
+    if not value:
+        return None
+    try:
+        return dt.datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return None
 
 
 def key_of(obj: Obj) -> ObjKey:

@@ -21,7 +21,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import datetime as dt
 import logging
 import os
 import re
@@ -36,7 +35,15 @@ from ..config import parse_duration
 from ..leader import LeaderElector
 from ..spec import KIND_DEFAULTS, KINDS, Config, Environment, InstanceSpec, Service
 from .base import StartFailed
-from .kube_client import Informer, KubeError, Obj, call, connect
+from .kube_client import (
+    Informer,
+    KubeError,
+    Obj,
+    call,
+    connect,
+    format_micro_time,
+    parse_micro_time,
+)
 from .kube_keys import KEYS_LABEL, KubeKeyStore, hashes_in, secret_name
 
 if TYPE_CHECKING:
@@ -242,7 +249,7 @@ class KubernetesRuntime:
             ignore_paths=_comma_list(annotations.get(IGNORE_PATHS_ANNOTATION)),
             ignore_user_agents=_comma_list(annotations.get(IGNORE_USER_AGENTS_ANNOTATION)),
         ))
-        persisted = _parse_time(annotations.get(ACTIVITY_ANNOTATION))
+        persisted = parse_micro_time(annotations.get(ACTIVITY_ANNOTATION))
         return spec, Placement(meta.get("namespace", ""), meta.get("name", ""), persisted)
 
     def _reconcile(self, initial: bool = False) -> None:
@@ -496,7 +503,7 @@ class KubernetesRuntime:
         placement = self._placements.get(key)
         if placement is None:
             return
-        body = {"metadata": {"annotations": {ACTIVITY_ANNOTATION: _format_time(wall)}}}
+        body = {"metadata": {"annotations": {ACTIVITY_ANNOTATION: format_micro_time(wall)}}}
         apps = k8s.AppsV1Api(self._api_client())
         try:
             await call(apps.patch_namespaced_deployment, placement.deployment,
@@ -564,19 +571,6 @@ def _image_tag(deployment: Obj) -> str:
     image = containers[0].get("image", "") if containers else ""
     tail = image.rsplit("/", 1)[-1]
     return tail.split(":", 1)[1].split("@", 1)[0] if ":" in tail else "latest"
-
-
-def _format_time(wall: float) -> str:
-    return dt.datetime.fromtimestamp(wall, dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
-def _parse_time(value: str | None) -> float | None:
-    if not value:
-        return None
-    try:
-        return dt.datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
-    except ValueError:
-        return None
 
 
 __all__ = ["KubernetesRuntime", "hashes_in"]
