@@ -57,7 +57,10 @@ class ControllerMetrics(Collector):
             labels=[*_LABELS, "colour"],
         )
         if self.scaler is not None:
-            for key, state in sorted(self.scaler.releases.by_key.items()):
+            for key, inst in sorted(self.scaler.instances.items()):
+                if inst.spec.environment.kind != "production":
+                    continue
+                live = self.scaler.releases.of(inst).live
                 for colour in ("blue", "green"):
-                    release.add_metric([*key, colour], 1.0 if state.live == colour else 0.0)
+                    release.add_metric([*key, colour], 1.0 if live == colour else 0.0)
         yield from (replicas, idle, last_request, events, release)

@@ -1,18 +1,24 @@
-"""Blue/green releases of production instances (local runtime).
+"""Blue/green releases of production instances, on any runtime.
 
 A production instance has two colours. The live one serves the production
 host: it is the instance's replicas and version. The other colour is either a
 *preview* (deployed, reachable at `{service}.prerelease.{domain}`, not yet
-live) or the *previous* live colour after a promote, kept running for
+live) or the *previous* live colour after a switch, kept running for
 `scale_down_delay` so requests and WebSockets in flight on it finish and a
 rollback is instant.
 
 Promote and rollback swap the colours in one route-table version, so every
-proxy switches at once. Which colour is live, and the other colour's version,
-are kept in `state_dir/releases.json` (written atomically): a restarted
-controller starts the live colour at its version and never leaves production
-without one. A preview's processes die with the controller; after a restart
-it shows with no replicas and `deploy` starts it again.
+proxy switches at once. Where the colours are kept is the runtime's
+(`ColourStore`): the local runtime writes `state_dir/releases.json`
+atomically (`LocalColours`); the Kubernetes runtime keeps them on the
+`<service>-blue`/`<service>-green` Deployments. Either way the switch is
+recorded before traffic moves, and a restarted controller never leaves
+production without a live colour.
+
+Every command is safe to repeat: a deploy of the version already on the
+preview answers `changed: false`; a promote or rollback that already went
+through is refused (nothing to promote, already rolled back) and changes
+nothing, so a repeated rollback never switches back to the bad version.
 """
 
 from __future__ import annotations
@@ -24,7 +30,7 @@ import os
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from .runtimes.base import ReplicaLike
 from .statefile import read_json, write_json_atomic
@@ -37,6 +43,8 @@ log = logging.getLogger("wakegate.releases")
 COLOURS = ("blue", "green")
 PREVIEW = "preview"
 PREVIOUS = "previous"
+PROMOTE = "promote"
+ROLLBACK = "rollback"
 
 
 class ReleaseConflict(Exception):
@@ -65,14 +73,87 @@ class OtherColour:
 class Release:
     live: str = "blue"
     other: OtherColour | None = None
+    last: str | None = None  # PROMOTE or ROLLBACK: the switch that made `live` live
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
 
-class Releases:
+class ColourStore(Protocol):
+    """Where a runtime keeps production's two colours, and how it runs the idle one."""
+
+    def refused(self, inst: Instance) -> str | None:
+        """Why this instance cannot have blue/green releases, or None."""
+
+    def load(self, inst: Instance) -> Release:
+        """The instance's release as last recorded (a controller restart resumes from it)."""
+
+    def save(self, inst: Instance, release: Release) -> None:
+        """Record the release after a change made in memory (no await: atomic for the loop)."""
+
+    async def start(self, inst: Instance, colour: str, version: str, size: int,
+                    running: list[ReplicaLike]) -> list[ReplicaLike]:
+        """`version` on `colour` with `size` ready replicas (`running` already are)."""
+
+    async def stop(self, inst: Instance, colour: str, replicas: list[ReplicaLike],
+                   grace: float) -> None:
+        """Scale `colour` to nothing."""
+
+    async def switch(self, inst: Instance, release: Release, live: str, verb: str) -> None:
+        """Record `live` as the live colour, before traffic moves; raise and nothing moved."""
+
+
+class LocalColours:
+    """The local runtime's colours: processes, and `state_dir/releases.json`.
+
+    A preview's processes die with the controller; after a restart it shows
+    with no replicas and `deploy` starts it again.
+    """
+
     def __init__(self, scaler: Scaler) -> None:
         self._scaler = scaler
         self.path = os.path.join(scaler.config.state_dir, "releases.json")
         self._saved: dict[str, Any] = read_json(self.path, {})
+
+    def refused(self, inst: Instance) -> str | None:
+        return None
+
+    def load(self, inst: Instance) -> Release:
+        saved = self._saved.get("/".join(inst.key)) or {}
+        live = saved.get("live") if saved.get("live") in COLOURS else "blue"
+        release = Release(live=live, last=saved.get("last"))
+        other = saved.get("other")
+        if isinstance(other, dict) and other.get("version"):
+            release.other = OtherColour(other_colour(live), str(other["version"]),
+                                        str(other.get("role", PREVIEW)))
+        return release
+
+    def save(self, inst: Instance, release: Release) -> None:
+        other = release.other
+        data = dict(self._saved)
+        data["/".join(inst.key)] = {
+            "live": release.live, "last": release.last,
+            "other": None if other is None else {"version": other.version, "role": other.role},
+        }
+        write_json_atomic(self.path, data)
+        self._saved = data
+
+    async def start(self, inst: Instance, colour: str, version: str, size: int,
+                    running: list[ReplicaLike]) -> list[ReplicaLike]:
+        more = await self._scaler.runtime.start(inst.spec, version, size - len(running))
+        return [*running, *more]
+
+    async def stop(self, inst: Instance, colour: str, replicas: list[ReplicaLike],
+                   grace: float) -> None:
+        if replicas:
+            await self._scaler.runtime.stop(replicas, grace)
+
+    async def switch(self, inst: Instance, release: Release, live: str, verb: str) -> None:
+        return None  # recorded by save(), with the rest, once the swap is made in memory
+
+
+class Releases:
+    def __init__(self, scaler: Scaler, colours: ColourStore) -> None:
+        self._scaler = scaler
+        self.colours = colours
         self.by_key: dict[tuple[str, str], Release] = {}
 
     # --- state ---
@@ -80,27 +161,21 @@ class Releases:
     def of(self, inst: Instance) -> Release:
         release = self.by_key.get(inst.key)
         if release is None:
-            saved = self._saved.get("/".join(inst.key)) or {}
-            release = Release(live=saved.get("live", "blue")
-                              if saved.get("live") in COLOURS else "blue")
-            other = saved.get("other")
-            if isinstance(other, dict) and other.get("version"):
-                release.other = OtherColour(other_colour(release.live), str(other["version"]),
-                                            str(other.get("role", PREVIEW)))
+            release = self.colours.load(inst)
             self.by_key[inst.key] = release
+            other = release.other
+            if other is not None and other.scale_down_at is not None:
+                # Recorded by a controller that is gone: its scale-down is ours now.
+                other.scale_down = asyncio.ensure_future(self._scale_down_later(inst, release))
         return release
 
-    def _save(self) -> None:
-        data = dict(self._saved)
-        for key, release in self.by_key.items():
-            other = release.other
-            data["/".join(key)] = {
-                "live": release.live,
-                "other": None if other is None else {"version": other.version,
-                                                     "role": other.role},
-            }
-        write_json_atomic(self.path, data)
-        self._saved = data
+    def forget(self, inst: Instance) -> None:
+        release = self.by_key.pop(inst.key, None)
+        if release is not None and release.other is not None and release.other.scale_down:
+            release.other.scale_down.cancel()
+
+    def _save(self, inst: Instance, release: Release) -> None:
+        self.colours.save(inst, release)
 
     def preview_endpoints(self, inst: Instance) -> tuple[str, ...] | None:
         """What the prerelease host reaches: a ready preview, else None (the live colour)."""
@@ -113,9 +188,17 @@ class Releases:
         other = self.of(inst).other
         return other.version if other is not None and other.role == PREVIEW else None
 
+    def replica_appeared(self, inst: Instance, colour: str, replica: ReplicaLike) -> None:
+        """A ready replica of the other colour the runtime found (Kubernetes)."""
+        other = self.of(inst).other
+        if other is not None and other.colour == colour and replica not in other.replicas:
+            other.replicas.append(replica)
+            self._scaler.publish(inst)
+
     def replica_exited(self, inst: Instance, replica: ReplicaLike) -> bool:
         """A replica of the other colour died; True if it was one."""
-        other = self.of(inst).other
+        release = self.by_key.get(inst.key)
+        other = release.other if release is not None else None
         if other is None or replica not in other.replicas:
             return False
         other.replicas.remove(replica)
@@ -127,6 +210,9 @@ class Releases:
     @contextlib.asynccontextmanager
     async def _exclusive(self, inst: Instance) -> AsyncIterator[Release]:
         """One release command per service at a time; a second one is refused, not queued."""
+        refused = self.colours.refused(inst)
+        if refused is not None:
+            raise ReleaseRefused(refused)
         release = self.of(inst)
         if release.lock.locked():
             raise ReleaseConflict(f"another release command for {inst.spec.service.name} is "
@@ -138,94 +224,117 @@ class Releases:
         """Start `version` on the idle colour at production size; ready when this returns."""
         async with self._exclusive(inst) as release:
             other = release.other
+            colour = other_colour(release.live)
             result = {"environment": inst.spec.environment.name,
                       "service": inst.spec.service.name, "version": version,
-                      "colour": other_colour(release.live), "previous": inst.version}
-            if other is not None and other.role == PREVIEW and other.version == version \
-                    and other.replicas:
-                return {**result, "changed": False}
-            if other is None and inst.version == version:
-                return {**result, "colour": release.live, "changed": False}
-            await self._stop_other(release)
+                      "colour": colour, "previous": inst.version}
             size = max(len(inst.replicas), inst.spec.environment.min_replicas, 1)
-            replicas = await self._scaler.runtime.start(inst.spec, version, size)
-            release.other = OtherColour(other_colour(release.live), version, PREVIEW,
-                                        list(replicas))
-            self._save()
+            running: list[ReplicaLike] = []
+            if other is not None and other.role == PREVIEW and other.version == version:
+                running = [r for r in other.replicas if not r.exited.done()]
+                if len(running) >= size:
+                    return {**result, "changed": False}
+                # A deploy that did not finish (timeout, controller restart): resumed.
+            elif other is None and inst.version == version:
+                return {**result, "colour": release.live, "changed": False}
+            else:
+                await self._stop_other(inst, release)
+            replicas = await self.colours.start(inst, colour, version, size, running)
+            release.other = OtherColour(colour, version, PREVIEW, list(replicas))
+            self._save(inst, release)
             self._scaler.publish(inst)
             log.info("%s: version %s ready on the %s colour (preview)", inst.name, version,
-                     release.other.colour)
+                     colour)
             return {**result, "changed": True}
 
     async def promote(self, inst: Instance) -> dict[str, Any]:
         async with self._exclusive(inst) as release:
             other = release.other
-            if other is None or other.role != PREVIEW:
-                raise ReleaseRefused("there is nothing to promote: deploy a version to "
-                                     "production first (it goes to the preview colour)")
-            if not other.replicas or any(r.exited.done() for r in other.replicas):
-                raise ReleaseRefused(f"the preview colour ({other.version}) is not ready: "
-                                     "run the deploy again")
-            return self._swap(inst, release, "promoted")
+            if other is not None and other.role == PREVIEW:
+                if not other.replicas or any(r.exited.done() for r in other.replicas):
+                    raise ReleaseRefused(f"the preview colour ({other.version}) is not ready: "
+                                         "run the deploy again")
+                return await self._swap(inst, release, PROMOTE)
+            if release.last == PROMOTE:
+                raise ReleaseRefused(f"there is nothing to promote: {inst.version} on the "
+                                     f"{release.live} colour is live already (promoted)")
+            raise ReleaseRefused("there is nothing to promote: deploy a version to "
+                                 "production first (it goes to the preview colour)")
 
     async def rollback(self, inst: Instance) -> dict[str, Any]:
         async with self._exclusive(inst) as release:
             other = release.other
-            if other is None or other.role != PREVIOUS:
-                raise ReleaseRefused("there is nothing to roll back to: no colour was live "
-                                     "before the current one")
-            return self._swap(inst, release, "rolled back")
+            if release.last == ROLLBACK:
+                # A rollback repeated (after a timeout, say) must not switch back again.
+                raise ReleaseRefused(f"already rolled back: {inst.version} on the "
+                                     f"{release.live} colour is live")
+            if other is not None and other.role == PREVIOUS:
+                return await self._swap(inst, release, ROLLBACK)
+            raise ReleaseRefused("there is nothing to roll back to: no colour was live "
+                                 "before the current one")
 
-    def _swap(self, inst: Instance, release: Release, verb: str) -> dict[str, Any]:
+    async def _swap(self, inst: Instance, release: Release, verb: str) -> dict[str, Any]:
         """The switch: one route-table version; the old live colour becomes the previous one."""
         other = release.other
         assert other is not None
+        # Recorded first: if that fails, nothing has moved.
+        await self.colours.switch(inst, release, other.colour, verb)
         old_colour, old_version, old_replicas = release.live, inst.version, list(inst.replicas)
         if other.scale_down is not None:
             other.scale_down.cancel()
-        release.live = other.colour
+        release.live, release.last = other.colour, verb
         inst.replicas = list(other.replicas)
         inst.version = other.version
         delay = inst.spec.environment.scale_down_delay
         release.other = OtherColour(old_colour, old_version, PREVIOUS, old_replicas,
                                     scale_down_at=time.monotonic() + delay)
-        self._scaler.versions.set(*inst.key, inst.version)
-        self._save()
+        if not self._scaler.runtime.versions_on_objects:
+            self._scaler.versions.set(*inst.key, inst.version)
+        self._save(inst, release)
         if inst.replicas:
             inst.state = "ready"
             inst.ready_since = time.monotonic()
         else:
-            # Rolled back to a colour already scaled down: held like a cold start.
+            # Switched to a colour already scaled down: held like a cold start.
             inst.state = "sleeping"
         self._scaler.publish(inst)
         if not inst.replicas:
             self._scaler.request_activation(inst.key)
         release.other.scale_down = asyncio.ensure_future(self._scale_down_later(inst, release))
-        log.info("%s: %s to %s (%s colour); %s scales down in %gs", inst.name, verb,
+        done = "promoted" if verb == PROMOTE else "rolled back"
+        log.info("%s: %s to %s (%s colour); %s scales down in %gs", inst.name, done,
                  inst.version, release.live, old_colour, delay)
         return {"environment": inst.spec.environment.name, "service": inst.spec.service.name,
-                "live": release.live, "version": inst.version, "previous": old_version}
+                "live": release.live, "version": inst.version, "previous": old_version,
+                "changed": True}
 
     async def _scale_down_later(self, inst: Instance, release: Release) -> None:
         other = release.other
-        assert other is not None
-        await asyncio.sleep(inst.spec.environment.scale_down_delay)
-        if release.other is other and other.replicas:
-            replicas, other.replicas = other.replicas, []
-            self._scaler.publish(inst)
-            await self._scaler.runtime.stop(replicas, inst.spec.service.stop_grace)
-            log.info("%s: the %s colour (%s) is scaled down", inst.name, other.colour,
-                     other.version)
+        assert other is not None and other.scale_down_at is not None
+        await asyncio.sleep(max(other.scale_down_at - time.monotonic(), 0.0))
+        if release.other is not other:
+            return
+        replicas, other.replicas = other.replicas, []
+        other.scale_down_at = None
+        self._scaler.publish(inst)
+        try:
+            await self.colours.stop(inst, other.colour, replicas, inst.spec.service.stop_grace)
+        except Exception as exc:  # the colour keeps running; status shows it
+            log.warning("%s: the %s colour could not be scaled down: %s", inst.name,
+                        other.colour, exc)
+            return
+        log.info("%s: the %s colour (%s) is scaled down", inst.name, other.colour,
+                 other.version)
 
-    async def _stop_other(self, release: Release) -> None:
+    async def _stop_other(self, inst: Instance, release: Release) -> None:
         other = release.other
         if other is None:
             return
         if other.scale_down is not None:
             other.scale_down.cancel()
         release.other = None
-        if other.replicas:
-            await self._scaler.runtime.stop(other.replicas, 5.0)
+        self._scaler.publish(inst)
+        await self.colours.stop(inst, other.colour, other.replicas, 5.0)
 
     def status(self, inst: Instance) -> dict[str, Any]:
         release = self.of(inst)
@@ -236,11 +345,11 @@ class Releases:
         if other is not None:
             entry: dict[str, Any] = {"version": other.version, "replicas": len(other.replicas),
                                      "role": other.role}
-            if other.role == PREVIOUS and other.replicas and other.scale_down_at is not None:
+            if other.role == PREVIOUS and other.scale_down_at is not None:
                 entry["scale_down_in_seconds"] = round(max(other.scale_down_at - now, 0.0), 1)
             colours[other.colour] = entry
         return {"environment": inst.spec.environment.name, "service": inst.spec.service.name,
-                "live": release.live, "colours": colours}
+                "live": release.live, "last": release.last, "colours": colours}
 
     def shutdown(self) -> None:
         for release in self.by_key.values():

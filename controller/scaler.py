@@ -19,7 +19,7 @@ from types import MappingProxyType
 from typing import Any
 
 from .keys import KeyStore
-from .releases import ReleaseRefused, Releases
+from .releases import LocalColours, ReleaseRefused, Releases
 from .runtimes.base import ReplicaLike as Replica
 from .runtimes.base import Runtime
 from .runtimes.local import LocalRuntime
@@ -93,7 +93,8 @@ class Scaler:
         self.acting = False
         self._pending: set[Key] = set()
         self.versions = VersionStore(config.state_dir)
-        self.releases = Releases(self)
+        make_colours = getattr(self.runtime, "colours", None)
+        self.releases = Releases(self, make_colours() if make_colours else LocalColours(self))
         # The prerelease route of a production instance → that instance.
         self._aliases: dict[Key, Key] = {}
         self.instances: dict[Key, Instance] = {}
@@ -171,6 +172,7 @@ class Scaler:
                     self._routes_by_host.pop(route.host, None)
                 del self._aliases[alias]
             log.info("%s was removed", inst.name)
+            self.releases.forget(inst)
             replicas, inst.replicas = inst.replicas, []
             if stop_removed and replicas:
                 self._spawn(self.runtime.stop(replicas, inst.spec.service.stop_grace))
@@ -228,7 +230,7 @@ class Scaler:
         inst.route = route
         self._routes_by_host[route.host] = route
         self._routes_by_key[route.key] = route
-        if env.kind == "production" and not self.runtime.versions_on_objects:
+        if env.kind == "production":
             self._refresh_prerelease_route(inst, route)
 
     def _refresh_prerelease_route(self, inst: Instance, live: Route) -> None:
@@ -437,9 +439,6 @@ class Scaler:
             raise DeployRefused(f"{environment} is a prerelease environment: deploy to "
                                 "production, whose new versions go to the preview colour")
         if kind == "production":
-            if self.runtime.versions_on_objects:
-                raise DeployRefused("blue/green releases on the Kubernetes runtime are not "
-                                    "built yet")
             return await self.releases.deploy(inst, version)
         async with inst.lock:
             previous = inst.version

@@ -90,16 +90,18 @@ class Cluster:
     def service(self, namespace: str, name: str, replicas: int = 0, version: str = "1.0.0",
                 annotations: dict[str, str] | None = None,
                 env: dict[str, str] | None = None, command: list[str] | None = None,
-                readiness_path: str = "/healthz", grace_seconds: int = 2) -> None:
-        """A Deployment + Service of the hello example, annotated as a wakegate instance."""
+                readiness_path: str = "/healthz", grace_seconds: int = 2,
+                instance: str | None = None) -> None:
+        """A Deployment + Service of the hello example, annotated as a wakegate instance
+        (of the service `instance`, by default the Deployment's own name)."""
         labels = {"app": name}
         container_env = [{"name": "WAKEGATE_VERSION", "value": version},
-                         {"name": "SERVICE_NAME", "value": name}]
+                         {"name": "SERVICE_NAME", "value": instance or name}]
         container_env += [{"name": k, "value": v} for k, v in (env or {}).items()]
         self.create({
             "apiVersion": "apps/v1", "kind": "Deployment",
             "metadata": {"name": name, "namespace": namespace, "annotations": {
-                "wakegate.dev/service": name, **(annotations or {})}},
+                "wakegate.dev/service": instance or name, **(annotations or {})}},
             "spec": {
                 "replicas": replicas,
                 "selector": {"matchLabels": labels},

@@ -350,7 +350,7 @@ def test_every_container_is_non_root_read_only_with_requests_and_limits(
     overlay: list[Obj],
 ) -> None:
     deployments = of_kind(overlay, "Deployment")
-    assert len(deployments) == 2 + len(EXAMPLE_ENVIRONMENTS)
+    assert len(deployments) == 2 + len(EXAMPLE_ENVIRONMENTS) + 1  # production: two colours
     for deployment in deployments:
         pod = pod_spec(deployment).get("securityContext", {})
         for container in containers(deployment):
@@ -612,12 +612,25 @@ def test_example_environments(overlay: list[Obj]) -> None:
         assert labels["wakegate.dev/kind"] in KINDS, namespace
         assert ENVIRONMENT_NAME.fullmatch(environment), namespace
 
-        deployment = one(overlay, "Deployment", "hello", namespace)
-        service = one(overlay, "Service", "hello", namespace)
-        for obj in (deployment, service):
-            assert obj["metadata"]["annotations"]["wakegate.dev/service"] == "hello", where(obj)
-        assert DNS_LABEL.fullmatch(deployment["metadata"]["name"])
-        assert deployment["spec"]["replicas"] == replicas, namespace
+        # Production has two colours (blue live at first); the others one Deployment.
+        names = ["hello-blue", "hello-green"] if kind == "production" else ["hello"]
+        selectors = []
+        for name in names:
+            deployment = one(overlay, "Deployment", name, namespace)
+            service = one(overlay, "Service", name, namespace)
+            for obj in (deployment, service):
+                assert obj["metadata"]["annotations"]["wakegate.dev/service"] == "hello", \
+                    where(obj)
+            assert DNS_LABEL.fullmatch(name)
+            assert deployment["spec"]["replicas"] == (0 if name == "hello-green" else replicas)
+            selector = deployment["spec"]["selector"]["matchLabels"]
+            assert service["spec"]["selector"] == selector, where(service)
+            assert selector.items() <= deployment["spec"]["template"]["metadata"][
+                "labels"].items(), where(deployment)
+            selectors.append(selector)
+        # Each colour's Service (its EndpointSlices) must select only its own pods.
+        assert len({tuple(sorted(s.items())) for s in selectors}) == len(names), namespace
+        deployment = one(overlay, "Deployment", names[0], namespace)
         annotations = deployment["metadata"]["annotations"]
         for key in ("wakegate.dev/idle-timeout", "wakegate.dev/hold-timeout"):
             if key in annotations:

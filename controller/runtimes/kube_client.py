@@ -218,3 +218,12 @@ class Informer:
         finally:
             resp.release()
         return version
+
+
+def image_tag(deployment: Obj) -> str:
+    """The tag of the first container's image ("latest" when it has none)."""
+    containers = (((deployment.get("spec") or {}).get("template") or {}).get("spec") or {}) \
+        .get("containers") or []
+    image = containers[0].get("image", "") if containers else ""
+    tail = image.rsplit("/", 1)[-1]
+    return tail.split(":", 1)[1].split("@", 1)[0] if ":" in tail else "latest"

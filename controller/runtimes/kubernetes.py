@@ -14,6 +14,9 @@
   Deployment as an annotation every few seconds, so that a restarted
   controller neither puts a busy service to sleep nor forgets an idle one.
 - Only the leader (Lease) acts; it stops when it loses the Lease.
+- Blue/green: a production service with Deployments `<service>-blue` and
+  `<service>-green` (each with its Service) has two colours; which is live is
+  kept on them (see kube_colours.py). The live one is the instance.
 """
 
 from __future__ import annotations
@@ -42,7 +45,18 @@ from .kube_client import (
     call,
     connect,
     format_micro_time,
+    image_tag,
     parse_micro_time,
+)
+from .kube_colours import (
+    COLOURS,
+    DEPLOYED_ANNOTATION,
+    LIVE_ANNOTATION,
+    LIVE_BY_ANNOTATION,
+    LIVE_SINCE_ANNOTATION,
+    ColourPair,
+    KubeColours,
+    other_colour,
 )
 from .kube_keys import KEYS_LABEL, KubeKeyStore, hashes_in, secret_name
 
@@ -52,6 +66,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("wakegate.kubernetes")
 
 Key = tuple[str, str]
+Where = tuple[str, str]  # (namespace, Deployment name)
 
 ENVIRONMENT_LABEL = "wakegate.dev/environment"
 KIND_LABEL = "wakegate.dev/kind"
@@ -75,14 +90,19 @@ class Placement:
     deployment: str  # also the name of the Service whose EndpointSlices hold the replicas
     persisted_activity: float | None  # wall-clock seconds, from the annotation
 
+    @property
+    def where(self) -> Where:
+        return (self.namespace, self.deployment)
+
 
 class EndpointReplica:
     """A ready endpoint of an instance's Deployment."""
 
-    __slots__ = ("endpoint", "exited", "key")
+    __slots__ = ("endpoint", "exited", "key", "where")
 
-    def __init__(self, key: Key, endpoint: str) -> None:
+    def __init__(self, key: Key, where: Where, endpoint: str) -> None:
         self.key = key
+        self.where = where
         self.endpoint = endpoint
         self.exited: asyncio.Future[int] = asyncio.get_running_loop().create_future()
 
@@ -112,11 +132,15 @@ class KubernetesRuntime:
         self._scaler = scaler
         self._client: k8s.ApiClient | None = None
         self.leader: LeaderElector | None = None
-        self._placements: dict[Key, Placement] = {}
-        self._known: dict[Key, dict[str, EndpointReplica]] = {}
-        self._leaving: dict[Key, set[str]] = {}
-        self._waiters: dict[Key, _StartWaiter] = {}
-        self._gone_events: dict[Key, asyncio.Event] = {}
+        self._placements: dict[Key, Placement] = {}  # the live Deployment of each instance
+        # Blue/green instances: their two colours, and where the idle one is.
+        self.pairs: dict[Key, ColourPair] = {}
+        self._others: dict[Key, tuple[str, Placement]] = {}
+        self._live_override: dict[Key, tuple[str, int]] = {}
+        self._known: dict[Where, dict[str, EndpointReplica]] = {}
+        self._leaving: dict[Where, set[str]] = {}
+        self._waiters: dict[Where, _StartWaiter] = {}
+        self._gone_events: dict[Where, asyncio.Event] = {}
         self._key_digests: dict[Key, tuple[bytes, ...]] = {}
         self._persisted: dict[Key, float] = {}
         self._warned: set[str] = set()
@@ -245,7 +269,7 @@ class KubernetesRuntime:
             env = dataclasses.replace(env, **overrides)
         spec = InstanceSpec(env, Service(
             name=service, command="", version=annotations.get(VERSION_ANNOTATION)
-            or _image_tag(deployment), environments=(env.name,),
+            or image_tag(deployment), environments=(env.name,),
             ignore_paths=_comma_list(annotations.get(IGNORE_PATHS_ANNOTATION)),
             ignore_user_agents=_comma_list(annotations.get(IGNORE_USER_AGENTS_ANNOTATION)),
         ))
@@ -255,31 +279,64 @@ class KubernetesRuntime:
     def _reconcile(self, initial: bool = False) -> None:
         self._reconcile_due = False
         environments = self._environments()
-        specs: list[InstanceSpec] = []
-        placements: dict[Key, Placement] = {}
+        found: dict[Key, list[tuple[InstanceSpec, Placement, Obj]]] = {}
         for (namespace, _), obj in sorted(self._deployments.cache.items()):
             env = environments.get(namespace)
             if env is None:
                 continue
-            found = self._instance(env, obj)
-            if found is None:
-                continue
-            spec, placement = found
-            if spec.key in placements:
-                other = placements[spec.key]
-                self._warn_once(f"{spec.name} is claimed by both {other.namespace}/"
-                                f"{other.deployment} and {namespace}/{placement.deployment}: "
-                                "using the first")
-                continue
-            placements[spec.key] = placement
+            instance = self._instance(env, obj)
+            if instance is not None:
+                found.setdefault(instance[0].key, []).append((*instance, obj))
+        specs: list[InstanceSpec] = []
+        placements: dict[Key, Placement] = {}
+        pairs: dict[Key, ColourPair] = {}
+        others: dict[Key, tuple[str, Placement]] = {}
+        for key, candidates in found.items():
+            pair = self._pair(key, candidates)
+            if pair is not None:
+                pairs[key] = pair
+                live = next(c for c in candidates if c[1].deployment == pair.deployments[
+                    pair.live])
+                other = next(c for c in candidates if c is not live)
+                others[key] = (other_colour(pair.live), other[1])
+                candidates = [live]
+            spec, placement, _ = candidates[0]
+            for _, extra, _ in candidates[1:]:
+                self._warn_once(f"{spec.name} is claimed by both {placement.namespace}/"
+                                f"{placement.deployment} and {extra.namespace}/"
+                                f"{extra.deployment}: using the first")
+            placements[key] = placement
             specs.append(spec)
-        self._placements = placements
-        for key in [k for k in self._known if k not in placements]:
-            for replica in self._known.pop(key).values():
+        self._placements, self.pairs, self._others = placements, pairs, others
+        wheres = {p.where for p in placements.values()} | {p.where for _, p in others.values()}
+        for where in [w for w in self._known if w not in wheres]:
+            for replica in self._known.pop(where).values():
                 replica.gone()
         self._scaler.sync_instances(specs, stop_removed=False)
         self._sync_endpoints(initial)
         self._sync_keys()
+
+    def _pair(self, key: Key, candidates: list[tuple[InstanceSpec, Placement, Obj]]
+              ) -> ColourPair | None:
+        """The two colours of a production instance, if it has them."""
+        spec = candidates[0][0]
+        if spec.environment.kind != "production" or len(candidates) != 2:
+            return None
+        by_name = {c[1].deployment: c for c in candidates}
+        names = {colour: f"{spec.service.name}-{colour}" for colour in COLOURS}
+        if set(by_name) != set(names.values()) or \
+                candidates[0][1].namespace != candidates[1][1].namespace:
+            return None
+        objs = {colour: by_name[name][2] for colour, name in names.items()}
+        pair = ColourPair.of(candidates[0][1].namespace, names, objs)
+        override = self._live_override.get(key)
+        if override is not None:
+            colour, seq = override
+            if pair.live_seqs[colour] >= seq:
+                del self._live_override[key]  # the cache has caught up with our switch
+            else:
+                pair = dataclasses.replace(pair, live=colour)
+        return pair
 
     def _endpoints(self, placement: Placement) -> tuple[set[str], set[str]]:
         """(ready addresses, every address still listed, terminating ones included)."""
@@ -310,14 +367,17 @@ class KubernetesRuntime:
 
     def _sync_endpoints(self, initial: bool) -> None:
         now_mono, now_wall = time.monotonic(), time.time()
-        for key, placement in self._placements.items():
+        every = [(key, None, p) for key, p in self._placements.items()]
+        every += [(key, colour, p) for key, (colour, p) in self._others.items()]
+        for key, idle_colour, placement in every:
+            where = placement.where
             ready, present = self._endpoints(placement)
-            known = self._known.setdefault(key, {})
-            leaving = self._leaving.get(key)
+            known = self._known.setdefault(where, {})
+            leaving = self._leaving.get(where)
             if leaving is not None:
                 leaving &= present  # forget addresses once they are really gone
-                if not leaving and key in self._gone_events:
-                    self._gone_events.pop(key).set()
+                if not leaving and where in self._gone_events:
+                    self._gone_events.pop(where).set()
             for address in [a for a in known if a not in ready]:
                 replica = known.pop(address)
                 replica.gone()
@@ -325,16 +385,23 @@ class KubernetesRuntime:
             for address in sorted(ready):
                 if address in known or (leaving and address in leaving):
                     continue
-                replica = EndpointReplica(key, address)
+                replica = EndpointReplica(key, where, address)
                 known[address] = replica
-                waiter = self._waiters.get(key)
+                waiter = self._waiters.get(where)
                 if waiter is not None:
                     waiter.add(replica)
-                    continue
-                active_at = None
-                if initial and placement.persisted_activity is not None:
-                    active_at = now_mono - max(0.0, now_wall - placement.persisted_activity)
-                self._scaler.replica_appeared(key, replica, active_at)
+                elif idle_colour is not None:
+                    inst = self._scaler.instances.get(key)
+                    if inst is not None:
+                        self._scaler.releases.replica_appeared(inst, idle_colour, replica)
+                else:
+                    active_at = None
+                    if initial and placement.persisted_activity is not None:
+                        active_at = now_mono - max(0.0, now_wall - placement.persisted_activity)
+                    self._scaler.replica_appeared(key, replica, active_at)
+
+    def ready_replicas(self, where: Where) -> list[EndpointReplica]:
+        return list(self._known.get(where, {}).values())
 
     def _sync_keys(self) -> None:
         for key in self._placements:
@@ -361,11 +428,10 @@ class KubernetesRuntime:
 
     # --- scaling ---
 
-    async def _scale(self, key: Key, target: int, at_least: bool) -> int:
+    async def _scale(self, placement: Placement | None, target: int, at_least: bool) -> int:
         """Set the Deployment's replicas from a fresh read; with at_least, never lower them."""
-        placement = self._placements.get(key)
         if placement is None:
-            raise StartFailed(f"the Deployment of {key[0]}/{key[1]} is gone")
+            raise StartFailed("the Deployment is gone")
         apps = k8s.AppsV1Api(self._api_client())
         for _ in range(_SCALE_ATTEMPTS):
             if self.leader is None or not self.leader.is_leader:
@@ -392,18 +458,30 @@ class KubernetesRuntime:
         if count <= 0:
             return []
         key = inst.key
-        known = self._known.get(key, {})
+        placement = self._placements.get(key)
+        if placement is None:
+            raise StartFailed(f"the Deployment of {inst.name} is gone")
+        known = self._known.get(placement.where, {})
         limit = max(inst.environment.max_replicas, 1)
-        target = min(len(known) + count, limit)
-        count = target - len(known)
+        replicas = await self._start_at(inst, placement, min(len(known) + count, limit))
+        # Recorded at once: a controller taking over right after this wake
+        # must not judge the instance by an older recorded activity.
+        await self._record_activity(key, time.time())
+        return replicas
+
+    async def _start_at(self, inst: InstanceSpec, placement: Placement, target: int
+                        ) -> list[EndpointReplica]:
+        """Scale the Deployment to `target` and wait for the new ready endpoints."""
+        where = placement.where
+        before = len(self._known.get(where, {}))
+        count = target - before
         if count <= 0:
             return []
         waiter = _StartWaiter(count)
-        self._waiters[key] = waiter
-        before = len(known)
+        self._waiters[where] = waiter
         try:
             try:
-                await self._scale(key, target, at_least=True)
+                await self._scale(placement, target, at_least=True)
             except KubeError as exc:
                 raise StartFailed(f"cannot scale the Deployment: {exc}") from None
             try:
@@ -412,73 +490,80 @@ class KubernetesRuntime:
                 # Pods that never get ready (crash loop, unschedulable) must not
                 # keep running for an instance that shows as not started.
                 with contextlib.suppress(Exception):
-                    await self._scale(key, before + len(waiter.replicas), at_least=False)
-                placement = self._placements.get(key)
-                where = f"{placement.namespace}/{placement.deployment}" if placement else ""
+                    await self._scale(placement, before + len(waiter.replicas), at_least=False)
                 raise StartFailed(
                     f"{len(waiter.replicas)} of {count} new replicas ready within "
                     f"{inst.service.start_timeout:g}s (see kubectl describe deployment -n "
-                    f"{where.replace('/', ' ')})"
+                    f"{placement.namespace} {placement.deployment})"
                 ) from None
-            # Recorded at once: a controller taking over right after this wake
-            # must not judge the instance by an older recorded activity.
-            await self._record_activity(key, time.time())
             return list(waiter.replicas)
         except BaseException:
             # Whatever became ready meanwhile is not lost: the scaler gets it as found.
-            for replica in waiter.replicas:
-                if not replica.exited.done():
-                    self._scaler.replica_appeared(key, replica)
+            live = self._placements.get(inst.key)
+            if live is not None and live.where == where:
+                for replica in waiter.replicas:
+                    if not replica.exited.done():
+                        self._scaler.replica_appeared(inst.key, replica)
             raise
         finally:
-            if self._waiters.get(key) is waiter:
-                del self._waiters[key]
+            if self._waiters.get(where) is waiter:
+                del self._waiters[where]
 
     async def stop(self, replicas: list[Any], grace: float) -> None:
-        by_key: dict[Key, list[EndpointReplica]] = {}
+        by_where: dict[Where, list[EndpointReplica]] = {}
         for replica in replicas:
-            by_key.setdefault(replica.key, []).append(replica)
-        for key, going in by_key.items():
-            known = self._known.get(key, {})
-            remaining = len([a for a in known if a not in {r.endpoint for r in going}])
-            try:
-                await self._scale(key, remaining, at_least=False)
-            except (KubeError, StartFailed) as exc:
-                # Nothing stopped: the caller keeps the replicas, which still serve.
-                raise StartFailed(f"could not scale {key[0]}/{key[1]} down: {exc}") from None
-            leaving = self._leaving.setdefault(key, set())
-            for replica in going:
-                known.pop(replica.endpoint, None)
-                leaving.add(replica.endpoint)
-                replica.gone()
-            # Asleep means stopped: wait until the pods have left the EndpointSlices
-            # (they are gone when their process has exited), as the local runtime
-            # waits for its processes.
-            gone = self._gone_events.setdefault(key, asyncio.Event())
-            self._changed()
-            try:
-                await asyncio.wait_for(gone.wait(), grace + 5.0)
-            except TimeoutError:
-                log.warning("%s/%s: pods still listed %gs after scaling down", key[0], key[1],
-                            grace + 5.0)
+            by_where.setdefault(replica.where, []).append(replica)
+        for where, going in by_where.items():
+            known = self._known.get(where, {})
+            endpoints = {r.endpoint for r in going}
+            remaining = len([a for a in known if a not in endpoints])
+            await self._scale_down(Placement(*where, None), remaining, going, grace)
+
+    async def _scale_down(self, placement: Placement, remaining: int,
+                          going: list[EndpointReplica], grace: float) -> None:
+        where = placement.where
+        try:
+            await self._scale(placement, remaining, at_least=False)
+        except (KubeError, StartFailed) as exc:
+            # Nothing stopped: the caller keeps the replicas, which still serve.
+            raise StartFailed(f"could not scale {where[0]}/{where[1]} down: {exc}") from None
+        known = self._known.get(where, {})
+        leaving = self._leaving.setdefault(where, set())
+        for replica in going:
+            known.pop(replica.endpoint, None)
+            leaving.add(replica.endpoint)
+            replica.gone()
+        # Asleep means stopped: wait until the pods have left the EndpointSlices
+        # (they are gone when their process has exited), as the local runtime
+        # waits for its processes.
+        gone = self._gone_events.setdefault(where, asyncio.Event())
+        self._changed()
+        try:
+            await asyncio.wait_for(gone.wait(), grace + 5.0)
+        except TimeoutError:
+            log.warning("%s/%s: pods still listed %gs after scaling down", where[0], where[1],
+                        grace + 5.0)
 
     # --- versions, kept on the Deployment ---
 
     async def set_version(self, inst: InstanceSpec, version: str) -> None:
-        """Point the Deployment at `version`: its image tag, wakegate.dev/version, and
-        WAKEGATE_VERSION when the container has that variable.
-
-        The Deployment rolls its pods itself; a Deployment at 0 replicas just
-        starts the new version at its next wake.
-        """
+        """Point the Deployment at `version`; it rolls its pods itself, and a Deployment
+        at 0 replicas just starts the new version at its next wake."""
         placement = self._placements.get(inst.key)
         if placement is None:
             raise LookupError(f"the Deployment of {inst.name} is gone")
-        deployment = self._deployments.cache.get((placement.namespace, placement.deployment))
+        await self._patch_version(placement, version, {})
+
+    async def _patch_version(self, placement: Placement, version: str,
+                             annotations: dict[str, str]) -> None:
+        """The image tag, wakegate.dev/version, and WAKEGATE_VERSION when the container has
+        that variable; `annotations` too, in the same write."""
+        deployment = self._deployments.cache.get(placement.where)
         containers = (((deployment or {}).get("spec") or {}).get("template") or {}) \
             .get("spec", {}).get("containers") or []
         if not containers:
-            raise LookupError(f"the Deployment of {inst.name} has no container")
+            raise LookupError(f"the Deployment {placement.namespace}/{placement.deployment} "
+                              "has no container")
         first = containers[0]
         repository = _image_repository(first.get("image", ""))
         container: dict[str, Any] = {"name": first["name"], "image": f"{repository}:{version}"}
@@ -486,7 +571,7 @@ class KubernetesRuntime:
             # A container that is told its version (as the local runtime does) is told again.
             container["env"] = [{"name": "WAKEGATE_VERSION", "value": version}]
         body = {
-            "metadata": {"annotations": {VERSION_ANNOTATION: version}},
+            "metadata": {"annotations": {VERSION_ANNOTATION: version, **annotations}},
             "spec": {"template": {
                 "metadata": {"annotations": {VERSION_ANNOTATION: version}},
                 "spec": {"containers": [container]},
@@ -494,8 +579,72 @@ class KubernetesRuntime:
         }
         apps = k8s.AppsV1Api(self._api_client())
         # A strategic merge patch: containers merge by name, the others stay.
-        await call(apps.patch_namespaced_deployment, placement.deployment,
-                   placement.namespace, body)
+        written = await call(apps.patch_namespaced_deployment, placement.deployment,
+                             placement.namespace, body)
+        self._deployment_written(written)
+
+    def _deployment_written(self, obj: Obj) -> None:
+        """Our own write, in the cache at once: the next pass must not act on the old one."""
+        meta = obj.get("metadata", {})
+        self._deployments.cache[(meta.get("namespace", ""), meta.get("name", ""))] = obj
+
+    # --- blue/green (kube_colours.KubeColours drives these) ---
+
+    def colours(self) -> KubeColours:
+        return KubeColours(self)
+
+    def colour_placement(self, key: Key, colour: str) -> Placement:
+        pair = self.pairs.get(key)
+        if pair is None:
+            raise StartFailed(f"{key[0]}/{key[1]} has no blue/green Deployments any more")
+        return Placement(pair.namespace, pair.deployments[colour], None)
+
+    def _fresh_pair(self, key: Key) -> ColourPair:
+        """The pair as the cache shows it now, our own latest writes included."""
+        pair = self.pairs[key]
+        objs = {c: self._deployments.cache.get((pair.namespace, name))
+                for c, name in pair.deployments.items()}
+        if not all(objs.values()):
+            return pair
+        return ColourPair.of(pair.namespace, pair.deployments,
+                             {c: o for c, o in objs.items() if o is not None})
+
+    async def start_colour(self, inst: InstanceSpec, colour: str, version: str,
+                           size: int) -> list[EndpointReplica]:
+        placement = self.colour_placement(inst.key, colour)
+        seq = self._fresh_pair(inst.key).next_seq
+        await self._patch_version(placement, version, {DEPLOYED_ANNOTATION: str(seq)})
+        try:
+            await self._start_at(inst, placement, size)
+        except StartFailed:
+            with contextlib.suppress(Exception):
+                await self.stop_colour(inst, colour, 5.0)
+            raise
+        return self.ready_replicas(placement.where)
+
+    async def stop_colour(self, inst: InstanceSpec, colour: str, grace: float) -> None:
+        placement = self.colour_placement(inst.key, colour)
+        await self._scale_down(placement, 0, self.ready_replicas(placement.where), grace)
+
+    async def switch_live(self, inst: InstanceSpec, colour: str, verb: str) -> None:
+        """Record `colour` as live: one write, to that colour's Deployment."""
+        key = inst.key
+        placement = self.colour_placement(key, colour)
+        seq = self._fresh_pair(key).next_seq
+        body = {"metadata": {"annotations": {
+            LIVE_ANNOTATION: str(seq), LIVE_SINCE_ANNOTATION: format_micro_time(time.time()),
+            LIVE_BY_ANNOTATION: verb}}}
+        apps = k8s.AppsV1Api(self._api_client())
+        written = await call(apps.patch_namespaced_deployment, placement.deployment,
+                             placement.namespace, body,
+                             _content_type="application/merge-patch+json")
+        self._deployment_written(written)
+        self._live_override[key] = (colour, seq)
+        old = self._placements[key]
+        self._placements[key] = dataclasses.replace(placement, persisted_activity=None)
+        self._others[key] = (other_colour(colour), Placement(old.namespace, old.deployment, None))
+        self.pairs[key] = dataclasses.replace(self.pairs[key], live=colour)
+        self._changed()
 
     # --- last activity, persisted on the Deployment ---
 
@@ -563,14 +712,6 @@ def _image_repository(image: str) -> str:
 
 def _comma_list(value: str | None) -> tuple[str, ...]:
     return tuple(item.strip() for item in (value or "").split(",") if item.strip())
-
-
-def _image_tag(deployment: Obj) -> str:
-    containers = (((deployment.get("spec") or {}).get("template") or {}).get("spec") or {}) \
-        .get("containers") or []
-    image = containers[0].get("image", "") if containers else ""
-    tail = image.rsplit("/", 1)[-1]
-    return tail.split(":", 1)[1].split("@", 1)[0] if ":" in tail else "latest"
 
 
 __all__ = ["KubernetesRuntime", "hashes_in"]
