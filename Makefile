@@ -5,6 +5,7 @@ VENV   ?= .venv
 BIN     = $(VENV)/bin
 CONFIG ?= examples/wakegate.yaml
 PYTEST_ARGS ?=
+BENCH_ARGS ?=
 
 .PHONY: run test lint bench clean
 
@@ -24,9 +25,10 @@ test: $(BIN)/wakegate
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
+# Every scenario of bench/ (see bench/README.md), e.g. BENCH_ARGS="--only warm,hold".
 bench: $(BIN)/wakegate
-	$(BIN)/python -m bench.coldstart --runs 30 --json bench/results/coldstart.json
-	$(BIN)/python -m bench.kubernetes --runs 30 --failovers 5 --json bench/results/kubernetes.json
+	sh bench/install-tools.sh
+	$(BIN)/python -m bench.all $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .wakegate .pytest_cache .ruff_cache

@@ -26,6 +26,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -73,7 +74,8 @@ async def direct_start() -> float:
 
 
 class Wakegate:
-    def __init__(self, workdir: Path, overrides: dict[str, Any] | None = None) -> None:
+    def __init__(self, workdir: Path, overrides: dict[str, Any] | None = None,
+                 args: Sequence[str] = ()) -> None:
         self.proxy_port, self.api_port = _free_port(), _free_port()
         config = {
             "state_dir": str(workdir / "state"),
@@ -87,17 +89,24 @@ class Wakegate:
         config.update(overrides or {})
         path = workdir / "wakegate.yaml"
         path.write_text(yaml.safe_dump(config))
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "controller.cli", "up", "-c", str(path),
-             "--log-level", "warning"],
-            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-        )
+        # Kept in a file, so that a refused start (e.g. an option this version
+        # does not have) can say why.
+        self.stderr_path = workdir / "wakegate.stderr"
+        with open(self.stderr_path, "w") as err:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "controller.cli", "up", "-c", str(path),
+                 "--log-level", "warning", *args],
+                cwd=REPO, stdout=subprocess.PIPE, stderr=err, text=True,
+                stdin=subprocess.DEVNULL,
+            )
         assert self.proc.stdout is not None
         for line in self.proc.stdout:  # the banner ends with this line
             if line.startswith("Press Ctrl-C"):
                 break
         else:
-            raise RuntimeError("wakegate did not start")
+            code = self.proc.wait(30)
+            raise RuntimeError(f"wakegate did not start (exit {code}): "
+                               f"{self.stderr_path.read_text().strip()[-2000:]}")
 
     def state(self) -> str:
         url = f"http://127.0.0.1:{self.api_port}/v1/status"

@@ -15,10 +15,14 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Callable
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from .config import ConfigError, load_config
 from .spec import Config, ProxySettings
+from .workers import MAX_WORKERS, parse_workers
+
+if TYPE_CHECKING:
+    from proxy.app import Proxy
 
 DEFAULT_CONFIG = "wakegate.yaml"
 DEFAULT_CONTROLLER = "http://127.0.0.1:8081"
@@ -41,10 +45,12 @@ def _load(path: str) -> Config:
         sys.exit(EXIT_USAGE)
 
 
-def _setup_logging(level: str) -> None:
+def _setup_logging(level: str, worker: int | None = None) -> None:
+    # With several workers their lines interleave on one stderr: say whose each is.
+    tag = f" [worker {worker} pid {os.getpid()}]" if worker is not None else ""
     logging.basicConfig(
         level=getattr(logging, level.upper()),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        format=f"%(asctime)s %(levelname)s %(name)s{tag}: %(message)s",
         stream=sys.stderr,
     )
     # aiohttp's own access log is off; its error log stays.
@@ -66,8 +72,9 @@ def cmd_validate(args: argparse.Namespace) -> None:
 
 def cmd_up(args: argparse.Namespace) -> None:
     config = _load(args.config)
-    _setup_logging(args.log_level)
-    _run(_serve_controller(config, with_proxy=True))
+    _setup_logging(args.log_level, 1 if args.workers > 1 else None)
+    _run(_serve_controller(config, with_proxy=True, workers=args.workers,
+                           log_level=args.log_level))
 
 
 def cmd_controller(args: argparse.Namespace) -> None:
@@ -87,7 +94,9 @@ def _token() -> str | None:
     return os.environ.get("WAKEGATE_TOKEN") or None
 
 
-def _stop_on_signals(kill_now: Callable[[], None]) -> asyncio.Event:
+def _stop_on_signals(
+    kill_now: Callable[[], None], signals: tuple[int, ...] = (signal.SIGINT, signal.SIGTERM),
+) -> asyncio.Event:
     """An event set by SIGINT/SIGTERM; a second signal kills what is left and exits at once."""
     stop = asyncio.Event()
     seen = 0
@@ -102,13 +111,20 @@ def _stop_on_signals(kill_now: Callable[[], None]) -> asyncio.Event:
         stop.set()
 
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
+    for sig in signals:
         loop.add_signal_handler(sig, on_signal)
     return stop
 
 
-async def _serve_controller(config: Config, with_proxy: bool) -> None:
-    """`up` (with_proxy: the proxy in this process) and `controller` (proxies elsewhere)."""
+async def _serve_controller(
+    config: Config, with_proxy: bool, workers: int = 1, log_level: str = "info"
+) -> None:
+    """`up` (with_proxy: the proxy in this process) and `controller` (proxies elsewhere).
+
+    `workers` > 1 (`up` only): workers 2..N are `wakegate proxy` children that
+    take their routes from this process's controller API and share the proxy's
+    port with SO_REUSEPORT.
+    """
     # Imported here so that validate/status/keys start fast.
     from aiohttp import web
     from prometheus_client import CollectorRegistry
@@ -120,6 +136,7 @@ async def _serve_controller(config: Config, with_proxy: bool) -> None:
     from .keys import KeyStore
     from .metrics import ControllerMetrics
     from .scaler import Scaler
+    from .workers import WorkerFailed, Workers, child_argv, loopback_for
 
     token = _token()
     if not token and not _is_loopback(config.controller.host):
@@ -132,8 +149,11 @@ async def _serve_controller(config: Config, with_proxy: bool) -> None:
     scaler = Scaler(config, KeyStore(config.state_dir), controller_metrics.scale_event)
     controller_metrics.scaler = scaler
     proxy = Proxy(config.proxy, InProcessLink(scaler), registry) if with_proxy else None
+    children: Workers | None = None
 
     def kill_now() -> None:
+        if children is not None:
+            children.kill_now()
         kill = getattr(scaler.runtime, "kill_all_now", None)
         if kill is not None:
             kill()
@@ -150,7 +170,8 @@ async def _serve_controller(config: Config, with_proxy: bool) -> None:
         port = config.proxy.port
         if proxy is not None:
             try:
-                port = await proxy.start(config.proxy.host, config.proxy.port)
+                port = await proxy.start(config.proxy.host, config.proxy.port,
+                                         reuse_port=workers > 1)
             except OSError as exc:
                 _fail(f"cannot listen on {config.proxy.host}:{config.proxy.port} "
                       f"(listen.proxy): {exc.strerror}")
@@ -166,18 +187,34 @@ async def _serve_controller(config: Config, with_proxy: bool) -> None:
             _fail(f"cannot listen on {config.controller.host}:{config.controller.port} "
                   f"(listen.controller): {exc.strerror}")
         await scaler.run()
+        if proxy is not None and workers > 1:
+            # Started once the API serves route tables, so that they get theirs at once.
+            api_url = (f"http://{_url_host(loopback_for(config.controller.host))}:"
+                       f"{config.controller.port}")
+            children = Workers(lambda i: child_argv(
+                api_url, config.proxy.host, port, i, log_level, "1s", config.path), workers - 1)
+            await children.start()
         await scaler.always_on_started()
+        if children is not None:
+            try:
+                await children.wait("ready")
+            except WorkerFailed as exc:
+                _fail(f"--workers {workers}: {exc}")
         # Made only now that wakegate serves, so a failed start never eats a
         # key that was shown nowhere.
         new_keys = []
         for spec in config.instances():
             if spec.environment.access == "api_key" and not scaler.keys.has_key(*spec.key):
                 new_keys.append((spec.name, await create_key(scaler, *spec.key)))
-        _print_welcome(config, scaler.status(port), new_keys, port, with_proxy)
+        _print_welcome(config, scaler.status(port), new_keys, port, with_proxy,
+                       children.pids() if children is not None else None)
         await stop.wait()
         log.info("stopping: putting every instance to sleep")
     finally:
         try:
+            if children is not None:
+                # First, while the API still takes their last reports.
+                await children.stop()
             await scaler.shutdown()
             if proxy is not None:
                 await proxy.close()
@@ -216,31 +253,98 @@ def cmd_proxy(args: argparse.Namespace) -> None:
             raise ValueError("it must be more than 0")
     except ValueError as exc:
         _fail(f"--report-interval {args.report_interval}: {exc}", EXIT_USAGE)
-    _setup_logging(args.log_level)
-    _run(_serve_proxy(settings, url, interval))
+    worker = args.worker_index
+    if worker is not None:
+        # A worker is stopped by its parent (SIGTERM), not by the Ctrl-C or the
+        # hang-up its terminal sends to the whole process group.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    elif args.workers > 1:
+        worker = 1
+    _setup_logging(args.log_level, worker)
+    _run(_serve_proxy(settings, url, interval, args, worker))
 
 
-async def _serve_proxy(settings: ProxySettings, url: str, report_interval: float) -> None:
+async def _serve_proxy(
+    settings: ProxySettings, url: str, report_interval: float, args: argparse.Namespace,
+    worker: int | None,
+) -> None:
+    """One proxy; with --workers N, worker 1 of N; with --worker-index, one of those N."""
     from prometheus_client import CollectorRegistry
 
     from proxy.app import Proxy
     from proxy.remote_link import RemoteLink
 
-    proxy = Proxy(settings, RemoteLink(url, _token(), report_interval), CollectorRegistry())
-    stop = _stop_on_signals(lambda: None)
+    from .workers import WorkerFailed, Workers, child_argv
+
+    link = RemoteLink(url, _token(), report_interval)
+    if worker is not None:
+        # So that GET /v1/proxies shows which worker process each report is from.
+        link.proxy_id = _worker_proxy_id(worker, link.proxy_id)
+    proxy = Proxy(settings, link, CollectorRegistry())
+    children: Workers | None = None
+    is_child = args.worker_index is not None
+    stop = _stop_on_signals(lambda: children.kill_now() if children is not None else None,
+                            (signal.SIGTERM,) if is_child else (signal.SIGINT, signal.SIGTERM))
     try:
         try:
-            port = await proxy.start(settings.host, settings.port)
+            port = await proxy.start(settings.host, settings.port,
+                                     reuse_port=args.reuse_port or args.workers > 1)
         except OSError as exc:
             _fail(f"cannot listen on {settings.host}:{settings.port}: {exc.strerror}")
+        if is_child:
+            await _announce_worker(proxy, stop)
+            return
+        if args.workers > 1:
+            # The port is known now (--listen ...:0 included): the others share it.
+            config = args.config if args.config_given or os.path.exists(args.config) else None
+            children = Workers(lambda i: child_argv(
+                url, settings.host, port, i, args.log_level, args.report_interval, config),
+                args.workers - 1)
+            await children.start()
+            try:
+                # Listening is enough: a proxy starts even while its controller is down.
+                await children.wait("listening")
+            except WorkerFailed as exc:
+                _fail(f"--workers {args.workers}: {exc}")
         print(f"wakegate proxy is up on {settings.host}:{port}, taking its routes from {url} "
               f"(reports every {report_interval:g}s)")
+        if children is not None:
+            print(f"{args.workers} workers share the port (SO_REUSEPORT): pid {os.getpid()} "
+                  f"(this one) and {', '.join(map(str, children.pids()))}; each reports to "
+                  "the controller as its own proxy (GET /v1/proxies)")
         print("Press Ctrl-C to stop. /readyz answers 200 once the first route table is in.",
               flush=True)
         await stop.wait()
         log.info("stopping the proxy")
     finally:
-        await proxy.close()
+        try:
+            if children is not None:
+                await children.stop()
+        finally:
+            await proxy.close()
+
+
+def _worker_proxy_id(worker: int, unique: str) -> str:
+    import socket
+
+    return f"{socket.gethostname()[:64]}/pid{os.getpid()}/worker{worker}/{unique[:12]}"
+
+
+async def _announce_worker(proxy: Proxy, stop: asyncio.Event) -> None:
+    """A worker child: tell the parent (stdout is a pipe to it) it listens, then that it has
+    its first route table; serve until SIGTERM."""
+    from .workers import LISTENING_LINE, READY_LINE
+
+    print(LISTENING_LINE, flush=True)
+    while proxy.table.version == 0 and not stop.is_set():
+        # Polled (briefly, at start only) rather than hooking the link's apply.
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), 0.01)
+    if not stop.is_set():
+        print(READY_LINE, flush=True)
+    await stop.wait()
+    log.info("stopping")
 
 
 def _parse_address(text: str) -> tuple[str, int]:
@@ -271,12 +375,16 @@ def _is_loopback(host: str) -> bool:
 
 def _print_welcome(
     config: Config, rows: list[dict[str, Any]], new_keys: list[tuple[str, str]], port: int,
-    with_proxy: bool = True,
+    with_proxy: bool = True, workers: list[int] | None = None,
 ) -> None:
     api_url = f"http://{_url_host(config.controller.host)}:{config.controller.port}"
     if with_proxy:
         print(f"wakegate is up: proxy on {config.proxy.host}:{port}, controller API on "
               f"{api_url} ({config.path})")
+        if workers:
+            print(f"{len(workers) + 1} proxy workers share port {port} (SO_REUSEPORT): "
+                  f"pid {os.getpid()} (this one) and {', '.join(map(str, workers))}; "
+                  f"GET {api_url}/v1/proxies lists the other ones")
     else:
         print(f"wakegate controller is up: API on {api_url} ({config.path}); start proxies "
               f"with `wakegate proxy --controller {api_url}`")
@@ -433,6 +541,11 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("-c", "--config", default=None,
                        help=f"config file (default: {DEFAULT_CONFIG})")
 
+    def with_workers(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--workers", type=parse_workers, default=1, metavar="N",
+                       help=f"proxy processes sharing the proxy port with SO_REUSEPORT, this "
+                       f"one included (1 to {MAX_WORKERS}; default 1)")
+
     def with_controller(p: argparse.ArgumentParser) -> None:
         with_config(p)
         p.add_argument("--controller", help="controller API URL (default: from the config, "
@@ -440,6 +553,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("up", help="controller + proxy in one process on the local runtime")
     with_config(p)
+    with_workers(p)
     p.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
     p.set_defaults(func=cmd_up)
 
@@ -457,6 +571,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--report-interval", default="1s", metavar="DURATION",
                    help="how often activity is reported to the controller, e.g. 1s, 100ms "
                    "(a report holds for 3 intervals; default 1s)")
+    with_workers(p)
+    # Internal: how workers 2..N are started; --reuse-port alone also lets
+    # separately started proxies share a port.
+    p.add_argument("--reuse-port", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--worker-index", type=int, default=None, help=argparse.SUPPRESS)
     p.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
     p.set_defaults(func=cmd_proxy)
 

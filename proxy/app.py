@@ -7,8 +7,10 @@ atomically), never awaits the controller and takes no lock.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
+import os
 import time
 
 from aiohttp import web
@@ -22,6 +24,7 @@ from . import access
 from .activator import ActivationFailed, Activator, HoldTimeout, QueueFull, RouteGone
 from .activity import ActivityTracker
 from .errors import error_response, no_route, unauthorized, unavailable
+from .fastpath import FastConnection, UpstreamPool
 from .forward import Forwarder, NeedsWake, UpstreamError
 from .headers import TrustedProxies, upstream_request_headers
 from .link import ControlLink
@@ -60,7 +63,17 @@ class Proxy:
         registry.register(self.metrics)
         self.forwarder = Forwarder(settings)
         self.trusted = TrustedProxies(settings.trusted_proxies)
+        # The warm path for simple requests (fastpath.py); WAKEGATE_FAST_PATH=0
+        # sends every request through aiohttp, to compare or to rule it out.
+        self.fast_path = os.environ.get("WAKEGATE_FAST_PATH", "1") != "0"
+        self.upstreams = UpstreamPool(settings.connect_timeout)
+        self.fast_connections: set[FastConnection] = set()
+        connected = getattr(link, "connected", None)
+        if connected is not None:
+            # Split mode: wakegate_controller_connected on this proxy's /metrics.
+            self.metrics.controller_connected = lambda: bool(link.connected)  # type: ignore[attr-defined]
         self._runner: web.ServerRunner | None = None
+        self._listener: asyncio.AbstractServer | None = None
         self.port: int | None = None
 
     # --- the control side ---
@@ -89,17 +102,35 @@ class Proxy:
         )
         self._runner = web.ServerRunner(server, handle_signals=False, shutdown_timeout=2.0)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, host, port, reuse_port=reuse_port, backlog=4096)
-        await site.start()
-        sockets = getattr(site._server, "sockets", None) or []
+        slow = self._runner.server
+        assert slow is not None
+        factory = (lambda: FastConnection(self, slow)) if self.fast_path else slow
+        self._listener = await asyncio.get_running_loop().create_server(
+            factory, host, port, reuse_port=reuse_port or None, backlog=4096)
+        sockets = self._listener.sockets or []
         self.port = sockets[0].getsockname()[1] if sockets else port
         return self.port
 
     async def close(self) -> None:
+        if self._listener is not None:
+            self._listener.close()
+        # Idle fast-path connections close now; one with a request in flight
+        # closes when it is answered, or at the aiohttp path's deadline.
+        for conn in list(self.fast_connections):
+            conn.close_if_idle()
+        deadline = time.monotonic() + 2.0
+        while any(c.busy for c in self.fast_connections) and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        for conn in list(self.fast_connections):
+            conn.abort()
         if self._runner is not None:
             await self._runner.cleanup()
+        self.upstreams.close()
         await self.link.close()
         await self.forwarder.close()
+        if self._listener is not None:
+            with contextlib.suppress(Exception):
+                await self._listener.wait_closed()
 
     # --- the data path ---
 
@@ -148,7 +179,7 @@ class Proxy:
                 self.metrics.of(route.key).auth_failed(reason)
                 return unauthorized(route, access.FAILURE_MESSAGES[reason])
             drop = _DROP_KEY_AND_AUTH if in_authorization else _DROP_KEY
-        ignored = _is_ignored(route, request)
+        ignored = self.is_ignored(route, request.path, request.headers.get("User-Agent", ""))
         activity = None if ignored else self.activity.of(route.key)
         if activity is not None:
             activity.in_flight += 1
@@ -237,6 +268,23 @@ class Proxy:
             "Server-Timing": f"coldstart;dur={waited * 1000:.1f}",
         }
 
+    @staticmethod
+    def is_ignored(route: Route, path: str, agent: str) -> bool:
+        """A request that neither wakes the instance nor counts as its activity."""
+        if route.ignore_paths:
+            for pattern in route.ignore_paths:
+                if pattern.endswith("*"):
+                    if path.startswith(pattern[:-1]):
+                        return True
+                elif path == pattern:
+                    return True
+        if route.ignore_user_agents and agent:
+            agent = agent.lower()
+            for needle in route.ignore_user_agents:
+                if needle.lower() in agent:
+                    return True
+        return False
+
     def _admin(self, request: web.BaseRequest) -> web.Response:
         """/healthz, /readyz and /metrics: never touch an instance nor count as activity."""
         path = request.path
@@ -248,24 +296,6 @@ class Proxy:
         if path == "/readyz" and self.table.version == 0:
             return error_response(503, "not_ready", "The proxy has no route table yet.")
         return web.json_response({"status": "ok", "routes_version": self.table.version})
-
-
-def _is_ignored(route: Route, request: web.BaseRequest) -> bool:
-    if route.ignore_paths:
-        path = request.path
-        for pattern in route.ignore_paths:
-            if pattern.endswith("*"):
-                if path.startswith(pattern[:-1]):
-                    return True
-            elif path == pattern:
-                return True
-    if route.ignore_user_agents:
-        agent = request.headers.get("User-Agent", "").lower()
-        if agent:
-            for needle in route.ignore_user_agents:
-                if needle.lower() in agent:
-                    return True
-    return False
 
 
 class _ProxyRequestHandler(RequestHandler):

@@ -9,6 +9,14 @@ from aiohttp import web
 from controller.spec import Route
 
 
+def error_body(code: str, message: str, route: Route | None = None) -> bytes:
+    body: dict[str, str | None] = {"error": code, "message": message}
+    if route is not None:
+        body["environment"] = route.environment
+        body["service"] = route.service
+    return json.dumps(body).encode() + b"\n"
+
+
 def error_response(
     status: int,
     code: str,
@@ -16,17 +24,12 @@ def error_response(
     route: Route | None = None,
     headers: dict[str, str] | None = None,
 ) -> web.Response:
-    body: dict[str, str | None] = {"error": code, "message": message}
-    if route is not None:
-        body["environment"] = route.environment
-        body["service"] = route.service
-    resp = web.Response(
+    return web.Response(
         status=status,
-        body=json.dumps(body).encode() + b"\n",
+        body=error_body(code, message, route),
         content_type="application/json",
         headers=headers,
     )
-    return resp
 
 
 def no_route(host: str) -> web.Response:

@@ -105,7 +105,7 @@ class Forwarder:
         if self._session is not None:
             await self._session.close()
 
-    def _pick(self, route: Route, attempt: int) -> str:
+    def pick(self, route: Route, attempt: int) -> str:
         n = self._rr.get(route.key, 0)
         if attempt == 0:
             self._rr[route.key] = n + 1
@@ -132,7 +132,7 @@ class Forwarder:
         attempt = 0
         delay = 0.005
         while True:
-            endpoint = self._pick(route, attempt)
+            endpoint = self.pick(route, attempt)
             url = URL(f"http://{endpoint}{target}", encoded=True)
             try:
                 upstream = await self._session.request(
@@ -279,7 +279,7 @@ class Forwarder:
         ]
         for name in WEBSOCKET_HANDSHAKE:
             headers.popall(name, None)
-        endpoint = self._pick(route, 0)
+        endpoint = self.pick(route, 0)
         url = URL(f"http://{endpoint}{target}", encoded=True)
         try:
             up = await self._session.ws_connect(

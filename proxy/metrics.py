@@ -80,6 +80,9 @@ class ProxyMetrics(Collector):
         self.stats: dict[Key, InstanceStats] = {}
         self._in_flight = in_flight
         self._held = held
+        # Set by a link to a controller in another process (split mode): whether it
+        # answers. Exported as wakegate_controller_connected; absent in `wakegate up`.
+        self.controller_connected: Callable[[], bool] | None = None
 
     def of(self, key: Key) -> InstanceStats:
         st = self.stats.get(key)
@@ -128,6 +131,14 @@ class ProxyMetrics(Collector):
             "wakegate_held_requests", "Requests waiting for their instance to wake.",
             self._held(),
         )
+        if self.controller_connected is not None:
+            connected = GaugeMetricFamily(
+                "wakegate_controller_connected",
+                "1 while this proxy's link to the controller works (it has a route table "
+                "and its last call succeeded), 0 while it cannot reach or use it.",
+            )
+            connected.add_metric([], 1.0 if self.controller_connected() else 0.0)
+            yield connected
 
 
 def _gauge(name: str, doc: str, values: dict[Key, int]) -> GaugeMetricFamily:

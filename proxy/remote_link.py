@@ -140,6 +140,11 @@ class RemoteLink:
             await self._send_report(ttl=0.0, timeout=1.0)
         await self._session.close()
 
+    @property
+    def connected(self) -> bool:
+        """Whether the controller answers: a table came, and no call has failed since."""
+        return self.epoch is not None and self._problem is None
+
     # --- the watch ---
 
     async def _watch(self) -> None:

@@ -1,0 +1,192 @@
+"""The combined report: every bench/results/<name>.json as markdown, and the goals of issue 5.
+
+Usage: python -m bench.report [--results bench/results] [--out bench/results/summary.md]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from bench.tools import RESULTS
+
+# The order of the report; each name is a results file and a scenario.
+SCENARIOS = ("warm", "coldstart", "kubernetes", "hold", "routes", "sleep_accuracy")
+
+
+def _fmt(value: Any, digits: int = 2) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:,.{digits}f}"
+    if isinstance(value, int):
+        return f"{value:,}"
+    return str(value)
+
+
+def _table(head: list[str], rows: list[list[Any]]) -> str:
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines += ["| " + " | ".join(_fmt(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def warm_table(result: dict[str, Any]) -> str:
+    ratios = result["ratios"]["throughput"]
+    added = result["ratios"]["added_p50_ms"]
+    rate = result["settings"]["rate"]
+    rows = []
+    for name, t in result["targets"].items():
+        c, o = t.get("closed_loop") or {}, t.get("open_loop") or {}
+        rows.append([f"{name} ({t['note']})", c.get("rps"), ratios.get(f"{name}/nginx"),
+                     ratios.get(f"{name}/direct"), c.get("p50_ms"), c.get("p99_ms"),
+                     o.get("latency_p50_ms"), o.get("latency_p99_ms"), o.get("latency_p999_ms"),
+                     added.get(name), o.get("achieved_rps"),
+                     (c.get("errors") or 0) + (o.get("errors") or 0)])
+    s = result["settings"]
+    out = [_table(["target", "wrk req/s", "x nginx", "x direct", "wrk p50 ms", "wrk p99 ms",
+                   f"open {rate:g}/s p50 ms", "p99 ms", "p99.9 ms", "p50 added ms",
+                   "achieved/s", "errors"], rows),
+           f"\nwrk: {s['connections']} keep-alive connections, {s['wrk_threads']} thread, "
+           f"{s['rounds']} x {s['wrk_seconds']:g} s rounds after a {s['warmup_seconds']:g} s "
+           f"warm-up (median round). Open loop: {rate:g} req/s, {s['openloop_rounds']} x "
+           f"{s['openloop_seconds']:g} s per target, latency from the scheduled send time "
+           f"(median over rounds), generator processes: {result['generator']['processes']}."]
+    if result["generator"].get("note"):
+        out.append(f"Generator: {result['generator']['note']}.")
+    out += [f"Skipped: {name}: {why}" for name, why in result.get("skipped", {}).items()]
+    return "\n".join(out)
+
+
+def hold_table(result: dict[str, Any]) -> str:
+    statuses = ", ".join(f"{k}: {v}" for k, v in result["statuses"].items() if k != "200")
+    row = [result["connections"], result["answered_200"], statuses or "none", result["errors"],
+           result["peak_held"], result["last_wait_s"], result["drain_s"],
+           result["rss_idle_mib"], result["rss_peak_mib"], result["rss_over_idle_mib"]]
+    return (_table(["connections", "answered 200", "other statuses", "client errors",
+                    "peak held", "last answer after s", "first → last answer s",
+                    "idle RSS MiB", "peak RSS MiB", "peak over idle MiB"], [row])
+            + f"\n\nThe instance's start takes {result['start_delay_s']:g} s (a deliberately slow "
+            f"starter, so every request is held); hold_queue_size {result['hold_queue_size']}, "
+            f"open-file limit {result['nofile']}.")
+
+
+def routes_table(result: dict[str, Any]) -> str:
+    rows = []
+    for size in result["sizes"]:
+        r = result["by_size"][str(size)]
+        rows.append([size, r["start_to_ready_s"], r["rss_mib"], r["apply_s"],
+                     r["route_visible_s"], r.get("rps"), r.get("vs_1_instance")])
+    return _table(["instances", "start → ready s", "wakegate RSS MiB", "`wakegate apply` s",
+                   "apply → new route answers s", "wrk req/s", "x 1 instance"], rows)
+
+
+def sleep_table(result: dict[str, Any]) -> str:
+    late, decided = result["stopped_after_idle_timeout"], result["stopping_after_idle_timeout"]
+    rows = [["idle → stopping (decision)", decided["n"], decided["p50_ms"], decided["max_ms"]],
+            ["idle → sleeping (process stopped)", late["n"], late["p50_ms"], late["max_ms"]]]
+    return (_table(["after idle_timeout", "runs", "p50 ms", "max ms"], rows)
+            + f"\n\nidle_timeout {result['idle_timeout_s']:g} s, measured from the end of the "
+            "last response, state read from the controller's /v1/status every "
+            f"{result['poll_ms']:g} ms.")
+
+
+def _coldstart(result: dict[str, Any]) -> str:
+    from bench.coldstart import markdown
+
+    return markdown(result)
+
+
+def _kubernetes(result: dict[str, Any]) -> str:
+    from bench.kubernetes import markdown
+
+    return markdown(result)
+
+
+TABLES: dict[str, Callable[[dict[str, Any]], str]] = {
+    "warm": warm_table, "coldstart": _coldstart, "kubernetes": _kubernetes, "hold": hold_table,
+    "routes": routes_table, "sleep_accuracy": sleep_table,
+}
+TITLES = {"warm": "Warm path", "coldstart": "Cold start", "kubernetes": "Kubernetes runtime",
+          "hold": "Hold capacity", "routes": "Route table scale",
+          "sleep_accuracy": "Sleep accuracy"}
+
+
+def goals(results: dict[str, dict[str, Any]]) -> str:
+    """Issue 5's goals, each with the figure that decides it."""
+    rows: list[list[Any]] = []
+
+    def add(goal: str, figure: Any, met: bool | None) -> None:
+        rows.append([goal, figure, "-" if met is None else ("yes" if met else "**no**")])
+
+    warm = results.get("warm", {})
+    if warm.get("status") == "ok":
+        ratio = warm["ratios"]["throughput"].get("wakegate-w1/nginx")
+        add("throughput ≥ 0.5 x nginx (1 worker)", ratio, None if ratio is None else ratio >= 0.5)
+        added = warm["ratios"]["added_p50_ms"].get("wakegate-w1")
+        add(f"p50 added over direct ≤ 1 ms at {warm['settings']['rate']:g} req/s",
+            None if added is None else f"{added:.3f} ms", None if added is None else added <= 1)
+    cold = results.get("coldstart", {})
+    if "overhead_p50_ms" in cold:
+        add("cold-start overhead ≤ 10 ms at p50", f"{cold['overhead_p50_ms']} ms",
+            cold["overhead_p50_ms"] <= 10)
+    hold = results.get("hold", {})
+    if hold.get("status") == "ok":
+        add(f"{hold['connections']:,} held requests all answered 200",
+            f"{hold['answered_200']:,}", hold["answered_200"] == hold["connections"])
+    routes = results.get("routes", {})
+    if routes.get("status") == "ok":
+        big = routes["by_size"][str(max(routes["sizes"]))]
+        ratio = big.get("vs_1_instance")
+        add(f"{max(routes['sizes']):,} instances: throughput within 10 % of 1", ratio,
+            None if ratio is None else ratio >= 0.9)
+    return _table(["goal (issue 5)", "figure", "met"], rows) if rows else ""
+
+
+def load(folder: Path) -> dict[str, dict[str, Any]]:
+    found = {}
+    for name in SCENARIOS:
+        path = folder / f"{name}.json"
+        if path.exists():
+            found[name] = json.loads(path.read_text())
+    return found
+
+
+def render(results: dict[str, dict[str, Any]]) -> str:
+    out = ["# wakegate benchmarks", ""]
+    machine = next((r["machine"] for r in results.values() if "nproc" in r.get("machine", {})),
+                   None)
+    if machine:
+        tools = ", ".join(v for v in machine["tools"].values() if v)
+        out += [f"Machine: {machine['nproc']} CPUs ({machine['cpu']}), kernel "
+                f"{machine['kernel']}, Python {machine['python']}; {tools}.", ""]
+    goal_table = goals(results)
+    if goal_table:
+        out += ["## Goals", "", goal_table, ""]
+    for name in SCENARIOS:
+        if name not in results:
+            continue
+        result = results[name]
+        out += [f"## {TITLES[name]}", ""]
+        status = result.get("status", "ok")
+        if status != "ok":
+            out += [f"{status}: {result.get('reason', '')}", ""]
+            continue
+        out += [TABLES[name](result), ""]
+    return "\n".join(out)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--results", type=Path, default=RESULTS)
+    parser.add_argument("--out", type=Path, help="default: <results>/summary.md")
+    args = parser.parse_args()
+    text = render(load(args.results))
+    (args.out or args.results / "summary.md").write_text(text + "\n")
+    print(text)
+
+
+if __name__ == "__main__":
+    main()

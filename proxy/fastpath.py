@@ -1,0 +1,714 @@
+"""The warm path at the protocol level: simple requests to ready public instances.
+
+Most requests a proxy sees are plain: HTTP/1.1, one Host naming a public
+instance that has ready endpoints, no upgrade, a small body or none. For
+those, going through aiohttp's request objects and its client costs more
+CPU than the forwarding itself. This module serves them with one asyncio
+protocol per client connection and a pool of raw keep-alive connections per
+upstream endpoint: the request head is checked and rewritten as bytes, sent
+with one write on a pooled connection (no task, no await), and the answer is
+streamed back as it arrives, its framing (Content-Length, chunked, or until
+close) followed only to know where it ends.
+
+Everything else - a request to hold, a private instance, a WebSocket, a
+chunked or large body, anything malformed, an admin path, an upstream that
+refuses the connection - is handed to the aiohttp server (`proxy.app`) by
+switching the connection's protocol, with the bytes not yet consumed. It
+gives the status table's answers, holds, retries and wakes. A request is
+handed over only before anything of it was sent upstream, so nothing is
+sent twice from here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from .errors import error_body
+from .headers import HOP_BY_HOP
+from .routing import normalize_host
+
+if TYPE_CHECKING:
+    from controller.spec import Route
+
+    from .app import Proxy
+
+_MAX_BODY = 64 * 1024  # larger bodies stream through the aiohttp path
+_MAX_RESPONSE_HEAD = 64 * 1024
+_MAX_IDLE_PER_ENDPOINT = 256
+_PAUSE_CLIENT_AT = 256 * 1024  # pipelined bytes buffered while a request is in flight
+_IDEMPOTENT = frozenset((b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"))
+_HOP = frozenset(name.encode() for name in HOP_BY_HOP)
+# Kept on the way back: the framing we pass through unchanged.
+_HOP_DOWN = _HOP - {b"transfer-encoding"}
+_CLIENT_FORWARDED = frozenset((b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host",
+                               b"x-real-ip", b"forwarded"))
+# Control characters (other than tab) anywhere in a head: the aiohttp path answers 400.
+_CONTROL = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
+_TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+
+# Response body framing.
+_NONE, _LENGTH, _CHUNKED, _UNTIL_CLOSE = range(4)
+
+
+class _Chunks:
+    """Finds where a chunked body ends, without decoding it (it is passed on as is)."""
+
+    __slots__ = ("left", "line", "state")
+
+    def __init__(self) -> None:
+        self.state = 0  # 0 size line, 1 data, 2 CRLF after data, 3 trailer lines
+        self.left = 0
+        self.line = b""
+
+    def feed(self, data: bytes) -> int:
+        """Index just past the body's end in `data`, -1 if not there yet; ValueError if bad."""
+        i, n = 0, len(data)
+        while i < n:
+            if self.state == 1:
+                take = min(self.left, n - i)
+                i += take
+                self.left -= take
+                if self.left == 0:
+                    self.state, self.left = 2, 2
+                continue
+            if self.state == 2:
+                take = min(self.left, n - i)
+                i += take
+                self.left -= take
+                if self.left == 0:
+                    self.state = 0
+                continue
+            end = data.find(b"\n", i)
+            if end < 0:
+                self.line += data[i:]
+                if len(self.line) > 4096:
+                    raise ValueError("chunk line too long")
+                return -1
+            line, self.line = (self.line + data[i:end]).rstrip(b"\r"), b""
+            i = end + 1
+            if self.state == 3:
+                if not line:
+                    return i  # the empty line after the trailers: the end
+                continue
+            size = int(line.split(b";", 1)[0].strip(), 16)
+            if size < 0:
+                raise ValueError("negative chunk size")
+            if size == 0:
+                self.state = 3
+            else:
+                self.state, self.left = 1, size
+        return -1
+
+
+class _Upstream(asyncio.Protocol):
+    """One keep-alive connection to an endpoint; bytes go to the exchange using it."""
+
+    __slots__ = ("closed", "endpoint", "owner", "pool", "transport")
+
+    def __init__(self, pool: UpstreamPool, endpoint: str) -> None:
+        self.pool = pool
+        self.endpoint = endpoint
+        self.transport: asyncio.Transport | None = None
+        self.owner: FastConnection | None = None
+        self.closed = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        if self.owner is not None:
+            self.owner.upstream_data(data)
+        else:
+            self.close()  # bytes nobody asked for: never reuse this connection
+
+    def eof_received(self) -> bool:
+        self._gone()
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._gone()
+
+    def _gone(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        self.pool.discard(self)
+        if self.owner is not None:
+            self.owner.upstream_lost()
+
+    def close(self) -> None:
+        self.closed = True
+        self.pool.discard(self)
+        if self.transport is not None:
+            self.transport.close()
+
+
+class UpstreamPool:
+    """Idle keep-alive connections, per endpoint; a busy one belongs to its exchange."""
+
+    def __init__(self, connect_timeout: float) -> None:
+        self._idle: dict[str, list[_Upstream]] = {}
+        self._connect_timeout = connect_timeout
+
+    def take(self, endpoint: str) -> _Upstream | None:
+        idle = self._idle.get(endpoint)
+        while idle:
+            up = idle.pop()
+            if not up.closed and up.transport is not None and not up.transport.is_closing():
+                return up
+        return None
+
+    async def connect(self, endpoint: str) -> _Upstream:
+        host, _, port = endpoint.rpartition(":")
+        loop = asyncio.get_running_loop()
+        _, up = await asyncio.wait_for(
+            loop.create_connection(lambda: _Upstream(self, endpoint), host.strip("[]"),
+                                   int(port)),
+            self._connect_timeout)
+        return up
+
+    def give_back(self, up: _Upstream) -> None:
+        idle = self._idle.setdefault(up.endpoint, [])
+        if up.closed or len(idle) >= _MAX_IDLE_PER_ENDPOINT:
+            up.close()
+        else:
+            idle.append(up)
+
+    def discard(self, up: _Upstream) -> None:
+        idle = self._idle.get(up.endpoint)
+        if idle and up in idle:
+            idle.remove(up)
+
+    def close(self) -> None:
+        for idle in self._idle.values():
+            for up in list(idle):
+                up.close()
+        self._idle.clear()
+
+
+class FastConnection(asyncio.Protocol):
+    """A client connection: simple requests served here, the rest handed to aiohttp."""
+
+    def __init__(self, proxy: Proxy, slow_protocol: Callable[[], asyncio.Protocol]) -> None:
+        self._proxy = proxy
+        self._slow_protocol = slow_protocol
+        self._transport: asyncio.Transport | None = None
+        self._buf = bytearray()
+        self._peer = ""
+        # The exchange in flight (one at a time; pipelined requests wait in _buf).
+        self._up: _Upstream | None = None
+        self._req: bytes = b""
+        self._req_len = 0
+        self._retry_ok = False
+        self._close_after = False
+        self._head_only = False
+        self._route: Route | None = None
+        self._started = 0.0
+        self._resp_head = bytearray()
+        self._framing = _NONE
+        self._left = 0
+        self._chunks: _Chunks | None = None
+        self._status = 0
+        self._reuse = True
+        self._answered = False
+        self._timer: asyncio.TimerHandle | None = None
+        self._last_byte = 0.0
+        self._counted: Any = None  # the InstanceActivity this request counts in
+        self._paused = False
+        self._connecting: asyncio.Task[None] | None = None  # a new upstream connection
+
+    # --- the client side ---
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = transport  # type: ignore[assignment]
+        peer = transport.get_extra_info("peername")
+        self._peer = peer[0] if peer else ""
+        self._proxy.fast_connections.add(self)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._proxy.fast_connections.discard(self)
+        if self._route is not None:
+            # The client left mid-exchange (nginx's 499): the upstream
+            # connection is in an unknown state, so it is not reused.
+            if self._up is not None:
+                self._up.owner = None
+                self._up.close()
+                self._up = None
+            self._finish(499)
+        self._transport = None
+
+    def data_received(self, data: bytes) -> None:
+        self._buf += data
+        if self._route is None:
+            self._next_request()
+        elif len(self._buf) > _PAUSE_CLIENT_AT and self._transport is not None:
+            self._transport.pause_reading()
+            self._paused = True
+
+    def pause_writing(self) -> None:
+        if self._up is not None and self._up.transport is not None:
+            self._up.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        if self._up is not None and self._up.transport is not None:
+            self._up.transport.resume_reading()
+
+    @property
+    def busy(self) -> bool:
+        return self._route is not None
+
+    def close_if_idle(self) -> None:
+        if self._route is None and self._transport is not None:
+            self._transport.close()
+        else:
+            self._close_after = True
+
+    def abort(self) -> None:
+        if self._transport is not None:
+            self._transport.abort()
+
+    def _hand_off(self) -> None:
+        """The aiohttp server takes this connection over, with every byte not yet served."""
+        transport = self._transport
+        if transport is None:
+            return
+        self._proxy.fast_connections.discard(self)
+        self._transport = None
+        slow = self._slow_protocol()
+        transport.set_protocol(slow)
+        slow.connection_made(transport)
+        if self._paused:
+            transport.resume_reading()
+        if self._buf:
+            data, self._buf = bytes(self._buf), bytearray()
+            slow.data_received(data)
+
+    def _next_request(self) -> None:
+        buf = self._buf
+        if not buf or self._transport is None:
+            return
+        end = buf.find(b"\r\n\r\n")
+        if end < 0:
+            # Too long (the aiohttp path answers 431), or bare LF line ends (it decides).
+            if len(buf) > self._proxy.settings.max_header_size or b"\n\n" in buf:
+                self._hand_off()
+            return
+        if end > self._proxy.settings.max_header_size or not self._start(bytes(buf[:end]),
+                                                                         end + 4):
+            self._hand_off()
+
+    def _start(self, head: bytes, head_len: int) -> bool:
+        """Forward the request whose head is `head`; False: the aiohttp path must serve it."""
+        lines = head.split(b"\r\n")
+        parts = lines[0].split(b" ")
+        if len(parts) != 3 or parts[2] != b"HTTP/1.1" or not parts[1].startswith(b"/"):
+            return False
+        method, target = parts[0], parts[1]
+        if _CONTROL.search(head.replace(b"\r\n", b"\t")) or not _TOKEN.fullmatch(method):
+            return False
+        host: bytes | None = None
+        length = 0
+        close = False
+        agent = b""
+        listed: set[bytes] = set()
+        fields: list[tuple[bytes, bytes, bytes]] = []  # (lower name, value, raw line)
+        for line in lines[1:]:
+            name, sep, value = line.partition(b":")
+            if not sep or not _TOKEN.fullmatch(name):
+                return False
+            lname = name.lower()
+            value = value.strip(b" \t")
+            if lname == b"host":
+                if host is not None:
+                    return False
+                host = value
+            elif lname == b"content-length":
+                if length or not value.isdigit():
+                    return False
+                length = int(value)
+            elif lname in (b"transfer-encoding", b"upgrade", b"expect"):
+                return False
+            elif lname == b"connection":
+                for token in value.lower().split(b","):
+                    token = token.strip()
+                    if token == b"close":
+                        close = True
+                    elif token:
+                        listed.add(token)
+            elif lname == b"user-agent":
+                agent = value
+            fields.append((lname, value, line))
+        if host is None or length > _MAX_BODY:
+            return False
+        proxy = self._proxy
+        route = proxy.table.by_host.get(normalize_host(host.decode("latin-1")))
+        if route is None or not route.endpoints or route.access != "public":
+            return False
+        path = target.split(b"?", 1)[0]
+        if b"%" in path:
+            return False  # the ignore rules compare decoded paths: the aiohttp path decodes
+        total = head_len + length
+        if len(self._buf) < total:
+            return True  # the body is still coming: called again with more bytes
+        upstream_head = self._upstream_head(lines[0], fields, listed, host)
+        self._req = upstream_head + bytes(self._buf[head_len:total]) if length else \
+            upstream_head
+        self._req_len = total
+        self._retry_ok = method in _IDEMPOTENT and not length
+        self._head_only = method == b"HEAD"
+        self._close_after = close
+        self._route = route
+        self._started = time.monotonic()
+        self._status = 0
+        self._answered = False
+        ignored = proxy.is_ignored(route, path.decode("latin-1"), agent.decode("latin-1"))
+        self._counted = None if ignored else proxy.activity.of(route.key)
+        if self._counted is not None:
+            self._counted.in_flight += 1
+        endpoint = proxy.forwarder.pick(route, 0)
+        up = proxy.upstreams.take(endpoint)
+        if up is not None:
+            self._send(up)
+        else:
+            self._connecting = asyncio.ensure_future(self._connect_and_send(endpoint, True))
+        return True
+
+    def _upstream_head(self, request_line: bytes, fields: list[tuple[bytes, bytes, bytes]],
+                       listed: set[bytes], host: bytes) -> bytes:
+        """The head sent upstream: hop-by-hop fields removed, X-Forwarded-* set as
+        headers.upstream_request_headers does on the aiohttp path."""
+        trusted = self._peer in self._proxy.trusted
+        out = [request_line]
+        prior: list[bytes] = []
+        have_proto = have_host = False
+        for lname, value, line in fields:
+            if lname in _HOP or lname in listed:
+                continue
+            if lname in _CLIENT_FORWARDED:
+                if not trusted:
+                    continue
+                if lname == b"x-forwarded-for":
+                    prior.append(value)
+                    continue
+                have_proto = have_proto or lname == b"x-forwarded-proto"
+                have_host = have_host or lname == b"x-forwarded-host"
+            out.append(line)
+        peer = self._peer.encode()
+        if prior:
+            out.append(b"X-Forwarded-For: " + b", ".join(prior) + b", " + peer)
+        else:
+            out.append(b"X-Forwarded-For: " + peer)
+        if not have_proto:
+            out.append(b"X-Forwarded-Proto: http")
+        if not have_host:
+            out.append(b"X-Forwarded-Host: " + host)
+        out.append(b"\r\n")
+        return b"\r\n".join(out)
+
+    # --- the upstream side ---
+
+    async def _connect_and_send(self, endpoint: str, first: bool) -> None:
+        try:
+            up = await self._proxy.upstreams.connect(endpoint)
+        except (OSError, TimeoutError):
+            if self._route is None or self._transport is None:
+                return
+            if first:
+                # Nothing was sent: the aiohttp path retries, waits for a
+                # wake or answers, as the status table says.
+                self._undo_count()
+                self._hand_off()
+            else:
+                # The request reached the upstream before: a refusal now
+                # means it died on it; replaying it would wake it into
+                # another crash.
+                self._error(502, "upstream_reset",
+                            "The service closed the connection without answering.")
+            return
+        if self._route is None or self._transport is None:
+            up.close()
+            return
+        self._send(up)
+
+    def _send(self, up: _Upstream) -> None:
+        assert up.transport is not None
+        self._up = up
+        up.owner = self
+        self._resp_head = bytearray()
+        self._framing = _NONE
+        self._reuse = True
+        up.transport.write(self._req)
+        self._last_byte = time.monotonic()
+        if self._timer is None:
+            self._timer = asyncio.get_running_loop().call_later(
+                self._proxy.settings.read_timeout, self._check_timeout)
+
+    def _check_timeout(self) -> None:
+        self._timer = None
+        if self._route is None:
+            return
+        idle = time.monotonic() - self._last_byte
+        timeout = self._proxy.settings.read_timeout
+        if idle < timeout:
+            self._timer = asyncio.get_running_loop().call_later(timeout - idle,
+                                                                self._check_timeout)
+            return
+        if self._up is not None:
+            self._up.owner = None
+            self._up.close()
+            self._up = None
+        if self._answered:
+            self._cut()
+        else:
+            self._error(504, "upstream_timeout",
+                        f"The service did not answer in time (read "
+                        f"{self._proxy.settings.read_timeout:g}s).")
+
+    def upstream_data(self, data: bytes) -> None:
+        self._last_byte = time.monotonic()
+        if self._answered:
+            self._body(data)
+            return
+        self._resp_head += data
+        while True:
+            end = self._resp_head.find(b"\r\n\r\n")
+            if end < 0:
+                if len(self._resp_head) > _MAX_RESPONSE_HEAD:
+                    self._bad_upstream()
+                return
+            head = bytes(self._resp_head[:end])
+            rest = bytes(self._resp_head[end + 4:])
+            try:
+                out = self._response_head(head)
+            except ValueError:
+                self._bad_upstream()
+                return
+            if out is None:  # 1xx: informational, the real answer follows
+                self._resp_head = bytearray(rest)
+                continue
+            self._answered = True
+            self._resp_head = bytearray()
+            if self._transport is not None:
+                self._transport.write(out)
+            self._body(rest)
+            return
+
+    def _response_head(self, head: bytes) -> bytes | None:
+        lines = head.split(b"\r\n")
+        version, _, rest = lines[0].partition(b" ")
+        code = rest[:3]
+        if not version.startswith(b"HTTP/1.") or not code.isdigit():
+            raise ValueError("not an HTTP/1.x status line")
+        status = int(code)
+        if 100 <= status < 200:
+            if status == 101:
+                raise ValueError("upgrade without a request for it")
+            return None
+        keep = version == b"HTTP/1.1"
+        length = -1
+        chunked = False
+        listed: set[bytes] = set()
+        kept: list[tuple[bytes, bytes]] = []
+        for line in lines[1:]:
+            name, sep, value = line.partition(b":")
+            if not sep:
+                raise ValueError("a header line without a colon")
+            lname = name.strip().lower()
+            value = value.strip()
+            if lname == b"connection":
+                for token in value.lower().split(b","):
+                    token = token.strip()
+                    if token == b"close":
+                        keep = False
+                    elif token == b"keep-alive" and version == b"HTTP/1.0":
+                        keep = True
+                    elif token:
+                        listed.add(token)
+                continue
+            if lname == b"transfer-encoding":
+                chunked = value.lower().rsplit(b",", 1)[-1].strip() == b"chunked"
+                if not chunked:
+                    raise ValueError("a transfer coding other than chunked")
+            elif lname == b"content-length":
+                if not value.isdigit() or (length >= 0 and int(value) != length):
+                    raise ValueError("a bad Content-Length")
+                length = int(value)
+            kept.append((lname, line))
+        if self._head_only or status in (204, 304):
+            framing = _NONE
+        elif chunked:
+            framing = _CHUNKED
+            self._chunks = _Chunks()
+        elif length >= 0:
+            framing, self._left = _LENGTH, length
+        else:
+            framing, keep = _UNTIL_CLOSE, False
+        self._framing = framing
+        self._reuse = keep
+        self._status = status
+        out = [b"HTTP/1.1 " + rest]
+        for lname, line in kept:
+            if lname in _HOP_DOWN or lname in listed:
+                continue
+            if chunked and lname == b"content-length":
+                continue
+            out.append(line)
+        if framing == _UNTIL_CLOSE or self._close_after:
+            self._close_after = True
+            out.append(b"Connection: close")
+        out.append(b"\r\n")
+        return b"\r\n".join(out)
+
+    def _body(self, data: bytes) -> None:
+        framing = self._framing
+        transport = self._transport
+        if framing == _NONE:
+            if data:
+                self._reuse = False  # more than the answer: this connection is confused
+            self._done()
+            return
+        if framing == _LENGTH:
+            if len(data) >= self._left:
+                if len(data) > self._left:
+                    self._reuse = False
+                    data = data[:self._left]
+                self._left = 0
+                if transport is not None and data:
+                    transport.write(data)
+                self._done()
+                return
+            self._left -= len(data)
+            if transport is not None and data:
+                transport.write(data)
+            return
+        if framing == _CHUNKED:
+            assert self._chunks is not None
+            try:
+                end = self._chunks.feed(data) if data else -1
+            except ValueError:
+                self._up_broke()
+                return
+            if end >= 0:
+                if end < len(data):
+                    self._reuse = False
+                    data = data[:end]
+                if transport is not None:
+                    transport.write(data)
+                self._done()
+                return
+        if transport is not None and data:
+            transport.write(data)
+
+    def upstream_lost(self) -> None:
+        """The upstream closed or reset its connection while this exchange used it."""
+        up, self._up = self._up, None
+        if up is not None:
+            up.owner = None
+        if self._route is None:
+            return
+        if self._answered:
+            if self._framing == _UNTIL_CLOSE:
+                self._done()  # the close is the end of this answer
+            else:
+                self._cut()
+            return
+        if self._retry_ok:
+            # A pooled keep-alive connection the upstream just closed looks
+            # the same as a reset: an idempotent, body-less request is sent
+            # again once, on a new connection.
+            self._retry_ok = False
+            assert self._route is not None
+            endpoint = self._proxy.forwarder.pick(self._route, 1)
+            self._connecting = asyncio.ensure_future(self._connect_and_send(endpoint, False))
+            return
+        self._error(502, "upstream_reset", "The service closed the connection without "
+                                           "answering.")
+
+    def _bad_upstream(self) -> None:
+        if self._up is not None:
+            self._up.owner = None
+            self._up.close()
+            self._up = None
+        self._error(502, "upstream_invalid", "The service answered with a malformed response.")
+
+    def _up_broke(self) -> None:
+        if self._up is not None:
+            self._up.owner = None
+            self._up.close()
+            self._up = None
+        self._cut()
+
+    # --- ending an exchange ---
+
+    def _done(self) -> None:
+        up, self._up = self._up, None
+        if up is not None:
+            up.owner = None
+            if self._reuse and not up.closed:
+                self._proxy.upstreams.give_back(up)
+            else:
+                up.close()
+        self._finish(self._status)
+        transport = self._transport
+        if transport is None:
+            return
+        if self._close_after:
+            transport.close()
+            return
+        if self._paused:
+            self._paused = False
+            transport.resume_reading()
+        self._next_request()
+
+    def _error(self, status: int, code: str, message: str) -> None:
+        """An answer of the status table, before anything of the upstream's went out."""
+        route = self._route
+        transport = self._transport
+        self._status = status
+        self._close_after = True
+        self._finish(status)
+        if transport is not None:
+            body = error_body(code, message, route)
+            transport.write(b"HTTP/1.1 %d %s\r\nContent-Type: application/json\r\n"
+                            b"Content-Length: %d\r\nConnection: close\r\n\r\n"
+                            % (status, _REASONS.get(status, b"Error"), len(body)) + body)
+            transport.close()
+
+    def _cut(self) -> None:
+        """The answer started and cannot be completed: the client must see it truncated."""
+        self._finish(self._status)
+        if self._transport is not None:
+            self._transport.abort()
+
+    def _undo_count(self) -> None:
+        if self._counted is not None:
+            self._counted.in_flight -= 1
+            self._counted = None
+        self._route = None
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _finish(self, status: int) -> None:
+        route = self._route
+        if route is None:
+            return
+        now = time.monotonic()
+        self._proxy.metrics.of(route.key).request_done(status, now - self._started)
+        if self._counted is not None:
+            self._counted.in_flight -= 1
+            self._counted.last_end = now
+            self._counted = None
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._route = None
+        del self._buf[:self._req_len]
+        self._req_len = 0
+
+
+_REASONS = {502: b"Bad Gateway", 504: b"Gateway Timeout"}
