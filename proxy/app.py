@@ -29,6 +29,7 @@ from .forward import Forwarder, NeedsWake, UpstreamError
 from .headers import TrustedProxies, upstream_request_headers
 from .link import ControlLink
 from .metrics import ProxyMetrics
+from .request_log import RequestLog
 from .routing import absolute_target_host, normalize_host, origin_form
 
 log = logging.getLogger("wakegate.proxy")
@@ -51,7 +52,8 @@ class _Reply(Exception):
 
 class Proxy:
     def __init__(
-        self, settings: ProxySettings, link: ControlLink, registry: CollectorRegistry
+        self, settings: ProxySettings, link: ControlLink, registry: CollectorRegistry,
+        request_log: RequestLog | None = None,
     ) -> None:
         self.settings = settings
         self.link = link
@@ -72,6 +74,7 @@ class Proxy:
         if connected is not None:
             # Split mode: wakegate_controller_connected on this proxy's /metrics.
             self.metrics.controller_connected = lambda: bool(link.connected)  # type: ignore[attr-defined]
+        self.request_log: RequestLog | None = request_log
         self._runner: web.ServerRunner | None = None
         self._listener: asyncio.AbstractServer | None = None
         self.port: int | None = None
@@ -159,15 +162,24 @@ class Proxy:
                     "The request target names a different host than the Host header.", route,
                 )
             target = origin_form(target)
-        stats = self.metrics.of(route.key)
         try:
             response = await self._serve(request, route, target, started)
         except asyncio.CancelledError:
             # The client went away (nginx's 499).
-            stats.request_done(499, time.monotonic() - started)
+            self.request_done(route, 499, time.monotonic() - started, request.method,
+                              request.path, request.remote or "", False)
             raise
-        stats.request_done(response.status, time.monotonic() - started)
+        self.request_done(route, response.status, time.monotonic() - started, request.method,
+                          request.path, request.remote or "",
+                          response.headers.get("X-Wakegate-Cold-Start") == "true")
         return response
+
+    def request_done(self, route: Route, status: int, seconds: float, method: str | bytes,
+                     path: str | bytes, client: str, cold: bool) -> None:
+        """Counted in the metrics, and one line in the request log (both paths end here)."""
+        self.metrics.of(route.key).request_done(status, seconds)
+        if self.request_log is not None:
+            self.request_log.write(route, status, seconds, method, path, client, cold)
 
     async def _serve(
         self, request: web.BaseRequest, route: Route, target: str, started: float

@@ -206,6 +206,7 @@ class FastConnection(asyncio.Protocol):
         self._retry_ok = False
         self._close_after = False
         self._head_only = False
+        self._method = self._path = b""
         self._route: Route | None = None
         self._started = 0.0
         self._resp_head = bytearray()
@@ -360,6 +361,7 @@ class FastConnection(asyncio.Protocol):
         self._req_len = total
         self._retry_ok = method in _IDEMPOTENT and not length
         self._head_only = method == b"HEAD"
+        self._method, self._path = method, path
         self._close_after = close
         self._route = route
         self._started = time.monotonic()
@@ -698,7 +700,8 @@ class FastConnection(asyncio.Protocol):
         if route is None:
             return
         now = time.monotonic()
-        self._proxy.metrics.of(route.key).request_done(status, now - self._started)
+        self._proxy.request_done(route, status, now - self._started, self._method, self._path,
+                                 self._peer, False)
         if self._counted is not None:
             self._counted.in_flight -= 1
             self._counted.last_end = now
