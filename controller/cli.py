@@ -17,6 +17,7 @@ import urllib.request
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, NoReturn
 
+from . import logs
 from .config import ConfigError, load_config
 from .spec import Config, ProxySettings
 from .workers import MAX_WORKERS, parse_workers
@@ -45,16 +46,14 @@ def _load(path: str) -> Config:
         sys.exit(EXIT_USAGE)
 
 
-def _setup_logging(level: str, worker: int | None = None) -> None:
-    # With several workers their lines interleave on one stderr: say whose each is.
-    tag = f" [worker {worker} pid {os.getpid()}]" if worker is not None else ""
-    logging.basicConfig(
-        level=getattr(logging, level.upper()),
-        format=f"%(asctime)s %(levelname)s %(name)s{tag}: %(message)s",
-        stream=sys.stderr,
-    )
-    # aiohttp's own access log is off; its error log stays.
-    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+def _log_args(args: argparse.Namespace) -> list[str]:
+    """The logging options again, for worker processes."""
+    return ["--log-level", args.log_level, "--log-format", args.log_format,
+            "--request-log", args.request_log]
+
+
+def _setup_logging(args: argparse.Namespace, worker: int | None = None) -> None:
+    logs.setup(args.log_level, args.log_format, worker)
 
 
 # --- validate ---
@@ -72,14 +71,15 @@ def cmd_validate(args: argparse.Namespace) -> None:
 
 def cmd_up(args: argparse.Namespace) -> None:
     config = _load(args.config)
-    _setup_logging(args.log_level, 1 if args.workers > 1 else None)
+    _setup_logging(args, 1 if args.workers > 1 else None)
     _run(_serve_controller(config, with_proxy=True, workers=args.workers,
-                           log_level=args.log_level))
+                           log_args=_log_args(args), request_log=args.request_log == "on",
+                           log_format=args.log_format))
 
 
 def cmd_controller(args: argparse.Namespace) -> None:
     config = _load(args.config)
-    _setup_logging(args.log_level)
+    _setup_logging(args)
     _run(_serve_controller(config, with_proxy=False))
 
 
@@ -117,7 +117,8 @@ def _stop_on_signals(
 
 
 async def _serve_controller(
-    config: Config, with_proxy: bool, workers: int = 1, log_level: str = "info"
+    config: Config, with_proxy: bool, workers: int = 1, log_args: list[str] | None = None,
+    request_log: bool = True, log_format: str = "text",
 ) -> None:
     """`up` (with_proxy: the proxy in this process) and `controller` (proxies elsewhere).
 
@@ -130,6 +131,7 @@ async def _serve_controller(
     from prometheus_client import CollectorRegistry
 
     from proxy.app import Proxy
+    from proxy.request_log import RequestLog
 
     from .api import ControllerAPI, apply_file, create_key
     from .inprocess import InProcessLink
@@ -148,7 +150,9 @@ async def _serve_controller(
     registry.register(controller_metrics)
     scaler = Scaler(config, KeyStore(config.state_dir), controller_metrics.scale_event)
     controller_metrics.scaler = scaler
-    proxy = Proxy(config.proxy, InProcessLink(scaler), registry) if with_proxy else None
+    proxy = Proxy(config.proxy, InProcessLink(scaler), registry,
+                  RequestLog(log_format, 1 if workers > 1 else None) if request_log else None
+                  ) if with_proxy else None
     children: Workers | None = None
 
     def kill_now() -> None:
@@ -192,7 +196,8 @@ async def _serve_controller(
             api_url = (f"http://{_url_host(loopback_for(config.controller.host))}:"
                        f"{config.controller.port}")
             children = Workers(lambda i: child_argv(
-                api_url, config.proxy.host, port, i, log_level, "1s", config.path), workers - 1)
+                api_url, config.proxy.host, port, i, log_args or [], "1s", config.path),
+                workers - 1)
             await children.start()
         await scaler.always_on_started()
         if children is not None:
@@ -261,7 +266,7 @@ def cmd_proxy(args: argparse.Namespace) -> None:
         signal.signal(signal.SIGHUP, signal.SIG_IGN)
     elif args.workers > 1:
         worker = 1
-    _setup_logging(args.log_level, worker)
+    _setup_logging(args, worker)
     _run(_serve_proxy(settings, url, interval, args, worker))
 
 
@@ -274,6 +279,7 @@ async def _serve_proxy(
 
     from proxy.app import Proxy
     from proxy.remote_link import RemoteLink
+    from proxy.request_log import RequestLog
 
     from .workers import WorkerFailed, Workers, child_argv
 
@@ -281,7 +287,8 @@ async def _serve_proxy(
     if worker is not None:
         # So that GET /v1/proxies shows which worker process each report is from.
         link.proxy_id = _worker_proxy_id(worker, link.proxy_id)
-    proxy = Proxy(settings, link, CollectorRegistry())
+    proxy = Proxy(settings, link, CollectorRegistry(),
+                  RequestLog(args.log_format, worker) if args.request_log == "on" else None)
     children: Workers | None = None
     is_child = args.worker_index is not None
     stop = _stop_on_signals(lambda: children.kill_now() if children is not None else None,
@@ -299,7 +306,7 @@ async def _serve_proxy(
             # The port is known now (--listen ...:0 included): the others share it.
             config = args.config if args.config_given or os.path.exists(args.config) else None
             children = Workers(lambda i: child_argv(
-                url, settings.host, port, i, args.log_level, args.report_interval, config),
+                url, settings.host, port, i, _log_args(args), args.report_interval, config),
                 args.workers - 1)
             await children.start()
             try:
@@ -541,6 +548,13 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("-c", "--config", default=None,
                        help=f"config file (default: {DEFAULT_CONFIG})")
 
+    def with_logging(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
+        p.add_argument("--log-format", default="text", choices=logs.FORMATS,
+                       help="text (default) or json: one object per line")
+        p.add_argument("--request-log", default="on", choices=("on", "off"),
+                       help="one line per request (default on)")
+
     def with_workers(p: argparse.ArgumentParser) -> None:
         p.add_argument("--workers", type=parse_workers, default=1, metavar="N",
                        help=f"proxy processes sharing the proxy port with SO_REUSEPORT, this "
@@ -554,12 +568,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("up", help="controller + proxy in one process on the local runtime")
     with_config(p)
     with_workers(p)
-    p.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
+    with_logging(p)
     p.set_defaults(func=cmd_up)
 
     p = sub.add_parser("controller", help="the controller alone; proxies join over HTTP")
     with_config(p)
-    p.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
+    with_logging(p)
     p.set_defaults(func=cmd_controller)
 
     p = sub.add_parser("proxy", help="a proxy alone, taking its routes from a controller")
@@ -576,7 +590,7 @@ def build_parser() -> argparse.ArgumentParser:
     # separately started proxies share a port.
     p.add_argument("--reuse-port", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--worker-index", type=int, default=None, help=argparse.SUPPRESS)
-    p.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
+    with_logging(p)
     p.set_defaults(func=cmd_proxy)
 
     p = sub.add_parser("validate", help="check a config file")

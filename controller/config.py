@@ -43,7 +43,8 @@ Environment settings: ``kind`` (one of spec.KINDS; required when the name is
 not itself a kind), ``access`` (public | api_key), ``idle_timeout`` (a
 duration, or ``never``/null: never sleeps), ``min_replicas`` and
 ``max_replicas`` (integers >= 0, min <= max), ``hold_timeout`` (duration > 0),
-``hold_queue_size`` (integer >= 1) and ``scale_down_delay`` (duration >= 0).
+``hold_queue_size`` (integer >= 1), ``scale_down_delay`` (duration >= 0) and
+``wake_strategy`` (``hold`` or ``page``).
 Unset keys take ``spec.KIND_DEFAULTS[kind]``, ``spec.DEFAULT_HOLD_TIMEOUT``,
 ``spec.DEFAULT_HOLD_QUEUE_SIZE`` and ``spec.DEFAULT_SCALE_DOWN_DELAY``. When the
 ``environments`` key is missing altogether (or null), the file defines
@@ -112,6 +113,7 @@ ENVIRONMENT_KEYS = (
     "hold_timeout",
     "hold_queue_size",
     "scale_down_delay",
+    "wake_strategy",
 )
 SERVICE_KEYS = (
     "command",
@@ -850,6 +852,8 @@ def _environment(
         report, raw, path, "scale_down_delay", _duration(positive=False),
         spec.DEFAULT_SCALE_DOWN_DELAY,
     )
+    wake_strategy = _take(report, raw, path, "wake_strategy", _choice(spec.WAKE_STRATEGIES),
+                          "hold")
     if kind is None or len(report) > before:
         return None
     return spec.Environment(
@@ -862,6 +866,7 @@ def _environment(
         hold_timeout=hold_timeout,
         hold_queue_size=hold_queue_size,
         scale_down_delay=scale_down_delay,
+        wake_strategy=wake_strategy,
     )
 
 

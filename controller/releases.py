@@ -32,11 +32,13 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
+from .events import event
 from .runtimes.base import ReplicaLike
 from .statefile import read_json, write_json_atomic
 
 if TYPE_CHECKING:
     from .scaler import Instance, Scaler
+
 
 log = logging.getLogger("wakegate.releases")
 
@@ -244,7 +246,8 @@ class Releases:
             self._save(inst, release)
             self._scaler.publish(inst)
             log.info("%s: version %s ready on the %s colour (preview)", inst.name, version,
-                     colour)
+                     colour,
+                     extra=event(inst.spec, "preview_ready", version=version, colour=colour))
             return {**result, "changed": True}
 
     async def promote(self, inst: Instance) -> dict[str, Any]:
@@ -303,7 +306,9 @@ class Releases:
         release.other.scale_down = asyncio.ensure_future(self._scale_down_later(inst, release))
         done = "promoted" if verb == PROMOTE else "rolled back"
         log.info("%s: %s to %s (%s colour); %s scales down in %gs", inst.name, done,
-                 inst.version, release.live, old_colour, delay)
+                 inst.version, release.live, old_colour, delay,
+                 extra=event(inst.spec, "promoted" if verb == PROMOTE else "rolled_back",
+                             version=inst.version, colour=release.live, previous=old_version))
         return {"environment": inst.spec.environment.name, "service": inst.spec.service.name,
                 "live": release.live, "version": inst.version, "previous": old_version,
                 "changed": True}

@@ -18,6 +18,7 @@ from collections.abc import Callable
 from types import MappingProxyType
 from typing import Any
 
+from .events import event
 from .keys import KeyStore
 from .releases import LocalColours, ReleaseRefused, Releases
 from .runtimes.base import ReplicaLike as Replica
@@ -195,7 +196,8 @@ class Scaler:
             inst.error = None
             inst.ready_since = active_at if active_at is not None else time.monotonic()
             log.info("%s is ready (%d replica%s found)", inst.name, len(inst.replicas),
-                     "" if len(inst.replicas) == 1 else "s")
+                     "" if len(inst.replicas) == 1 else "s",
+                     extra=event(inst.spec, "found_ready", replicas=len(inst.replicas)))
         self.publish(inst)
         self._on_scale(inst, "up")
 
@@ -220,6 +222,7 @@ class Scaler:
             key_hashes=self.keys.hashes(env.name, svc.name) if env.access == "api_key" else (),
             hold_timeout=env.hold_timeout,
             hold_queue_size=env.hold_queue_size,
+            wake_strategy=env.wake_strategy,
             ignore_paths=svc.ignore_paths,
             ignore_user_agents=svc.ignore_user_agents,
             version=inst.version,
@@ -337,7 +340,8 @@ class Scaler:
                     # the next request starts a fresh attempt.
                     inst.state = SLEEPING
                 self.publish(inst)
-                log.error("activation of %s failed: %s", inst.name, exc)
+                log.error("activation of %s failed: %s", inst.name, exc,
+                          extra=event(inst.spec, "activation_failed", error=str(exc)))
                 if not inst.spec.environment.sleeps and not self.runtime.self_healing:
                     self._restart_later(inst)
                 return
@@ -357,6 +361,8 @@ class Scaler:
                 "woke %s (version %s, %d replica%s) in %.0f ms",
                 inst.name, inst.version, len(inst.replicas),
                 "" if len(inst.replicas) == 1 else "s", (time.monotonic() - started) * 1000,
+                extra=event(inst.spec, "woke", version=inst.version, replicas=len(inst.replicas),
+                            duration_ms=round((time.monotonic() - started) * 1000, 1)),
             )
 
     def _restart_later(self, inst: Instance) -> None:
@@ -460,7 +466,8 @@ class Scaler:
             self.publish(inst)  # the switch: from here on requests go to the new replicas
             if old:
                 await self.runtime.stop(old, inst.spec.service.stop_grace)
-        log.info("%s: version %s (was %s)", inst.name, version, previous)
+        log.info("%s: version %s (was %s)", inst.name, version, previous,
+                 extra=event(inst.spec, "deployed", version=version, previous=previous))
         return {"environment": environment, "service": service, "version": version,
                 "previous": previous, "changed": True}
 
@@ -570,7 +577,8 @@ class Scaler:
             inst.ready_since = 0.0
             self.publish(inst)
             self._on_scale(inst, "down")
-            log.info("%s is asleep after %.1f s idle", inst.name, idle_for)
+            log.info("%s is asleep after %.1f s idle", inst.name, idle_for,
+                     extra=event(inst.spec, "slept", idle_seconds=round(idle_for, 1)))
 
     # --- lifecycle and views ---
 

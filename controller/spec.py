@@ -43,6 +43,9 @@ KIND_DEFAULTS: dict[str, KindDefaults] = {
 DEFAULT_HOLD_TIMEOUT = 60.0
 DEFAULT_HOLD_QUEUE_SIZE = 1000
 DEFAULT_SCALE_DOWN_DELAY = 30.0
+# What a browser gets from a sleeping instance: held like any client, or a
+# "waking up" page that reloads itself until the instance is ready.
+WAKE_STRATEGIES = ("hold", "page")
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +61,7 @@ class Environment:
     # Blue/green (production): how long the old colour keeps running after a
     # promote, for requests and WebSockets in flight on it and a quick rollback.
     scale_down_delay: float = DEFAULT_SCALE_DOWN_DELAY
+    wake_strategy: str = "hold"
 
     @property
     def sleeps(self) -> bool:
@@ -185,6 +189,7 @@ class Route:
     # Monotonic-clock second at which the endpoints became ready (0 if never);
     # the proxy retries refused connects shortly after a wake.
     ready_since: float = 0.0
+    wake_strategy: str = "hold"
 
     @property
     def key(self) -> tuple[str, str]:
@@ -240,6 +245,7 @@ def route_to_wire(route: Route) -> dict[str, object]:
         "failures": route.failures,
         "error": route.error,
         "ready_since": route.ready_since,
+        "wake_strategy": route.wake_strategy,
     }
 
 
@@ -281,6 +287,9 @@ def route_from_wire(data: object, clock_shift: float = 0.0, where: str = "route"
     if any(len(h) != 32 for h in key_hashes):
         raise WireError(f"{where}.key_hashes: must be SHA-256 digests (32 bytes)")
     ready_since = float(get("ready_since", (int, float)))  # type: ignore[arg-type]
+    wake_strategy = get("wake_strategy", str)
+    if wake_strategy not in WAKE_STRATEGIES:
+        raise WireError(f"{where}.wake_strategy: unknown strategy {wake_strategy!r}")
     return Route(
         environment=str(get("environment", str)),
         service=str(get("service", str)),
@@ -297,6 +306,7 @@ def route_from_wire(data: object, clock_shift: float = 0.0, where: str = "route"
         failures=int(get("failures", int)),  # type: ignore[call-overload]
         error=None if (error := get("error", str, optional=True)) is None else str(error),
         ready_since=ready_since + clock_shift if ready_since else 0.0,
+        wake_strategy=str(wake_strategy),
     )
 
 

@@ -242,14 +242,14 @@ def _signal(worker: _Worker, sig: int) -> None:
 
 
 def child_argv(
-    controller: str, host: str, port: int, index: int, log_level: str, report_interval: str,
-    config: str | None,
+    controller: str, host: str, port: int, index: int, log_args: list[str],
+    report_interval: str, config: str | None,
 ) -> list[str]:
     """The command line of worker `index`: `wakegate proxy` bound with SO_REUSEPORT."""
     listen = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     argv: list[str] = [
         sys.executable, "-m", "controller.cli", "proxy", "--controller", controller,
-        "--listen", listen, "--report-interval", report_interval, "--log-level", log_level,
+        "--listen", listen, "--report-interval", report_interval, *log_args,
         "--reuse-port", "--worker-index", str(index),
     ]
     if config is not None:

@@ -31,6 +31,7 @@ from .link import ControlLink
 from .metrics import ProxyMetrics
 from .request_log import RequestLog
 from .routing import absolute_target_host, normalize_host, origin_form
+from .waking_page import waking_page, wants_page
 
 log = logging.getLogger("wakegate.proxy")
 
@@ -40,6 +41,7 @@ _ADMIN_PATHS = frozenset(("/healthz", "/readyz", "/metrics"))
 RETRY_AFTER_QUEUE_FULL = 2
 RETRY_AFTER_FAILED = 5
 RETRY_AFTER_SLEEPING = 30
+RELEASE_AT_ONCE = 128  # held requests connecting to a woken instance at the same time
 
 
 class _Reply(Exception):
@@ -70,6 +72,7 @@ class Proxy:
         self.fast_path = os.environ.get("WAKEGATE_FAST_PATH", "1") != "0"
         self.upstreams = UpstreamPool(settings.connect_timeout)
         self.fast_connections: set[FastConnection] = set()
+        self._gates: dict[tuple[str, str], asyncio.Semaphore] = {}
         connected = getattr(link, "connected", None)
         if connected is not None:
             # Split mode: wakegate_controller_connected on this proxy's /metrics.
@@ -129,6 +132,8 @@ class Proxy:
         if self._runner is not None:
             await self._runner.cleanup()
         self.upstreams.close()
+        if self.request_log is not None:
+            self.request_log.flush()
         await self.link.close()
         await self.forwarder.close()
         if self._listener is not None:
@@ -198,6 +203,9 @@ class Proxy:
         try:
             extra: dict[str, str] | None = None
             if not route.endpoints:
+                if route.wake_strategy == "page" and not ignored and wants_page(request):
+                    self.link.activate(route.key)
+                    return waking_page(route)
                 route, extra = await self._hold(route, started, ignored)
             headers = upstream_request_headers(
                 request.headers,
@@ -217,6 +225,7 @@ class Proxy:
                     return await self.forwarder.forward(
                         request, route, target, headers, extra,
                         lambda: self.table.by_key.get(key),
+                        self._release_gate(key) if extra is not None else None,
                     )
                 except NeedsWake as wake:
                     # The instance died before this request reached it: wake it
@@ -237,6 +246,13 @@ class Proxy:
             if activity is not None:
                 activity.in_flight -= 1
                 activity.last_end = time.monotonic()
+
+    def _release_gate(self, key: tuple[str, str]) -> asyncio.Semaphore:
+        """How many requests held for one instance may be on their way to it at once."""
+        gate = self._gates.get(key)
+        if gate is None:
+            gate = self._gates[key] = asyncio.Semaphore(RELEASE_AT_ONCE)
+        return gate
 
     async def _hold(
         self, route: Route, started: float, ignored: bool

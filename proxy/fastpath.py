@@ -220,6 +220,7 @@ class FastConnection(asyncio.Protocol):
         self._last_byte = 0.0
         self._counted: Any = None  # the InstanceActivity this request counts in
         self._paused = False
+        self._writing_paused = False  # the client is not reading: upstream reading is paused
         self._connecting: asyncio.Task[None] | None = None  # a new upstream connection
 
     # --- the client side ---
@@ -251,10 +252,15 @@ class FastConnection(asyncio.Protocol):
             self._paused = True
 
     def pause_writing(self) -> None:
+        self._writing_paused = True
+        import sys; print("PAUSE", self._up is not None, file=sys.stderr, flush=True)
         if self._up is not None and self._up.transport is not None:
             self._up.transport.pause_reading()
 
     def resume_writing(self) -> None:
+        self._writing_paused = False
+        # The upstream was silent because we held it: its read timeout restarts now.
+        self._last_byte = time.monotonic()
         if self._up is not None and self._up.transport is not None:
             self._up.transport.resume_reading()
 
@@ -455,6 +461,13 @@ class FastConnection(asyncio.Protocol):
             return
         idle = time.monotonic() - self._last_byte
         timeout = self._proxy.settings.read_timeout
+        if self._writing_paused:
+            # A client that stalls reading holds the upstream through flow control;
+            # that is not an upstream that stopped answering. Without this, a download
+            # to a client that paused for read_timeout was cut (aiohttp's client, on
+            # the other path, likewise stops sock_read while its reading is paused).
+            self._timer = asyncio.get_running_loop().call_later(timeout, self._check_timeout)
+            return
         if idle < timeout:
             self._timer = asyncio.get_running_loop().call_later(timeout - idle,
                                                                 self._check_timeout)
@@ -648,6 +661,7 @@ class FastConnection(asyncio.Protocol):
 
     def _done(self) -> None:
         up, self._up = self._up, None
+        import sys; print("DONE paused=", self._writing_paused, file=sys.stderr, flush=True)
         if up is not None:
             up.owner = None
             if self._reuse and not up.closed:

@@ -69,6 +69,36 @@ class _BodyGuard:
             self.upstream.close()
 
 
+class _Slot:
+    """A place among the held requests released at once, given back at the first byte.
+
+    When an instance wakes, every request held for it goes at once: thousands
+    of connects in one moment would starve the event loop until the connect
+    timeouts fire. A slot is held only until the upstream answers, so a long
+    response or stream never keeps another request waiting.
+    """
+
+    __slots__ = ("_gate", "_held")
+
+    def __init__(self, gate: asyncio.Semaphore | None) -> None:
+        self._gate = gate
+        self._held = False
+
+    async def __aenter__(self) -> _Slot:
+        if self._gate is not None:
+            await self._gate.acquire()
+            self._held = True
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.release()
+
+    def release(self) -> None:
+        if self._held and self._gate is not None:
+            self._held = False
+            self._gate.release()
+
+
 class Forwarder:
     def __init__(self, settings: ProxySettings) -> None:
         self._settings = settings
@@ -119,6 +149,21 @@ class Forwarder:
         headers: CIMultiDict[str],
         extra: dict[str, str] | None,
         current: Callable[[], Route | None],
+        gate: asyncio.Semaphore | None = None,
+    ) -> web.StreamResponse:
+        assert self._session is not None
+        async with _Slot(gate) as slot:
+            return await self._forward(request, route, target, headers, extra, current, slot)
+
+    async def _forward(
+        self,
+        request: web.BaseRequest,
+        route: Route,
+        target: str,
+        headers: CIMultiDict[str],
+        extra: dict[str, str] | None,
+        current: Callable[[], Route | None],
+        slot: _Slot,
     ) -> web.StreamResponse:
         assert self._session is not None
         guard = _BodyGuard()
@@ -196,6 +241,7 @@ class Forwarder:
                 raise UpstreamError(
                     400, "bad_request_body", "The request body ended before its declared length."
                 ) from None
+            slot.release()  # answered: the next held request may go
             guard.upstream = upstream
             if guard.overflowed:
                 upstream.close()
