@@ -84,8 +84,15 @@ def cmd_controller(args: argparse.Namespace) -> None:
 
 
 def _run(main: Any) -> None:
+    import gc
+
     import uvloop
 
+    # Every request allocates a few objects the cyclic collector tracks; with
+    # the default threshold (700) it runs every hundred requests or so and
+    # costs about a tenth of the warm path's throughput (measured). Garbage
+    # cycles are rare here: collect them 70 times less often.
+    gc.set_threshold(50_000, 20, 20)
     with contextlib.suppress(KeyboardInterrupt):
         uvloop.run(main)
 

@@ -210,6 +210,7 @@ class FastConnection(asyncio.Protocol):
         self._route: Route | None = None
         self._started = 0.0
         self._resp_head = bytearray()
+        self._pending_head = b""
         self._framing = _NONE
         self._left = 0
         self._chunks: _Chunks | None = None
@@ -253,7 +254,6 @@ class FastConnection(asyncio.Protocol):
 
     def pause_writing(self) -> None:
         self._writing_paused = True
-        import sys; print("PAUSE", self._up is not None, file=sys.stderr, flush=True)
         if self._up is not None and self._up.transport is not None:
             self._up.transport.pause_reading()
 
@@ -288,6 +288,10 @@ class FastConnection(asyncio.Protocol):
         slow = self._slow_protocol()
         transport.set_protocol(slow)
         slow.connection_made(transport)
+        if self._writing_paused:
+            # The client is behind on reading: aiohttp must know, or it buffers
+            # its answers without limit.
+            slow.pause_writing()
         if self._paused:
             transport.resume_reading()
         if self._buf:
@@ -318,7 +322,7 @@ class FastConnection(asyncio.Protocol):
         if _CONTROL.search(head.replace(b"\r\n", b"\t")) or not _TOKEN.fullmatch(method):
             return False
         host: bytes | None = None
-        length = 0
+        length = -1  # no Content-Length
         close = False
         agent = b""
         listed: set[bytes] = set()
@@ -334,7 +338,10 @@ class FastConnection(asyncio.Protocol):
                     return False
                 host = value
             elif lname == b"content-length":
-                if length or not value.isdigit():
+                # Any second one goes to the aiohttp path (400 if they differ). This
+                # was `if length`, which let "0" then "40" through: we sent 40 bytes
+                # of body, the upstream read 0 and took the rest as a second request.
+                if length >= 0 or not value.isdigit():
                     return False
                 length = int(value)
             elif lname in (b"transfer-encoding", b"upgrade", b"expect"):
@@ -349,6 +356,7 @@ class FastConnection(asyncio.Protocol):
             elif lname == b"user-agent":
                 agent = value
             fields.append((lname, value, line))
+        length = max(length, 0)
         if host is None or length > _MAX_BODY:
             return False
         proxy = self._proxy
@@ -449,6 +457,11 @@ class FastConnection(asyncio.Protocol):
         self._resp_head = bytearray()
         self._framing = _NONE
         self._reuse = True
+        if self._writing_paused:
+            # The client still has not read the last answers: this one waits too,
+            # or a client that pipelines without reading would be buffered here
+            # without limit.
+            up.transport.pause_reading()
         up.transport.write(self._req)
         self._last_byte = time.monotonic()
         if self._timer is None:
@@ -507,9 +520,13 @@ class FastConnection(asyncio.Protocol):
                 continue
             self._answered = True
             self._resp_head = bytearray()
-            if self._transport is not None:
-                self._transport.write(out)
+            # Head and body in one write when the whole answer came at once
+            # (the common case): one send() instead of two.
+            self._pending_head = out
             self._body(rest)
+            if self._pending_head and self._transport is not None:
+                self._transport.write(self._pending_head)
+            self._pending_head = b""
             return
 
     def _response_head(self, head: bytes) -> bytes | None:
@@ -580,7 +597,6 @@ class FastConnection(asyncio.Protocol):
 
     def _body(self, data: bytes) -> None:
         framing = self._framing
-        transport = self._transport
         if framing == _NONE:
             if data:
                 self._reuse = False  # more than the answer: this connection is confused
@@ -592,13 +608,11 @@ class FastConnection(asyncio.Protocol):
                     self._reuse = False
                     data = data[:self._left]
                 self._left = 0
-                if transport is not None and data:
-                    transport.write(data)
+                self._emit(data)
                 self._done()
                 return
             self._left -= len(data)
-            if transport is not None and data:
-                transport.write(data)
+            self._emit(data)
             return
         if framing == _CHUNKED:
             assert self._chunks is not None
@@ -611,12 +625,17 @@ class FastConnection(asyncio.Protocol):
                 if end < len(data):
                     self._reuse = False
                     data = data[:end]
-                if transport is not None:
-                    transport.write(data)
+                self._emit(data)
                 self._done()
                 return
-        if transport is not None and data:
-            transport.write(data)
+        self._emit(data)
+
+    def _emit(self, data: bytes) -> None:
+        """Body bytes to the client, behind the answer's head if it is not out yet."""
+        if self._pending_head:
+            data, self._pending_head = self._pending_head + data, b""
+        if data and self._transport is not None:
+            self._transport.write(data)
 
     def upstream_lost(self) -> None:
         """The upstream closed or reset its connection while this exchange used it."""
@@ -660,11 +679,16 @@ class FastConnection(asyncio.Protocol):
     # --- ending an exchange ---
 
     def _done(self) -> None:
+        self._emit(b"")
         up, self._up = self._up, None
-        import sys; print("DONE paused=", self._writing_paused, file=sys.stderr, flush=True)
         if up is not None:
             up.owner = None
             if self._reuse and not up.closed:
+                if self._writing_paused and up.transport is not None:
+                    # Paused for this client only (pause_writing): a connection given
+                    # back paused would leave the next exchange on it unread, to end
+                    # in a 504 after read_timeout, on someone else's request.
+                    up.transport.resume_reading()
                 self._proxy.upstreams.give_back(up)
             else:
                 up.close()

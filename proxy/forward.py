@@ -241,6 +241,11 @@ class Forwarder:
                 raise UpstreamError(
                     400, "bad_request_body", "The request body ended before its declared length."
                 ) from None
+            except aiohttp.ClientResponseError:
+                # What came back is not HTTP ("Bad status line", a broken head).
+                raise UpstreamError(
+                    502, "upstream_invalid", "The service answered with a malformed response."
+                ) from None
             slot.release()  # answered: the next held request may go
             guard.upstream = upstream
             if guard.overflowed:
