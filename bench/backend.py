@@ -26,18 +26,17 @@ BODY = b"Hello world!\n"  # 13 bytes
 WORKER_CONNECTIONS = 30000
 
 
-def nginx_conf(port: int, prefix: Path) -> Path:
-    """An nginx config serving BODY on 127.0.0.1:port; pid, logs and temp files in `prefix`."""
-    prefix.mkdir(parents=True, exist_ok=True)
-    conf = prefix / "backend.conf"
-    conf.write_text(f"""
+def nginx_head(prefix: Path, connections: int) -> str:
+    """The start of an nginx config up to inside `http {`: 1 worker, run as a user, every
+    file it writes in `prefix`, no access log, long keep-alive to the clients."""
+    return f"""
 daemon off;
 master_process on;
 worker_processes 1;
-worker_rlimit_nofile {WORKER_CONNECTIONS * 2};
+worker_rlimit_nofile {connections * 2};
 pid {prefix}/nginx.pid;
 error_log {prefix}/error.log warn;
-events {{ worker_connections {WORKER_CONNECTIONS}; multi_accept on; }}
+events {{ worker_connections {connections}; multi_accept on; }}
 http {{
     access_log off;
     client_body_temp_path {prefix}/client_body;
@@ -46,6 +45,14 @@ http {{
     uwsgi_temp_path {prefix}/uwsgi;
     scgi_temp_path {prefix}/scgi;
     keepalive_requests 1000000;
+"""
+
+
+def nginx_conf(port: int, prefix: Path) -> Path:
+    """An nginx config serving BODY on 127.0.0.1:port; pid, logs and temp files in `prefix`."""
+    prefix.mkdir(parents=True, exist_ok=True)
+    conf = prefix / "backend.conf"
+    conf.write_text(nginx_head(prefix, WORKER_CONNECTIONS) + f"""
     keepalive_timeout 75s;
     server {{
         listen 127.0.0.1:{port} backlog=4096;

@@ -63,22 +63,7 @@ def start_nginx_proxy(stack: contextlib.ExitStack, workdir: Path, upstream: int)
     prefix.mkdir(parents=True, exist_ok=True)
     port = free_port()
     conf = prefix / "proxy.conf"
-    conf.write_text(f"""
-daemon off;
-master_process on;
-worker_processes 1;
-worker_rlimit_nofile {MAX_CONNECTIONS * 2};
-pid {prefix}/nginx.pid;
-error_log {prefix}/error.log warn;
-events {{ worker_connections {MAX_CONNECTIONS}; multi_accept on; }}
-http {{
-    access_log off;
-    client_body_temp_path {prefix}/client_body;
-    proxy_temp_path {prefix}/proxy;
-    fastcgi_temp_path {prefix}/fastcgi;
-    uwsgi_temp_path {prefix}/uwsgi;
-    scgi_temp_path {prefix}/scgi;
-    keepalive_requests 1000000;
+    conf.write_text(backend.nginx_head(prefix, MAX_CONNECTIONS) + f"""
     upstream backend {{
         server 127.0.0.1:{upstream};
         keepalive 128;

@@ -293,14 +293,7 @@ def _wakegate_up(tmp_path: Path) -> Iterator[Callable[..., Wakegate]]:
         return wg.start()
 
     yield start
-    for wg in started:
-        try:
-            wg.stop()
-        finally:
-            for pid in wg.leftovers():
-                os.kill(pid, signal.SIGKILL)
-    for wg in started:
-        assert not wg.leftovers(), "processes left behind"
+    stop_all(started)
 
 
 # --- split mode: `wakegate controller` + N `wakegate proxy` processes ---
@@ -485,8 +478,13 @@ def split(tmp_path: Path) -> Iterator[Callable[..., Split]]:
     for deployment in started:
         everything.extend(deployment.proxies)
         everything.append(deployment.controller)
+    stop_all(everything)
+
+
+def stop_all(processes: list[Any]) -> None:
+    """Stop each process (they have stop() and leftovers()); none may be left behind."""
     problems: list[str] = []
-    for process in everything:
+    for process in processes:
         try:
             process.stop()
         except AssertionError as exc:
@@ -494,7 +492,7 @@ def split(tmp_path: Path) -> Iterator[Callable[..., Split]]:
         finally:
             for pid in process.leftovers():
                 os.kill(pid, signal.SIGKILL)
-    for process in everything:
+    for process in processes:
         wait_until(lambda p=process: not p.leftovers(), 5.0, "processes left behind")
     assert not problems, problems
 

@@ -27,7 +27,7 @@ from typing import Any
 import pytest
 import yaml
 
-from .conftest import Controller, Split, process_env, wait_until
+from .conftest import Controller, Split, process_env, stop_all, wait_until
 from .procs import processes_with
 
 REPO = Path(__file__).resolve().parent.parent
@@ -63,19 +63,7 @@ def running_split(tmp: Path, config: dict[str, Any], proxies: int = 2,
             proxy.wait_up()
         yield deployment
     finally:
-        everything: list[Any] = [*deployment.proxies, controller]
-        problems: list[str] = []
-        for process in everything:
-            try:
-                process.stop()
-            except AssertionError as exc:
-                problems.append(str(exc))
-            finally:
-                for pid in process.leftovers():
-                    os.kill(pid, signal.SIGKILL)
-        for process in everything:
-            wait_until(lambda p=process: not p.leftovers(), 5.0, "processes left behind")
-        assert not problems, problems
+        stop_all([*deployment.proxies, controller])
 
 
 class Child:

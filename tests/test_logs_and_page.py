@@ -19,7 +19,7 @@ import pytest
 import yaml
 
 from .client import fetch
-from .conftest import REPO, Wakegate, hello_service, wait_until
+from .conftest import REPO, Wakegate, hello_service, stop_all, wait_until
 
 BROWSER = {"Accept": "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8",
            "Sec-Fetch-Mode": "navigate"}
@@ -58,8 +58,7 @@ def up_with(tmp_path: Path) -> Iterator[Callable[..., WakegateWith]]:
         return wg.start()  # type: ignore[return-value]
 
     yield start
-    for wg in started:
-        wg.stop()
+    stop_all(started)
 
 
 def config(**demo: Any) -> dict[str, Any]:

@@ -31,6 +31,7 @@ from .conftest import (
     hello_service,
     metric_value,
     process_env,
+    stop_all,
     stop_process,
     wait_until,
 )
@@ -123,14 +124,7 @@ def up_workers(tmp_path: Path) -> Iterator[Callable[..., UpWithWorkers]]:
         return wg.start()
 
     yield start
-    for wg in started:
-        try:
-            wg.stop()
-        finally:
-            for pid in wg.leftovers():
-                os.kill(pid, signal.SIGKILL)
-    for wg in started:
-        wg.assert_no_leftovers()
+    stop_all(started)
 
 
 # --- the option ---
