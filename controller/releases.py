@@ -149,7 +149,10 @@ class LocalColours:
             await self._scaler.runtime.stop(replicas, grace)
 
     async def switch(self, inst: Instance, release: Release, live: str, verb: str) -> None:
-        return None  # recorded by save(), with the rest, once the swap is made in memory
+        # The state after the swap, on disk before anything moves in memory.
+        after = Release(live=live, last=verb,
+                        other=OtherColour(release.live, inst.version, PREVIOUS))
+        self.save(inst, after)
 
 
 class Releases:
@@ -280,9 +283,20 @@ class Releases:
         """The switch: one route-table version; the old live colour becomes the previous one."""
         other = release.other
         assert other is not None
+        # An activation under way (the live colour lost its replicas) finishes
+        # first: what it starts belongs to the colour that is live now.
+        async with inst.lock:
+            return await self._swap_locked(inst, release, verb)
+
+    async def _swap_locked(self, inst: Instance, release: Release, verb: str
+                           ) -> dict[str, Any]:
+        other = release.other
+        assert other is not None
+        old_colour, old_version, old_replicas = release.live, inst.version, list(inst.replicas)
         # Recorded first: if that fails, nothing has moved.
         await self.colours.switch(inst, release, other.colour, verb)
-        old_colour, old_version, old_replicas = release.live, inst.version, list(inst.replicas)
+        # Replicas of the old colour found while the switch was being recorded.
+        old_replicas += [r for r in inst.replicas if r not in old_replicas]
         if other.scale_down is not None:
             other.scale_down.cancel()
         release.live, release.last = other.colour, verb

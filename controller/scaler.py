@@ -218,7 +218,9 @@ class Scaler:
             host=inst.host,
             access=env.access,
             state=inst.state,
-            endpoints=tuple(r.endpoint for r in inst.replicas) if inst.state == READY else (),
+            # A replica whose end was seen but not yet handled is never routed to.
+            endpoints=tuple(r.endpoint for r in inst.replicas if not r.exited.done())
+            if inst.state == READY else (),
             key_hashes=self.keys.hashes(env.name, svc.name) if env.access == "api_key" else (),
             hold_timeout=env.hold_timeout,
             hold_queue_size=env.hold_queue_size,

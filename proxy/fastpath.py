@@ -49,6 +49,10 @@ _CLIENT_FORWARDED = frozenset((b"x-forwarded-for", b"x-forwarded-proto", b"x-for
 # Control characters (other than tab) anywhere in a head: the aiohttp path answers 400.
 _CONTROL = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
 _TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_HEX = re.compile(rb"[0-9A-Fa-f]{1,15}")
+# Never dropped because Connection names them: the framing (and the Host) would
+# then differ between what we parse and what the other side reads (smuggling).
+_FRAMING = frozenset((b"content-length", b"transfer-encoding", b"host"))
 
 # Response body framing.
 _NONE, _LENGTH, _CHUNKED, _UNTIL_CLOSE = range(4)
@@ -60,7 +64,7 @@ class _Chunks:
     __slots__ = ("left", "line", "state")
 
     def __init__(self) -> None:
-        self.state = 0  # 0 size line, 1 data, 2 CRLF after data, 3 trailer lines
+        self.state = 0  # 0 size line, 1 data, 2 the empty line after data, 3 trailer lines
         self.left = 0
         self.line = b""
 
@@ -73,14 +77,7 @@ class _Chunks:
                 i += take
                 self.left -= take
                 if self.left == 0:
-                    self.state, self.left = 2, 2
-                continue
-            if self.state == 2:
-                take = min(self.left, n - i)
-                i += take
-                self.left -= take
-                if self.left == 0:
-                    self.state = 0
+                    self.state = 2
                 continue
             end = data.find(b"\n", i)
             if end < 0:
@@ -94,9 +91,15 @@ class _Chunks:
                 if not line:
                     return i  # the empty line after the trailers: the end
                 continue
-            size = int(line.split(b";", 1)[0].strip(), 16)
-            if size < 0:
-                raise ValueError("negative chunk size")
+            if self.state == 2:
+                if line:
+                    raise ValueError("chunk data longer than its size")
+                self.state = 0
+                continue
+            digits = line.split(b";", 1)[0].rstrip(b" \t")
+            if not _HEX.fullmatch(digits):
+                raise ValueError("a chunk size that is not hexadecimal")
+            size = int(digits, 16)
             if size == 0:
                 self.state = 3
             else:
@@ -357,7 +360,7 @@ class FastConnection(asyncio.Protocol):
                 agent = value
             fields.append((lname, value, line))
         length = max(length, 0)
-        if host is None or length > _MAX_BODY:
+        if host is None or length > _MAX_BODY or not listed.isdisjoint(_FRAMING):
             return False
         proxy = self._proxy
         route = proxy.table.by_host.get(normalize_host(host.decode("latin-1")))
@@ -448,6 +451,17 @@ class FastConnection(asyncio.Protocol):
         if self._route is None or self._transport is None:
             up.close()
             return
+        if up.closed or up.transport is None or up.transport.is_closing():
+            # Accepted and closed at once (a pod shutting down, a server at its
+            # limit) before anything was written: as a refused connect.
+            up.close()
+            if first:
+                self._undo_count()
+                self._hand_off()
+            else:
+                self._error(502, "upstream_reset",
+                            "The service closed the connection without answering.")
+            return
         self._send(up)
 
     def _send(self, up: _Upstream) -> None:
@@ -457,16 +471,22 @@ class FastConnection(asyncio.Protocol):
         self._resp_head = bytearray()
         self._framing = _NONE
         self._reuse = True
-        if self._writing_paused:
-            # The client still has not read the last answers: this one waits too,
-            # or a client that pipelines without reading would be buffered here
-            # without limit.
-            up.transport.pause_reading()
-        up.transport.write(self._req)
         self._last_byte = time.monotonic()
         if self._timer is None:
+            # Armed before the write: whatever happens to it, this exchange ends.
             self._timer = asyncio.get_running_loop().call_later(
                 self._proxy.settings.read_timeout, self._check_timeout)
+        try:
+            if self._writing_paused:
+                # The client still has not read the last answers: this one waits
+                # too, or a client that pipelines without reading would be
+                # buffered here without limit.
+                up.transport.pause_reading()
+            up.transport.write(self._req)
+        except RuntimeError:
+            # The connection closed under us (uvloop raises on a closed handle).
+            up.close()
+            self.upstream_lost()
 
     def _check_timeout(self) -> None:
         self._timer = None
@@ -584,7 +604,7 @@ class FastConnection(asyncio.Protocol):
         self._status = status
         out = [b"HTTP/1.1 " + rest]
         for lname, line in kept:
-            if lname in _HOP_DOWN or lname in listed:
+            if lname in _HOP_DOWN or (lname in listed and lname not in _FRAMING):
                 continue
             if chunked and lname == b"content-length":
                 continue
@@ -674,7 +694,13 @@ class FastConnection(asyncio.Protocol):
             self._up.owner = None
             self._up.close()
             self._up = None
-        self._cut()
+        if self._pending_head:
+            # Nothing of the answer went out yet: the client can still get a 502.
+            self._pending_head = b""
+            self._error(502, "upstream_invalid",
+                        "The service answered with a malformed response.")
+        else:
+            self._cut()
 
     # --- ending an exchange ---
 

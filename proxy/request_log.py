@@ -55,6 +55,9 @@ class RequestLog:
             method = method.decode("latin-1")
         if isinstance(path, bytes):
             path = path.decode("latin-1")
+        if not path.isprintable():
+            # A decoded %0a or %1b must not start a forged line or drive a terminal.
+            path = path.encode("unicode_escape").decode("ascii")
         stamp = self._time(time.time())
         env, svc = route.environment, route.service
         ms = seconds * 1000
@@ -75,7 +78,12 @@ class RequestLog:
         if self._size >= _FLUSH_AT:
             self.flush()
         elif self._flush_handle is None:
-            self._flush_handle = asyncio.get_running_loop().call_later(_FLUSH_AFTER, self.flush)
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:  # not on the event loop: nothing would flush later
+                self.flush()
+                return
+            self._flush_handle = loop.call_later(_FLUSH_AFTER, self.flush)
 
     def flush(self) -> None:
         if self._flush_handle is not None:

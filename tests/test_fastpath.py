@@ -658,3 +658,46 @@ async def test_the_aiohttp_client_sees_the_same_on_both_paths(
             seen[name] = got
     assert seen["fast"] == seen["aiohttp"]
     assert [s for s, _ in seen["fast"]] == [200] * len(paths)
+
+
+async def test_connection_naming_a_framing_header_smuggles_nothing(
+    gates: dict[str, Wakegate],
+) -> None:
+    """`Connection: content-length` must not drop the length that frames the body we send:
+    the service would read no body and take it as a request of its own."""
+    smuggled = b"GET /echo?smuggled HTTP/1.1\r\nHost: x\r\n\r\n"
+    data = request("POST", "/echo", headers=(("Connection", "content-length"),),
+                   body=smuggled)
+    for name, wg in gates.items():
+        conn = await Conn.open(wg)
+        try:
+            await conn.send(data)
+            resp = await conn.response()
+            assert resp.status == 200, (name, resp)
+            seen = resp.json()
+            assert seen["body"] == smuggled.decode(), (name, seen)
+            # The next request on the connection gets its own answer, not the
+            # answer to a smuggled one.
+            await conn.send(request("GET", "/echo?second"))
+            second = await conn.response()
+            assert second.json()["target"] == "/echo?second", (name, second)
+        finally:
+            conn.close()
+
+
+async def test_chunk_sizes_are_parsed_strictly(fast: Wakegate) -> None:
+    """A chunk size that is not plain hex (`0x5`) is a broken answer: a 502 when nothing of
+    it went out yet, else cut; the connection is never reused."""
+    conn = await Conn.open(fast)
+    try:
+        await conn.send(request("GET", "/badchunk"))
+        resp = await conn.response(head_only=True)
+        if resp.status == 502:
+            assert resp.header("Content-Type") == "application/json", resp
+            assert resp.header("Connection") == "close", resp
+        else:  # the head came in a packet of its own and went out before the body
+            assert resp.status == 200, resp
+            assert await conn.closed_by_server(), "the broken answer must be cut"
+    finally:
+        conn.close()
+    await assert_serves(fast)

@@ -79,12 +79,16 @@ async def test_json_request_and_state_lines(up_with: Callable[..., WakegateWith]
         refused = await fetch(http, wg.base, wg.host("hello", "private"), "/",
                               **{"X-API-Key": "wg_wrong"})
         assert refused.status == 401
+        # A decoded line break in the path must not forge a line of its own.
+        forged = await fetch(http, wg.base, wg.host("hello", "demo"),
+                             "/a%0a2026-01-01%20FORGED")
+        assert forged.status in (200, 404), forged
     wg.wait_state("demo", "hello", "sleeping", timeout=10.0)
 
     def requests() -> list[dict[str, Any]]:
         return [r for r in wg.json_lines() if r["logger"] == "wakegate.requests"]
 
-    wait_until(lambda: len(requests()) >= 3, 5.0, "three request lines")
+    wait_until(lambda: len(requests()) >= 4, 5.0, "four request lines")
     lines = wg.json_lines()  # every line of the process is JSON
     demo, mine, bad = requests()[:3]
     assert demo["environment"] == "demo" and demo["service"] == "hello", demo
@@ -96,6 +100,8 @@ async def test_json_request_and_state_lines(up_with: Callable[..., WakegateWith]
     assert mine["path"] == "/me", mine
     assert bad["status"] == 401, bad
     text = wg.stderr()
+    assert not any(line.startswith("2026-01-01") for line in text.splitlines()), text
+    assert any(r.get("path") == "/a\\n2026-01-01 FORGED" for r in requests()), requests()
     for secret in ("SECRET1", "SECRET2", key, "wg_wrong"):
         assert secret not in text, f"{secret} was logged"
     events = [(r["event"], r["environment"]) for r in lines if "event" in r]

@@ -312,6 +312,7 @@ class KubernetesRuntime:
         for where in [w for w in self._known if w not in wheres]:
             for replica in self._known.pop(where).values():
                 replica.gone()
+                self._scaler.replica_exited(replica.key, replica, 0)
         self._scaler.sync_instances(specs, stop_removed=False)
         self._sync_endpoints(initial)
         self._sync_keys()
@@ -630,17 +631,31 @@ class KubernetesRuntime:
         """Record `colour` as live: one write, to that colour's Deployment."""
         key = inst.key
         placement = self.colour_placement(key, colour)
+        old = self._placements[key]
         seq = self._fresh_pair(key).next_seq
+        if self.leader is None or not self.leader.is_leader:
+            raise StartFailed("this controller is not the leader (any more)")
         body = {"metadata": {"annotations": {
             LIVE_ANNOTATION: str(seq), LIVE_SINCE_ANNOTATION: format_micro_time(time.time()),
             LIVE_BY_ANNOTATION: verb}}}
         apps = k8s.AppsV1Api(self._api_client())
-        written = await call(apps.patch_namespaced_deployment, placement.deployment,
-                             placement.namespace, body,
-                             _content_type="application/merge-patch+json")
+        # Until the write's answer is here, the old colour stays live for every
+        # reconcile, even one that sees the write's watch event first: the
+        # scaler moves the instance only after this returns.
+        pinned = self._live_override.get(key)
+        self._live_override[key] = (other_colour(colour), 1 << 62)
+        try:
+            written = await call(apps.patch_namespaced_deployment, placement.deployment,
+                                 placement.namespace, body,
+                                 _content_type="application/merge-patch+json")
+        except BaseException:
+            if pinned is None:
+                self._live_override.pop(key, None)
+            else:
+                self._live_override[key] = pinned
+            raise
         self._deployment_written(written)
         self._live_override[key] = (colour, seq)
-        old = self._placements[key]
         self._placements[key] = dataclasses.replace(placement, persisted_activity=None)
         self._others[key] = (other_colour(colour), Placement(old.namespace, old.deployment, None))
         self.pairs[key] = dataclasses.replace(self.pairs[key], live=colour)

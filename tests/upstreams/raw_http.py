@@ -2,9 +2,10 @@
 
     python raw_http.py --port PORT
 
-Paths (the request's body, if any, is read by its Content-Length):
+Paths (the request's body, if any, is read by its Content-Length or chunked):
     /echo            200, JSON of the request line and headers as received
     /chunked         200, chunked: three chunks and a trailer
+    /badchunk        200, chunked, with a chunk size written as 0x5 (not valid)
     /close           200, no Content-Length: the body ends when the connection closes
     /hints           103 Early Hints, then 200
     /big?n=N         200, N bytes (default 4 MiB) with Content-Length
@@ -28,6 +29,18 @@ def _response(status: str, headers: list[tuple[str, str]], body: bytes = b"") ->
     return head.encode("latin-1") + body
 
 
+async def _chunked_body(reader: asyncio.StreamReader) -> bytes:
+    body = b""
+    while True:
+        size = int((await reader.readuntil(b"\r\n")).split(b";")[0], 16)
+        if size == 0:
+            while await reader.readuntil(b"\r\n") != b"\r\n":
+                pass  # trailers
+            return body
+        body += await reader.readexactly(size)
+        await reader.readexactly(2)
+
+
 async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
     try:
         while True:
@@ -37,7 +50,10 @@ async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> N
             headers = [tuple(p.strip() for p in line.split(":", 1)) for line in lines[1:]
                        if line]
             length = next((int(v) for k, v in headers if k.lower() == "content-length"), 0)
-            body = await reader.readexactly(length) if length else b""
+            chunked = any(k.lower() == "transfer-encoding" and "chunked" in v.lower()
+                          for k, v in headers)
+            body = await _chunked_body(reader) if chunked else \
+                await reader.readexactly(length) if length else b""
             url = urllib.parse.urlsplit(target)
             query = dict(urllib.parse.parse_qsl(url.query))
             head_only = method == "HEAD"
@@ -61,6 +77,9 @@ async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> N
                 if not head_only:
                     out += (b"5\r\nhello\r\n1;ext=1\r\n \r\n5\r\nworld\r\n"
                             b"0\r\nX-Checksum: 42\r\n\r\n")
+            elif url.path == "/badchunk":
+                out = _response("200 OK", [("Transfer-Encoding", "chunked")])
+                out += b"0x5\r\nhello\r\n0\r\n\r\n"
             elif url.path == "/close":
                 writer.write(_response("200 OK", [("Connection", "close")]))
                 if not head_only:
