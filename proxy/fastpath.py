@@ -432,37 +432,31 @@ class FastConnection(asyncio.Protocol):
 
     async def _connect_and_send(self, endpoint: str, first: bool) -> None:
         try:
-            up = await self._proxy.upstreams.connect(endpoint)
+            up: _Upstream | None = await self._proxy.upstreams.connect(endpoint)
         except (OSError, TimeoutError):
-            if self._route is None or self._transport is None:
-                return
-            if first:
-                # Nothing was sent: the aiohttp path retries, waits for a
-                # wake or answers, as the status table says.
-                self._undo_count()
-                self._hand_off()
-            else:
-                # The request reached the upstream before: a refusal now
-                # means it died on it; replaying it would wake it into
-                # another crash.
-                self._error(502, "upstream_reset",
-                            "The service closed the connection without answering.")
-            return
+            up = None
         if self._route is None or self._transport is None:
-            up.close()
+            if up is not None:
+                up.close()
             return
-        if up.closed or up.transport is None or up.transport.is_closing():
+        if up is not None and (up.closed or up.transport is None
+                               or up.transport.is_closing()):
             # Accepted and closed at once (a pod shutting down, a server at its
             # limit) before anything was written: as a refused connect.
             up.close()
-            if first:
-                self._undo_count()
-                self._hand_off()
-            else:
-                self._error(502, "upstream_reset",
-                            "The service closed the connection without answering.")
-            return
-        self._send(up)
+            up = None
+        if up is not None:
+            self._send(up)
+        elif first:
+            # Nothing was sent: the aiohttp path retries, waits for a wake or
+            # answers, as the status table says.
+            self._undo_count()
+            self._hand_off()
+        else:
+            # The request reached the upstream before: a refusal now means it
+            # died on it; replaying it would wake it into another crash.
+            self._error(502, "upstream_reset",
+                        "The service closed the connection without answering.")
 
     def _send(self, up: _Upstream) -> None:
         assert up.transport is not None
