@@ -24,6 +24,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 
 from .activity_reports import ActivityReports, ActivitySource, RemoteActivity, parse_report
 from .config import ConfigError, load_config, parse_version
+from .idempotency import IdempotentAnswers
 from .releases import ReleaseConflict, ReleaseRefused
 from .runtimes.base import StartFailed
 from .scaler import DeployRefused, Scaler
@@ -206,6 +207,7 @@ class ControllerAPI:
         self.proxy_port = proxy_port
         self.token = token
         self.routes = RouteFeed(scaler)
+        self.idempotent = IdempotentAnswers()
         self.remote = RemoteActivity(
             ActivityReports(), _sleep_info(scaler), self.routes, local_activity
         )
@@ -368,14 +370,15 @@ class ControllerAPI:
             return _error(400, "bad_version", f"version: {exc}. Nothing was changed.")
         if not self.scaler.acting:
             return _not_leader()
-        return await self._versions(self.scaler.deploy(environment, service, version))
+        return await self._versions(request,
+                                    lambda: self.scaler.deploy(environment, service, version))
 
     async def promote(self, request: web.Request) -> web.Response:
         """`POST /v1/promote {"service"}`: the private version becomes the demo version."""
         service = await _string_field(request, "service")
         if not self.scaler.acting:
             return _not_leader()
-        return await self._versions(self.scaler.promote(service))
+        return await self._versions(request, lambda: self.scaler.promote(service))
 
     async def apply(self, request: web.Request) -> web.Response:
         """`POST /v1/apply {"config": PATH}`: reconcile with that file, all or nothing."""
@@ -394,7 +397,7 @@ class ControllerAPI:
             return await (releases.promote(inst) if action == "promote"
                           else releases.rollback(inst))
 
-        return await self._versions(switch())
+        return await self._versions(request, switch)
 
     async def release_status(self, request: web.Request) -> web.Response:
         """`GET /v1/release/status?service=S`: both colours, which is live."""
@@ -407,9 +410,14 @@ class ControllerAPI:
             return _error(409, "refused", f"{exc}.")
         return web.json_response(self.scaler.releases.status(inst))
 
-    async def _versions(self, change: Awaitable[dict[str, Any]]) -> web.Response:
+    async def _versions(self, request: web.Request,
+                        change: Callable[[], Awaitable[dict[str, Any]]]) -> web.Response:
+        """A change's answer; the same answer again for a repeat with its Idempotency-Key."""
+        return await self.idempotent.answer(request, lambda: self._change(change))
+
+    async def _change(self, change: Callable[[], Awaitable[dict[str, Any]]]) -> web.Response:
         try:
-            result = await change
+            result = await change()
         except LookupError as exc:
             return _error(404, "not_found", f"{exc}. `wakegate status` lists the instances.")
         except (DeployRefused, ReleaseRefused) as exc:

@@ -11,9 +11,11 @@ import logging
 import os
 import signal
 import sys
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
+import uuid
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, NoReturn
 
@@ -444,6 +446,26 @@ def _call(args: argparse.Namespace, method: str, path: str, body: Any = None,
     token = os.environ.get("WAKEGATE_TOKEN")
     if token:
         request.add_header("Authorization", f"Bearer {token}")
+    # A change is sent again, with the same key, when its answer was lost (a
+    # timeout, a reset): the controller then answers what the first one did.
+    # (Not a new key: a second one would be made, and the first never shown.)
+    retry = method == "POST" and not path.startswith("/v1/keys")
+    attempts = 3 if retry else 1
+    if retry:
+        request.add_header("Idempotency-Key", uuid.uuid4().hex)
+    for attempt in range(attempts):
+        try:
+            return _send(request, timeout)
+        except (TimeoutError, ConnectionResetError) as exc:
+            if attempt + 1 == attempts:
+                _fail(f"no answer from the controller at {_controller_url(args)} ({exc}); "
+                      "the command may still be running: `wakegate status` shows the "
+                      "state, and running the command again is safe")
+            time.sleep(0.5 * (attempt + 1))
+    raise AssertionError("unreachable")
+
+
+def _send(request: urllib.request.Request, timeout: float) -> Any:
     try:
         with urllib.request.urlopen(request, timeout=timeout) as resp:
             return json.loads(resp.read())
@@ -453,10 +475,19 @@ def _call(args: argparse.Namespace, method: str, path: str, body: Any = None,
         except (json.JSONDecodeError, AttributeError):
             detail = exc.reason
         _fail(f"{detail}", EXIT_USAGE if 400 <= exc.code < 500 else 1)
-    except (urllib.error.URLError, ConnectionError, TimeoutError) as exc:
-        reason = getattr(exc, "reason", exc)
-        _fail(f"cannot reach the controller at {_controller_url(args)} ({reason}); "
-              "is `wakegate up` running? (set --controller or WAKEGATE_CONTROLLER)")
+    except urllib.error.URLError as exc:
+        if isinstance(exc.reason, TimeoutError | ConnectionResetError):
+            raise exc.reason from None
+        _unreachable(request, exc.reason)
+    except (TimeoutError, ConnectionResetError):
+        raise  # retried with the same Idempotency-Key
+    except ConnectionError as exc:
+        _unreachable(request, exc)
+
+
+def _unreachable(request: urllib.request.Request, reason: object) -> NoReturn:
+    _fail(f"cannot reach the controller at {request.full_url.split('/v1/')[0]} ({reason}); "
+          "is `wakegate up` running? (set --controller or WAKEGATE_CONTROLLER)")
 
 
 def cmd_status(args: argparse.Namespace) -> None:

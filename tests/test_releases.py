@@ -9,6 +9,8 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Callable
 from typing import Any
 
@@ -155,3 +157,38 @@ async def test_release_bad_input(wakegate: Start) -> None:
         r = wg.cli(*args)
         assert r.returncode != 0 and message in r.stderr, (args, r.stderr)
     assert await version_of(wg, "production") == "1.0.0"
+
+
+def post(wg: Wakegate, path: str, body: dict[str, Any],
+         key: str | None = None) -> tuple[int, dict[str, Any]]:
+    request = urllib.request.Request(wg.controller + path, data=json.dumps(body).encode(),
+                                     method="POST",
+                                     headers={"Content-Type": "application/json"})
+    if key is not None:
+        request.add_header("Idempotency-Key", key)
+    try:
+        with urllib.request.urlopen(request, timeout=30) as resp:
+            return resp.status, json.loads(resp.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
+
+
+async def test_a_repeat_with_its_idempotency_key_gets_the_first_answer(wakegate: Start) -> None:
+    """What the CLI does after a timeout: the same request, the same key."""
+    wg = wakegate(config())
+    wg.cli("deploy", "hello", "2.0.0", "--env", "production", check=True)
+    body = {"service": "hello"}
+    first, again = await asyncio.gather(
+        asyncio.to_thread(post, wg, "/v1/release/promote", body, "k-1"),
+        asyncio.to_thread(post, wg, "/v1/release/promote", body, "k-1"))
+    assert first == again, (first, again)
+    assert first[0] == 200 and first[1]["live"] == "green", first
+    later = post(wg, "/v1/release/promote", body, "k-1")
+    assert later == first, "a later repeat gets the same answer"
+    other = post(wg, "/v1/release/promote", body, "k-2")
+    assert other[0] == 409 and other[1]["error"] == "refused", "a new key is a new command"
+    rollback = post(wg, "/v1/release/rollback", body, "k-1")
+    assert rollback[0] == 200 and rollback[1]["live"] == "blue", "the key is per command"
+    assert await version_of(wg, "production") == "1.0.0"
+    bad = post(wg, "/v1/release/promote", body, "x" * 200)
+    assert bad[0] == 400 and "Idempotency-Key" in bad[1]["message"], bad
