@@ -179,9 +179,6 @@ class Releases:
         if release is not None and release.other is not None and release.other.scale_down:
             release.other.scale_down.cancel()
 
-    def _save(self, inst: Instance, release: Release) -> None:
-        self.colours.save(inst, release)
-
     def preview_endpoints(self, inst: Instance) -> tuple[str, ...] | None:
         """What the prerelease host reaches: a ready preview, else None (the live colour)."""
         other = self.of(inst).other
@@ -246,7 +243,7 @@ class Releases:
                 await self._stop_other(inst, release)
             replicas = await self.colours.start(inst, colour, version, size, running)
             release.other = OtherColour(colour, version, PREVIEW, list(replicas))
-            self._save(inst, release)
+            self.colours.save(inst, release)
             self._scaler.publish(inst)
             log.info("%s: version %s ready on the %s colour (preview)", inst.name, version,
                      colour,
@@ -281,8 +278,6 @@ class Releases:
 
     async def _swap(self, inst: Instance, release: Release, verb: str) -> dict[str, Any]:
         """The switch: one route-table version; the old live colour becomes the previous one."""
-        other = release.other
-        assert other is not None
         # An activation under way (the live colour lost its replicas) finishes
         # first: what it starts belongs to the colour that is live now.
         async with inst.lock:
@@ -307,7 +302,6 @@ class Releases:
                                     scale_down_at=time.monotonic() + delay)
         if not self._scaler.runtime.versions_on_objects:
             self._scaler.versions.set(*inst.key, inst.version)
-        self._save(inst, release)
         if inst.replicas:
             inst.state = "ready"
             inst.ready_since = time.monotonic()

@@ -25,10 +25,11 @@ import asyncio
 import re
 import time
 from collections.abc import Callable
+from http import HTTPStatus
 from typing import TYPE_CHECKING, Any
 
 from .errors import error_body
-from .headers import HOP_BY_HOP
+from .headers import CLIENT_FORWARDED, HOP_BY_HOP
 from .routing import normalize_host
 
 if TYPE_CHECKING:
@@ -44,8 +45,7 @@ _IDEMPOTENT = frozenset((b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE
 _HOP = frozenset(name.encode() for name in HOP_BY_HOP)
 # Kept on the way back: the framing we pass through unchanged.
 _HOP_DOWN = _HOP - {b"transfer-encoding"}
-_CLIENT_FORWARDED = frozenset((b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host",
-                               b"x-real-ip", b"forwarded"))
+_CLIENT_FORWARDED = frozenset(name.lower().encode() for name in CLIENT_FORWARDED)
 # Control characters (other than tab) anywhere in a head: the aiohttp path answers 400.
 _CONTROL = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
 _TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
@@ -735,7 +735,7 @@ class FastConnection(asyncio.Protocol):
             body = error_body(code, message, route)
             transport.write(b"HTTP/1.1 %d %s\r\nContent-Type: application/json\r\n"
                             b"Content-Length: %d\r\nConnection: close\r\n\r\n"
-                            % (status, _REASONS.get(status, b"Error"), len(body)) + body)
+                            % (status, HTTPStatus(status).phrase.encode(), len(body)) + body)
             transport.close()
 
     def _cut(self) -> None:
@@ -744,9 +744,12 @@ class FastConnection(asyncio.Protocol):
         if self._transport is not None:
             self._transport.abort()
 
-    def _undo_count(self) -> None:
+    def _undo_count(self, ended_at: float | None = None) -> None:
+        """The request stops counting as in flight (as activity up to `ended_at`)."""
         if self._counted is not None:
             self._counted.in_flight -= 1
+            if ended_at is not None:
+                self._counted.last_end = ended_at
             self._counted = None
         self._route = None
         if self._timer is not None:
@@ -760,16 +763,6 @@ class FastConnection(asyncio.Protocol):
         now = time.monotonic()
         self._proxy.request_done(route, status, now - self._started, self._method, self._path,
                                  self._peer, False)
-        if self._counted is not None:
-            self._counted.in_flight -= 1
-            self._counted.last_end = now
-            self._counted = None
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        self._route = None
+        self._undo_count(now)
         del self._buf[:self._req_len]
         self._req_len = 0
-
-
-_REASONS = {502: b"Bad Gateway", 504: b"Gateway Timeout"}

@@ -21,6 +21,10 @@ HOP_BY_HOP = frozenset(
         "upgrade",
     )
 )
+# What a client says about where a request came from: believed only from a
+# trusted proxy, else replaced.
+CLIENT_FORWARDED = ("X-Forwarded-For", "X-Forwarded-Proto", "X-Forwarded-Host", "X-Real-IP",
+                    "Forwarded")
 # Set by the WebSocket client itself when it opens the upstream side.
 WEBSOCKET_HANDSHAKE = frozenset(
     ("sec-websocket-key", "sec-websocket-version", "sec-websocket-extensions",
@@ -85,8 +89,7 @@ def upstream_request_headers(
         out.setdefault("X-Forwarded-Host", incoming.get("Host", ""))
     else:
         # An untrusted client's claims about where it came from are replaced.
-        for name in ("X-Forwarded-For", "X-Forwarded-Proto", "X-Forwarded-Host",
-                     "X-Real-IP", "Forwarded"):
+        for name in CLIENT_FORWARDED:
             out.popall(name, None)
         out["X-Forwarded-For"] = peer or ""
         out["X-Forwarded-Proto"] = scheme

@@ -220,6 +220,15 @@ class Informer:
         return version
 
 
+VERSION_ANNOTATION = "wakegate.dev/version"
+
+
+def deployment_version(deployment: Obj) -> str:
+    """`wakegate.dev/version`, else the image tag."""
+    annotations = deployment.get("metadata", {}).get("annotations") or {}
+    return str(annotations.get(VERSION_ANNOTATION) or image_tag(deployment))
+
+
 def image_tag(deployment: Obj) -> str:
     """The tag of the first container's image ("latest" when it has none)."""
     containers = (((deployment.get("spec") or {}).get("template") or {}).get("spec") or {}) \

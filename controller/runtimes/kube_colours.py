@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..releases import COLOURS, PREVIEW, PREVIOUS, OtherColour, Release, other_colour
 from ..runtimes.base import ReplicaLike
-from .kube_client import Obj, image_tag, parse_micro_time
+from .kube_client import Obj, deployment_version, parse_micro_time
 
 if TYPE_CHECKING:
     from ..scaler import Instance
@@ -36,7 +36,6 @@ DEPLOYED_ANNOTATION = "wakegate.dev/release-deployed"
 LIVE_ANNOTATION = "wakegate.dev/release-live"
 LIVE_SINCE_ANNOTATION = "wakegate.dev/release-live-since"
 LIVE_BY_ANNOTATION = "wakegate.dev/release-live-by"
-_VERSION_ANNOTATION = "wakegate.dev/version"
 
 __all__ = ["COLOURS", "ColourPair", "KubeColours", "other_colour"]
 
@@ -46,11 +45,6 @@ def _seq(annotations: dict[str, str], name: str) -> int:
         return max(int(annotations.get(name) or 0), 0)
     except ValueError:
         return 0
-
-
-def _version(obj: Obj) -> str:
-    annotations = obj.get("metadata", {}).get("annotations") or {}
-    return str(annotations.get(_VERSION_ANNOTATION) or image_tag(obj))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,7 +68,7 @@ class ColourPair:
         live = "green" if live_seqs["green"] > live_seqs["blue"] else "blue"
         return cls(
             namespace=namespace, deployments=names, live=live,
-            versions={c: _version(objs[c]) for c in COLOURS},
+            versions={c: deployment_version(objs[c]) for c in COLOURS},
             desired={c: int((objs[c].get("spec") or {}).get("replicas") or 0) for c in COLOURS},
             deployed_seqs={c: _seq(notes[c], DEPLOYED_ANNOTATION) for c in COLOURS},
             live_seqs=live_seqs,

@@ -39,13 +39,14 @@ from ..leader import LeaderElector
 from ..spec import KIND_DEFAULTS, KINDS, Config, Environment, InstanceSpec, Service
 from .base import StartFailed
 from .kube_client import (
+    VERSION_ANNOTATION,
     Informer,
     KubeError,
     Obj,
     call,
     connect,
+    deployment_version,
     format_micro_time,
-    image_tag,
     parse_micro_time,
 )
 from .kube_colours import (
@@ -71,7 +72,6 @@ Where = tuple[str, str]  # (namespace, Deployment name)
 ENVIRONMENT_LABEL = "wakegate.dev/environment"
 KIND_LABEL = "wakegate.dev/kind"
 SERVICE_ANNOTATION = "wakegate.dev/service"
-VERSION_ANNOTATION = "wakegate.dev/version"
 IDLE_TIMEOUT_ANNOTATION = "wakegate.dev/idle-timeout"
 HOLD_TIMEOUT_ANNOTATION = "wakegate.dev/hold-timeout"
 IGNORE_PATHS_ANNOTATION = "wakegate.dev/ignore-paths"
@@ -268,8 +268,8 @@ class KubernetesRuntime:
         if overrides:
             env = dataclasses.replace(env, **overrides)
         spec = InstanceSpec(env, Service(
-            name=service, command="", version=annotations.get(VERSION_ANNOTATION)
-            or image_tag(deployment), environments=(env.name,),
+            name=service, command="", version=deployment_version(deployment),
+            environments=(env.name,),
             ignore_paths=_comma_list(annotations.get(IGNORE_PATHS_ANNOTATION)),
             ignore_user_agents=_comma_list(annotations.get(IGNORE_USER_AGENTS_ANNOTATION)),
         ))
