@@ -87,6 +87,7 @@ class Wakegate:
                                    "environments": ["demo"], "stop_grace": "2s"}},
         }
         config.update(overrides or {})
+        self.state_dir = Path(str(config["state_dir"]))
         path = workdir / "wakegate.yaml"
         path.write_text(yaml.safe_dump(config))
         # Kept in a file, so that a refused start (e.g. an option this version
@@ -108,9 +109,15 @@ class Wakegate:
             raise RuntimeError(f"wakegate did not start (exit {code}): "
                                f"{self.stderr_path.read_text().strip()[-2000:]}")
 
+    @property
+    def token(self) -> str:
+        """The controller API's token, made by wakegate at its first start."""
+        return (self.state_dir / "api-token").read_text().strip()
+
     def state(self) -> str:
-        url = f"http://127.0.0.1:{self.api_port}/v1/status"
-        with urllib.request.urlopen(url, timeout=5) as resp:
+        request = urllib.request.Request(f"http://127.0.0.1:{self.api_port}/v1/status",
+                                         headers={"Authorization": f"Bearer {self.token}"})
+        with urllib.request.urlopen(request, timeout=5) as resp:
             return str(json.loads(resp.read())["instances"][0]["state"])
 
     async def wait_asleep(self) -> None:

@@ -66,11 +66,11 @@ def _apply(wg: Wakegate, folder: Path) -> tuple[float, float]:
     data["services"][NEW_SERVICE] = copy.deepcopy(data["services"].get("s00001") or {
         "command": "{python} -c pass", "environments": ["demo"],
         "activity": {"ignore_paths": ["/healthz"]}})
-    applied = folder / "applied.yaml"
-    applied.write_text(yaml.safe_dump(data))
+    # The controller re-reads its own file: the edit goes there.
+    path.write_text(yaml.safe_dump(data))
     host = f"{NEW_SERVICE}.demo.localhost"
     started = time.perf_counter()
-    done = subprocess.run([sys.executable, "-m", "controller.cli", "apply", "-c", str(applied)],
+    done = subprocess.run([sys.executable, "-m", "controller.cli", "apply", "-c", str(path)],
                           cwd=REPO, capture_output=True, text=True, timeout=300)
     took = time.perf_counter() - started
     if done.returncode != 0:

@@ -15,6 +15,7 @@ import argparse
 import time
 from typing import Any
 
+from bench.coldstart import Wakegate
 from bench.targets import backend_service
 from bench.tools import api, http_get, latency_summary, wakegate, workdir, write_result
 
@@ -23,14 +24,14 @@ HOST = "be.demo.localhost"
 POLL = 0.005
 
 
-def _state(port: int) -> str:
-    return str(api(port, "/v1/status")["instances"][0]["state"])
+def _state(wg: Wakegate) -> str:
+    return str(api(wg, "/v1/status")["instances"][0]["state"])
 
 
-def _until(port: int, done: Any, timeout: float) -> tuple[float, str]:
+def _until(wg: Wakegate, done: Any, timeout: float) -> tuple[float, str]:
     deadline = time.monotonic() + timeout
     while True:
-        state = _state(port)
+        state = _state(wg)
         now = time.monotonic()
         if done(state):
             return now, state
@@ -47,13 +48,13 @@ def run(runs: int = 10, idle_timeout: float = 1.0) -> dict[str, Any]:
                   "services": {"be": {**backend_service(tmp), "environments": ["demo"]}}}
         with wakegate(tmp / "wakegate", config) as wg:
             for _ in range(runs):
-                _until(wg.api_port, lambda s: s == "sleeping", 60)
+                _until(wg, lambda s: s == "sleeping", 60)
                 status, _ = http_get(wg.proxy_port, HOST)
                 ended = time.monotonic()
                 if status != 200:
                     raise RuntimeError(f"the wake-up request got {status}")
-                decided, _ = _until(wg.api_port, lambda s: s != "ready", idle_timeout + 60)
-                asleep, _ = _until(wg.api_port, lambda s: s == "sleeping", 60)
+                decided, _ = _until(wg, lambda s: s != "ready", idle_timeout + 60)
+                asleep, _ = _until(wg, lambda s: s == "sleeping", 60)
                 stopping.append(decided - ended - idle_timeout)
                 stopped.append(asleep - ended - idle_timeout)
     return {

@@ -142,8 +142,11 @@ def http_get(port: int, host: str, path: str = "/", timeout: float = 5.0,
         return int(exc.code), exc.read()
 
 
-def api(port: int, path: str) -> Any:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=10) as resp:
+def api(wg: Wakegate, path: str) -> Any:
+    """GET a controller API path of this wakegate, with its token."""
+    request = urllib.request.Request(f"http://127.0.0.1:{wg.api_port}{path}",
+                                     headers={"Authorization": f"Bearer {wg.token}"})
+    with urllib.request.urlopen(request, timeout=10) as resp:
         return json.loads(resp.read())
 
 

@@ -22,16 +22,22 @@ quite yet". The scaler itself is unchanged: it just asks again a moment later.
 from __future__ import annotations
 
 import math
+import re
 import time
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Protocol
 
 Key = tuple[str, str]
 Clock = Callable[[], float]
 ActivitySource = Callable[[Key], tuple[int, float]]
 
-MAX_TTL = 600.0  # a report never holds longer than this, whatever a proxy asks
+# A report never holds longer than this, whatever a proxy asks: a proxy's
+# report interval is at most 20 s and a report holds for 3 of them, so an
+# instance is never kept awake longer than a live proxy could keep it.
+MAX_TTL = 60.0
+_KEY_ID = re.compile(r"[0-9a-f]{12}")
 MAX_PROXY_ID = 128
 RECHECK = 0.025  # how soon the scaler asks again while a drain is under way
 
@@ -45,6 +51,8 @@ class Report:
     ttl: float  # seconds the report holds; 0: the proxy is going away
     table: tuple[str, int] | None  # (epoch, version) of the route table it had applied
     instances: Mapping[Key, tuple[int, float | None]]  # in flight, seconds since last end
+    # API key id → seconds since it was last used
+    keys: Mapping[str, float] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
@@ -299,7 +307,24 @@ def parse_report(body: object) -> Report:
             raise ValueError(f"{where}.idle_seconds must be null (never) or seconds >= 0 since "
                              "the instance's last request ended")
         instances[(env, svc)] = (n, None if idle is None else float(idle))
-    return Report(proxy, seq, float(ttl), applied, instances)
+    return Report(proxy, seq, float(ttl), applied, instances, _key_uses(body.get("keys")))
+
+
+def _key_uses(items: object) -> Mapping[str, float]:
+    """The optional `keys`: [{"id": "<12 hex digits>", "idle_seconds": seconds}]."""
+    if items is None:
+        return MappingProxyType({})
+    if not isinstance(items, list):
+        raise ValueError('keys must be a list of {"id", "idle_seconds"}')
+    uses: dict[str, float] = {}
+    for i, item in enumerate(items):
+        if not (isinstance(item, dict) and isinstance(item.get("id"), str)
+                and _KEY_ID.fullmatch(item["id"]) and _is_number(item.get("idle_seconds"))
+                and item["idle_seconds"] >= 0):
+            raise ValueError(f"keys[{i}] must be {{\"id\": <a key id: 12 hex digits>, "
+                             '"idle_seconds": <seconds since it was last used, >= 0>}')
+        uses[item["id"]] = float(item["idle_seconds"])
+    return MappingProxyType(uses)
 
 
 def _is_int(value: object) -> bool:

@@ -1,19 +1,20 @@
-"""The controller's HTTP API: status, keys, and what proxies in other processes need.
+"""The controller's HTTP API: status, keys, releases, and what proxies in other processes need.
 
 Proxies watch the route table (`GET /v1/routes`, a long poll), ask for
 activations (`POST /v1/activate`) and report activity (`POST /v1/activity`).
-The API listens on loopback unless given a token; with a token every /v1/*
-call needs `Authorization: Bearer <token>` (the route table carries key
-hashes). /healthz, /readyz and /metrics stay open. Every error is JSON.
+Every /v1/* call needs the token and no browser may make one (api_guard.py);
+/healthz, /readyz and /metrics stay open. Every error is JSON.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
+import dataclasses
+import hashlib
 import json
 import logging
+import re
 import secrets
 import time
 from collections.abc import Awaitable, Callable, Iterable
@@ -23,6 +24,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from .activity_reports import ActivityReports, ActivitySource, RemoteActivity, parse_report
+from .api_guard import ApiGuard
 from .config import ConfigError, load_config, parse_version
 from .idempotency import IdempotentAnswers
 from .releases import ReleaseConflict, ReleaseRefused
@@ -33,15 +35,33 @@ from .spec import READY, STOPPING, RouteTable, routes_to_wire
 log = logging.getLogger("wakegate.api")
 
 MAX_WAIT = 30.0  # the longest a route-table watch is held open
+_SHA256_HEX = re.compile(r"[0-9a-f]{64}")
+_KEY_ID = re.compile(r"[0-9a-f]{12}")
 _INSTANCE_BODY_HINT = 'Send a JSON object: {"environment": ..., "service": ...}.'
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 Key = tuple[str, str]
 
 
-def apply_file(scaler: Scaler, path: str) -> web.Response:
-    """Load, validate and apply a config file; an invalid one changes nothing."""
+def apply_file(scaler: Scaler, path: str, expect_sha256: str | None = None) -> web.Response:
+    """Load, validate and apply the controller's own config file; an invalid one changes nothing.
+
+    `expect_sha256`: the digest of the file the caller validated; a file that
+    differs is refused (the caller edited another file than the controller reads).
+    """
     try:
-        config = load_config(path)
+        with open(path, "rb") as f:
+            raw = f.read()
+    except OSError as exc:
+        return _error(400, "invalid_config", f"{path}: cannot read the controller's config "
+                      f"file: {exc.strerror}. The running system keeps the old one.",
+                      problems=[f"{path}: {exc.strerror}"])
+    if expect_sha256 is not None and hashlib.sha256(raw).hexdigest() != expect_sha256:
+        return _error(409, "config_differs",
+                      f"The controller applies its own config file, {path}, and it differs from "
+                      "the file you checked: edit that file (or run `wakegate apply -c` with "
+                      "it), then apply again. Nothing was changed.", config=path)
+    try:
+        config = load_config(path, raw)
     except ConfigError as exc:
         log.error("config not applied:\n%s", "\n".join(exc.problems))
         return _error(400, "invalid_config", "The config was refused as a whole; the running "
@@ -53,7 +73,7 @@ def apply_file(scaler: Scaler, path: str) -> web.Response:
         return _error(409, "needs_restart", f"{exc}. Nothing was changed.")
     log.info("applied %s: added %s, removed %s", path, result["added"] or "none",
              result["removed"] or "none")
-    return web.json_response(result)
+    return web.json_response({**result, "config": path})
 
 
 async def _string_field(request: web.Request, name: str) -> str:
@@ -198,14 +218,23 @@ class ControllerAPI:
         scaler: Scaler,
         registry: CollectorRegistry,
         proxy_port: Callable[[], int],
-        token: str | None,
+        guard: ApiGuard,
+        config_path: str,
         local_activity: ActivitySource | None = None,
+        local_key_uses: Callable[[], dict[str, float]] | None = None,
     ) -> None:
-        """`local_activity`: a proxy in this process (`wakegate up`), if there is one."""
+        """`local_activity`, `local_key_uses`: a proxy in this process (`wakegate up`), if
+        there is one (its activity, and when it last accepted each API key).
+
+        `config_path`: the file `apply` re-reads (the one the controller started with).
+        """
         self.scaler = scaler
         self.registry = registry
         self.proxy_port = proxy_port
-        self.token = token
+        self.guard = guard
+        self.config_path = config_path
+        self._local_key_uses = local_key_uses
+        self._remote_key_uses: dict[str, float] = {}  # key id → Unix time, from reports
         self.routes = RouteFeed(scaler)
         self.idempotent = IdempotentAnswers()
         self.remote = RemoteActivity(
@@ -221,6 +250,8 @@ class ControllerAPI:
         app.router.add_get("/metrics", self.metrics)
         app.router.add_get("/v1/status", self.status)
         app.router.add_post("/v1/keys", self.create_key)
+        app.router.add_get("/v1/keys", self.list_keys)
+        app.router.add_delete("/v1/keys/{id}", self.revoke_key)
         app.router.add_post("/v1/deploy", self.deploy)
         app.router.add_post("/v1/promote", self.promote)
         app.router.add_post("/v1/apply", self.apply)
@@ -239,12 +270,10 @@ class ControllerAPI:
     async def _errors_and_auth(
         self, request: web.Request, handler: Handler
     ) -> web.StreamResponse:
-        if self.token and request.path.startswith("/v1/") and not self._authorized(request):
-            response = _error(401, "unauthorized",
-                              "This call needs `Authorization: Bearer <token>` "
-                              "(the controller's WAKEGATE_TOKEN).")
-            response.headers["WWW-Authenticate"] = 'Bearer realm="wakegate"'
-            return response
+        if request.path.startswith("/v1/"):
+            refusal = self.guard.refusal(request)
+            if refusal is not None:
+                return refusal
         try:
             return await handler(request)
         except _BadRequest as exc:
@@ -264,13 +293,6 @@ class ControllerAPI:
             log.exception("error in %s %s", request.method, request.path)
             return _error(500, "internal_error", "The controller failed on this call; "
                           "its log says why.")
-
-    def _authorized(self, request: web.Request) -> bool:
-        assert self.token is not None
-        scheme, _, sent = request.headers.get("Authorization", "").partition(" ")
-        # Compared in constant time, and always compared, whatever the scheme.
-        same = hmac.compare_digest(sent.strip().encode(), self.token.encode())
-        return same and scheme.lower() == "bearer"
 
     async def healthz(self, request: web.Request) -> web.Response:
         return web.json_response({"status": "ok"})
@@ -344,7 +366,14 @@ class ControllerAPI:
             report = parse_report(body)
         except ValueError as exc:
             raise _BadRequest(str(exc)) from None
-        return web.json_response({"accepted": self.remote.report(report)})
+        accepted = self.remote.report(report)
+        if accepted:
+            now = time.time()
+            for ident, idle in report.keys.items():
+                at = now - idle
+                if at > self._remote_key_uses.get(ident, 0.0):
+                    self._remote_key_uses[ident] = at
+        return web.json_response({"accepted": accepted})
 
     async def proxies(self, request: web.Request) -> web.Response:
         return web.json_response({
@@ -381,8 +410,25 @@ class ControllerAPI:
         return await self._versions(request, lambda: self.scaler.promote(service))
 
     async def apply(self, request: web.Request) -> web.Response:
-        """`POST /v1/apply {"config": PATH}`: reconcile with that file, all or nothing."""
-        return apply_file(self.scaler, await _string_field(request, "config"))
+        """`POST /v1/apply {"sha256": HEX?}`: re-read the controller's own config file and
+        reconcile with it, all or nothing.
+
+        Never a path the caller names: whoever may call the API must not make the
+        controller read (and run the commands of) any file it likes.
+        """
+        hint = ('Send a JSON object: {} or {"sha256": "<hex digest of the file you '
+                'checked>"}; the controller re-reads its own config file.')
+        body = await _json_body(request, hint) if request.body_exists else {}
+        if not isinstance(body, dict) or set(body) - {"sha256"}:
+            if isinstance(body, dict) and "config" in body:
+                raise _BadRequest("apply takes no path: the controller re-reads its own config "
+                                  f"file ({self.config_path}). {hint}")
+            raise _BadRequest(hint)
+        digest = body.get("sha256")
+        if digest is not None and (not isinstance(digest, str)
+                                   or not _SHA256_HEX.fullmatch(digest)):
+            raise _BadRequest(f"sha256 must be 64 lowercase hex digits. {hint}")
+        return apply_file(self.scaler, self.config_path, digest)
 
     async def release(self, request: web.Request) -> web.Response:
         """`POST /v1/release/promote|rollback {"service"}`: switch production's colours."""
@@ -428,6 +474,37 @@ class ControllerAPI:
             return _error(502, "start_failed",
                           f"the new version did not start ({exc}); the old one keeps serving.")
         return web.json_response(result)
+
+    async def list_keys(self, request: web.Request) -> web.Response:
+        """`GET /v1/keys[?service=S]`: every key's id, instance, creation and last use."""
+        service = request.query.get("service")
+        keys = self.scaler.keys
+        uses = dict(self._remote_key_uses)
+        if self._local_key_uses is not None:
+            for ident, at in self._local_key_uses().items():
+                uses[ident] = max(uses.get(ident, 0.0), at)
+        keys.note_used(uses)
+        rows = [dataclasses.asdict(info) for info in keys.list()
+                if service is None or info.service == service]
+        if service is not None and service not in {svc for _, svc in self.scaler.instances}:
+            return _error(404, "unknown_service", f"There is no service {service!r}.",
+                          service=service)
+        rows.sort(key=lambda row: (row["environment"], row["service"], row["created"]))
+        return web.json_response({"keys": rows})
+
+    async def revoke_key(self, request: web.Request) -> web.Response:
+        """`DELETE /v1/keys/{id}`: the key stops working on every proxy at once."""
+        ident = request.match_info["id"]
+        if not _KEY_ID.fullmatch(ident):
+            raise _BadRequest("A key id is 12 lowercase hex digits, as `wakegate keys list` "
+                              "shows them.")
+        found = await self.scaler.revoke_key(ident)
+        if found is None:
+            return _error(404, "unknown_key", f"There is no key {ident}; `wakegate keys list` "
+                          "shows the ids.")
+        log.info("revoked API key %s of %s/%s", ident, *found)
+        return web.json_response({"id": ident, "environment": found[0], "service": found[1],
+                                  "revoked": True})
 
     async def create_key(self, request: web.Request) -> web.Response:
         hint = 'Send a JSON object: {"service": ..., "environment": ...}.'

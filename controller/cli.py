@@ -6,22 +6,23 @@ import argparse
 import asyncio
 import contextlib
 import dataclasses
+import hashlib
 import json
 import logging
 import os
 import signal
 import sys
 import time
-import urllib.error
 import urllib.parse
-import urllib.request
-import uuid
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, NoReturn
 
-from . import logs
+from . import api_token, logs
+from .api_client import ApiClient, ClientError, check_url
+from .api_token import TokenError
 from .config import ConfigError, load_config
 from .spec import Config, ProxySettings
+from .statefile import StateFileError, read_state
 from .workers import MAX_WORKERS, parse_workers
 
 if TYPE_CHECKING:
@@ -30,6 +31,9 @@ if TYPE_CHECKING:
 DEFAULT_CONFIG = "wakegate.yaml"
 DEFAULT_CONTROLLER = "http://127.0.0.1:8081"
 EXIT_USAGE = 2
+# A proxy's report holds for 3 intervals and the controller holds none longer
+# than 60 s (activity_reports.MAX_TTL).
+MAX_REPORT_INTERVAL = 20.0
 
 log = logging.getLogger("wakegate")
 
@@ -48,6 +52,34 @@ def _load(path: str) -> Config:
         sys.exit(EXIT_USAGE)
 
 
+def _exit_with(problems: list[str]) -> NoReturn:
+    """Print the problems, one a line as `_load` does, and exit 2."""
+    for problem in problems:
+        print(problem, file=sys.stderr)
+    sys.exit(EXIT_USAGE)
+
+
+def _state_problems(config: Config) -> list[str]:
+    """Every problem in the state files under state_dir the local runtime reads, all at once.
+
+    Only read: a file with a problem is left exactly as it is, for a person to fix or remove.
+    """
+    token_problem = api_token.check(config.state_dir)
+    problems = [token_problem] if token_problem is not None else []
+    if config.runtime != "local":
+        return problems  # the rest of its state is on the cluster's objects
+    from . import keys, releases, versions
+
+    for name, check in ((keys.KEYS_FILE, keys.check_keys),
+                        (versions.VERSIONS_FILE, versions.check_versions),
+                        (releases.RELEASES_FILE, releases.check_releases)):
+        try:
+            read_state(os.path.join(config.state_dir, name), check, None)
+        except StateFileError as exc:
+            problems.extend(exc.problems)
+    return problems
+
+
 def _log_args(args: argparse.Namespace) -> list[str]:
     """The logging options again, for worker processes."""
     return ["--log-level", args.log_level, "--log-format", args.log_format,
@@ -63,9 +95,30 @@ def _setup_logging(args: argparse.Namespace, worker: int | None = None) -> None:
 
 def cmd_validate(args: argparse.Namespace) -> None:
     config = _load(args.config)
+    problems = _state_problems(config)
+    if problems:
+        _exit_with(problems)
+    warnings = _warnings(config)
+    for warning in warnings:
+        print(warning, file=sys.stderr)
     n = len(config.instances())
+    noted = f"; {len(warnings)} warning{'s' if len(warnings) > 1 else ''}" if warnings else ""
     print(f"{args.config}: ok ({len(config.environments)} environments, "
-          f"{len(config.services)} services, {n} instances)")
+          f"{len(config.services)} services, {n} instances{noted})")
+
+
+def _warnings(config: Config) -> list[str]:
+    """What is valid but probably not what the operator wants: `file: field: warning: ...`."""
+    warnings = list(config.warnings)
+    if not _is_loopback(config.controller.host) and not api_token.from_env():
+        warnings.append(
+            f"{config.path}: listen.controller: warning: {config.controller.host} is not a "
+            "loopback address and WAKEGATE_TOKEN is not set: the controller API is reachable "
+            "from the network, guarded only by the token it makes in "
+            f"{api_token.token_path(config.state_dir)}. Set WAKEGATE_TOKEN (to a long random "
+            "string) so that proxies on other hosts can use it, and keep the API on a private "
+            "network or behind TLS.")
+    return warnings
 
 
 # --- up, controller, proxy ---
@@ -99,8 +152,29 @@ def _run(main: Any) -> None:
         uvloop.run(main)
 
 
-def _token() -> str | None:
-    return os.environ.get("WAKEGATE_TOKEN") or None
+def _child_env(token: str | None) -> dict[str, str]:
+    """A worker's environment: ours, with the token it shows the controller API."""
+    env = dict(os.environ)
+    if token:
+        env[api_token.ENV] = token
+    return env
+
+
+def _token_reader(config: Config | None) -> Callable[[], str | None]:
+    """The token as `wakegate proxy` sends it: WAKEGATE_TOKEN, else the controller's token
+    file in the config's state_dir (read again when the controller refuses it)."""
+    state_dir = config.state_dir if config is not None else None
+
+    def read() -> str | None:
+        if state_dir is None:
+            return api_token.from_env()
+        try:
+            return api_token.read(state_dir)
+        except TokenError as exc:
+            log.warning("%s", exc)
+            return None
+
+    return read
 
 
 def _stop_on_signals(
@@ -143,21 +217,33 @@ async def _serve_controller(
     from proxy.request_log import RequestLog
 
     from .api import ControllerAPI, apply_file, create_key
+    from .api_guard import ApiGuard
     from .inprocess import InProcessLink
     from .keys import KeyStore
     from .metrics import ControllerMetrics
     from .scaler import Scaler
     from .workers import WorkerFailed, Workers, child_argv, loopback_for
 
-    token = _token()
-    if not token and not _is_loopback(config.controller.host):
-        _fail(f"{config.path}: listen.controller: {config.controller.host} is not a loopback "
-              "address; set WAKEGATE_TOKEN so that the controller API needs a token", EXIT_USAGE)
     os.makedirs(config.state_dir, exist_ok=True)
+    # Before anything listens or starts, so a bad state file leaves nothing behind; every
+    # file checked at once, so one run lists every problem.
+    problems = _state_problems(config)
+    if problems:
+        _exit_with(problems)
+    try:
+        token, token_file = api_token.load_or_create(config.state_dir)
+    except TokenError as exc:
+        _fail(str(exc), EXIT_USAGE)
+    for warning in _warnings(config):
+        log.warning("%s", warning)
     registry = CollectorRegistry()
     controller_metrics = ControllerMetrics()
     registry.register(controller_metrics)
-    scaler = Scaler(config, KeyStore(config.state_dir), controller_metrics.scale_event)
+    try:
+        scaler = Scaler(config, KeyStore(config.state_dir), controller_metrics.scale_event)
+    except StateFileError as exc:
+        # A file changed since the check, or one it skips (Kubernetes still reads state_dir).
+        _exit_with(exc.problems)
     controller_metrics.scaler = scaler
     proxy = Proxy(config.proxy, InProcessLink(scaler), registry,
                   RequestLog(log_format, 1 if workers > 1 else None) if request_log else None
@@ -188,8 +274,10 @@ async def _serve_controller(
             except OSError as exc:
                 _fail(f"cannot listen on {config.proxy.host}:{config.proxy.port} "
                       f"(listen.proxy): {exc.strerror}")
-        api = ControllerAPI(scaler, registry, lambda: port, token,
-                            proxy.activity.snapshot if proxy is not None else None)
+        guard = ApiGuard(token, config.controller.hostnames, config.controller.allowed_origins)
+        api = ControllerAPI(scaler, registry, lambda: port, guard, config_path,
+                            proxy.activity.snapshot if proxy is not None else None,
+                            proxy.activity.key_uses if proxy is not None else None)
         # Open watches are answered at close; shutting down never waits on them long.
         api_runner = web.AppRunner(api.app(), access_log=None, handle_signals=False,
                                    shutdown_timeout=2.0)
@@ -206,7 +294,7 @@ async def _serve_controller(
                        f"{config.controller.port}")
             children = Workers(lambda i: child_argv(
                 api_url, config.proxy.host, port, i, log_args or [], "1s", config.path),
-                workers - 1)
+                workers - 1, _child_env(token))
             await children.start()
         await scaler.always_on_started()
         if children is not None:
@@ -221,7 +309,7 @@ async def _serve_controller(
             if spec.environment.access == "api_key" and not scaler.keys.has_key(*spec.key):
                 new_keys.append((spec.name, await create_key(scaler, *spec.key)))
         _print_welcome(config, scaler.status(port), new_keys, port, with_proxy,
-                       children.pids() if children is not None else None)
+                       children.pids() if children is not None else None, token_file)
         await stop.wait()
         log.info("stopping: putting every instance to sleep")
     finally:
@@ -275,13 +363,16 @@ def cmd_proxy(args: argparse.Namespace) -> None:
         signal.signal(signal.SIGHUP, signal.SIG_IGN)
     elif args.workers > 1:
         worker = 1
+    if interval > MAX_REPORT_INTERVAL:
+        _fail(f"--report-interval {args.report_interval}: at most {MAX_REPORT_INTERVAL:g}s "
+              "(the controller holds a report for 3 intervals, 60 s at most)", EXIT_USAGE)
     _setup_logging(args, worker)
-    _run(_serve_proxy(settings, url, interval, args, worker))
+    _run(_serve_proxy(settings, config, url, interval, args, worker))
 
 
 async def _serve_proxy(
-    settings: ProxySettings, url: str, report_interval: float, args: argparse.Namespace,
-    worker: int | None,
+    settings: ProxySettings, config: Config | None, url: str, report_interval: float,
+    args: argparse.Namespace, worker: int | None,
 ) -> None:
     """One proxy; with --workers N, worker 1 of N; with --worker-index, one of those N."""
     from prometheus_client import CollectorRegistry
@@ -292,7 +383,9 @@ async def _serve_proxy(
 
     from .workers import WorkerFailed, Workers, child_argv
 
-    link = RemoteLink(url, _token(), report_interval)
+    for warning in config.warnings if config is not None else ():
+        log.warning("%s", warning)
+    link = RemoteLink(url, _token_reader(config), report_interval)
     if worker is not None:
         # So that GET /v1/proxies shows which worker process each report is from.
         link.proxy_id = _worker_proxy_id(worker, link.proxy_id)
@@ -313,10 +406,11 @@ async def _serve_proxy(
             return
         if args.workers > 1:
             # The port is known now (--listen ...:0 included): the others share it.
-            config = args.config if args.config_given or os.path.exists(args.config) else None
+            config_file = args.config if args.config_given or os.path.exists(args.config) \
+                else None
             children = Workers(lambda i: child_argv(
-                url, settings.host, port, i, _log_args(args), args.report_interval, config),
-                args.workers - 1)
+                url, settings.host, port, i, _log_args(args), args.report_interval, config_file),
+                args.workers - 1, _child_env(link.token()))
             await children.start()
             try:
                 # Listening is enough: a proxy starts even while its controller is down.
@@ -391,7 +485,7 @@ def _is_loopback(host: str) -> bool:
 
 def _print_welcome(
     config: Config, rows: list[dict[str, Any]], new_keys: list[tuple[str, str]], port: int,
-    with_proxy: bool = True, workers: list[int] | None = None,
+    with_proxy: bool = True, workers: list[int] | None = None, token_file: str | None = None,
 ) -> None:
     api_url = f"http://{_url_host(config.controller.host)}:{config.controller.port}"
     if with_proxy:
@@ -403,7 +497,13 @@ def _print_welcome(
                   f"GET {api_url}/v1/proxies lists the other ones")
     else:
         print(f"wakegate controller is up: API on {api_url} ({config.path}); start proxies "
-              f"with `wakegate proxy --controller {api_url}`")
+              f"with `wakegate proxy -c {config.path} --controller {api_url}`")
+    # Where the API's token is; never the token itself.
+    if token_file is not None:
+        print(f"The controller API needs the token in {token_file}; `wakegate COMMAND -c "
+              f"{config.path}` reads it from there.")
+    else:
+        print("The controller API needs the token in WAKEGATE_TOKEN.")
     print()
     _print_table(rows, ("environment", "service", "access", "state", "url"))
     for name, key in new_keys:
@@ -426,68 +526,36 @@ def _print_table(rows: list[dict[str, Any]], columns: tuple[str, ...]) -> None:
 # --- commands that talk to the running controller ---
 
 
-def _controller_url(args: argparse.Namespace) -> str:
-    if args.controller:
-        return str(args.controller).rstrip("/")
-    if os.environ.get("WAKEGATE_CONTROLLER"):
-        return os.environ["WAKEGATE_CONTROLLER"].rstrip("/")
-    if args.config_given or os.path.exists(args.config):
-        config = _load(args.config)
-        return f"http://{_url_host(config.controller.host)}:{config.controller.port}"
-    return DEFAULT_CONTROLLER
+def _client(args: argparse.Namespace) -> ApiClient:
+    """Where the controller API is (--controller, WAKEGATE_CONTROLLER, the config's
+    listen.controller) and its token (WAKEGATE_TOKEN, else the config's state_dir)."""
+    config = _load(args.config) if args.config_given or os.path.exists(args.config) else None
+    url = args.controller or os.environ.get("WAKEGATE_CONTROLLER")
+    option = "--controller" if args.controller else "WAKEGATE_CONTROLLER"
+    if not url:
+        url = DEFAULT_CONTROLLER if config is None else \
+            f"http://{_url_host(config.controller.host)}:{config.controller.port}"
+        option = "listen.controller"
+    try:
+        url = check_url(url, option)
+        token, token_from = api_token.from_env(), api_token.ENV
+        if token is None and config is not None:
+            token = api_token.read(config.state_dir)
+            token_from = api_token.token_path(config.state_dir)
+    except (ClientError, TokenError) as exc:
+        _fail(str(exc), EXIT_USAGE)
+    return ApiClient(url, token, token_from if token is not None else None)
 
 
 def _call(args: argparse.Namespace, method: str, path: str, body: Any = None,
           timeout: float = 30) -> Any:
-    url = _controller_url(args) + path
-    data = json.dumps(body).encode() if body is not None else None
-    request = urllib.request.Request(url, data=data, method=method)
-    request.add_header("Content-Type", "application/json")
-    token = os.environ.get("WAKEGATE_TOKEN")
-    if token:
-        request.add_header("Authorization", f"Bearer {token}")
-    # A change is sent again, with the same key, when its answer was lost (a
-    # timeout, a reset): the controller then answers what the first one did.
+    # A change is sent again, with the same key, when its answer was lost.
     # (Not a new key: a second one would be made, and the first never shown.)
     retry = method == "POST" and not path.startswith("/v1/keys")
-    attempts = 3 if retry else 1
-    if retry:
-        request.add_header("Idempotency-Key", uuid.uuid4().hex)
-    for attempt in range(attempts):
-        try:
-            return _send(request, timeout)
-        except (TimeoutError, ConnectionResetError) as exc:
-            if attempt + 1 == attempts:
-                _fail(f"no answer from the controller at {_controller_url(args)} ({exc}); "
-                      "the command may still be running: `wakegate status` shows the "
-                      "state, and running the command again is safe")
-            time.sleep(0.5 * (attempt + 1))
-    raise AssertionError("unreachable")
-
-
-def _send(request: urllib.request.Request, timeout: float) -> Any:
     try:
-        with urllib.request.urlopen(request, timeout=timeout) as resp:
-            return json.loads(resp.read())
-    except urllib.error.HTTPError as exc:
-        try:
-            detail = json.loads(exc.read()).get("message", exc.reason)
-        except (json.JSONDecodeError, AttributeError):
-            detail = exc.reason
-        _fail(f"{detail}", EXIT_USAGE if 400 <= exc.code < 500 else 1)
-    except urllib.error.URLError as exc:
-        if isinstance(exc.reason, TimeoutError | ConnectionResetError):
-            raise exc.reason from None
-        _unreachable(request, exc.reason)
-    except (TimeoutError, ConnectionResetError):
-        raise  # retried with the same Idempotency-Key
-    except ConnectionError as exc:
-        _unreachable(request, exc)
-
-
-def _unreachable(request: urllib.request.Request, reason: object) -> NoReturn:
-    _fail(f"cannot reach the controller at {request.full_url.split('/v1/')[0]} ({reason}); "
-          "is `wakegate up` running? (set --controller or WAKEGATE_CONTROLLER)")
+        return _client(args).call(method, path, body, timeout, retry)
+    except ClientError as exc:
+        _fail(str(exc), exc.exit_code)
 
 
 def cmd_status(args: argparse.Namespace) -> None:
@@ -497,7 +565,10 @@ def cmd_status(args: argparse.Namespace) -> None:
         return
     for row in rows:
         row["idle"] = _human_seconds(row["idle_seconds"]) if row["idle_seconds"] else "-"
-        if row["state"] == "sleeping" and row.get("error"):
+        if row.get("backoff_seconds"):
+            row["state"] = (f"{row['state']} (crash back-off: {row['failures_in_a_row']} "
+                            f"failed starts, next try in {row['backoff_seconds']:g}s)")
+        elif row["state"] == "sleeping" and row.get("error"):
             row["state"] = "sleeping (last start failed)"
     _print_table(rows, ("environment", "service", "state", "replicas", "version", "idle", "url"))
     failed = [row for row in rows if row.get("error")]
@@ -522,6 +593,28 @@ def cmd_keys_create(args: argparse.Namespace) -> None:
     print(result["key"])
 
 
+def cmd_keys_list(args: argparse.Namespace) -> None:
+    query = f"?{urllib.parse.urlencode({'service': args.service})}" if args.service else ""
+    rows = _call(args, "GET", f"/v1/keys{query}")["keys"]
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return
+    for row in rows:
+        row["created"] = _when(row["created"])
+        row["last_used"] = _when(row["last_used"]) if row["last_used"] else "never"
+    _print_table(rows, ("id", "environment", "service", "created", "last_used"))
+
+
+def cmd_keys_revoke(args: argparse.Namespace) -> None:
+    result = _call(args, "DELETE", f"/v1/keys/{urllib.parse.quote(args.id, safe='')}")
+    print(f"revoked key {result['id']} of {result['environment']}/{result['service']}: "
+          "every proxy refuses it from now on")
+
+
+def _when(epoch: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(epoch))
+
+
 # A deploy to a running instance waits for the new replicas (up to start_timeout).
 _DEPLOY_TIMEOUT = 300.0
 
@@ -541,10 +634,19 @@ def cmd_deploy(args: argparse.Namespace) -> None:
 
 
 def cmd_apply(args: argparse.Namespace) -> None:
-    # Checked here first: an invalid file is reported like `validate` and never sent.
-    _load(args.config)
-    result = _call(args, "POST", "/v1/apply", {"config": os.path.abspath(args.config)})
-    print(f"{args.config}: applied; {result['instances']} instances "
+    # The controller re-reads its own config file; it never reads a path it is sent. A
+    # local copy (-c, or wakegate.yaml here) is checked first, like `validate`, and its
+    # digest sent, so that editing another file than the controller reads is caught.
+    body: dict[str, str] = {}
+    if args.config_given or os.path.exists(args.config):
+        _load(args.config)
+        try:
+            with open(args.config, "rb") as f:
+                body["sha256"] = hashlib.sha256(f.read()).hexdigest()
+        except OSError as exc:
+            _fail(f"{args.config}: {exc.strerror}", EXIT_USAGE)
+    result = _call(args, "POST", "/v1/apply", body)
+    print(f"{result['config']}: applied; {result['instances']} instances "
           f"(added: {', '.join(result['added']) or 'none'}; "
           f"removed: {', '.join(result['removed']) or 'none'})")
 
@@ -647,6 +749,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--env", default="private", help="environment (default: private)")
     with_controller(p)
     p.set_defaults(func=cmd_keys_create)
+    p = keys_sub.add_parser("list", help="every key's id, environment, service, when it was "
+                            "made and last used (never the key)")
+    p.add_argument("service", nargs="?", help="only this service's keys")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    with_controller(p)
+    p.set_defaults(func=cmd_keys_list)
+    p = keys_sub.add_parser("revoke", help="revoke a key by its id (from `keys list`), on "
+                            "every proxy at once")
+    p.add_argument("id")
+    with_controller(p)
+    p.set_defaults(func=cmd_keys_revoke)
 
     p = sub.add_parser("push", help="run VERSION in the private environment")
     p.add_argument("service")
@@ -687,7 +800,10 @@ def main(argv: list[str] | None = None) -> None:
     args.config_given = getattr(args, "config", None) is not None
     if hasattr(args, "config") and args.config is None:
         args.config = DEFAULT_CONFIG
-    args.func(args)
+    try:
+        args.func(args)
+    except KeyboardInterrupt:
+        sys.exit(130)  # Ctrl-C: no traceback
 
 
 if __name__ == "__main__":

@@ -15,13 +15,18 @@ The file format (every key is optional unless marked required)::
     listen:
       proxy: 127.0.0.1:8080       # "host:port" or "[v6]:port"
       controller: 127.0.0.1:8081
+    controller:              # who may call the controller API besides the token holders' CLI
+      hostnames: [wakegate-controller.wakegate-system.svc]  # Host names it answers to, besides
+                                                            # IP addresses and localhost
+      allowed_origins: []    # web origins whose pages may call it (none by default)
     proxy:                   # defaults: spec.ProxySettings
       connect_timeout: 5s
       read_timeout: 60s
       max_body_size: 64MiB   # bytes, or 512, 10KB (1000), 10KiB (1024), MB/MiB, GB/GiB
       max_header_size: 8KiB
       trusted_proxies: [127.0.0.1/32, "::1"]   # IPs or CIDRs
-      retry_window: 2s
+      header_timeout: 60s    # a client's request head not whole by then: 408 and closed
+      keepalive_timeout: 75s # an idle keep-alive client connection is closed after this
     environments:            # name -> settings, in file order; null means {}
       private: {}            # kind defaults to the name when the name is a kind
       demo: {idle_timeout: 30s}
@@ -43,10 +48,13 @@ Environment settings: ``kind`` (one of spec.KINDS; required when the name is
 not itself a kind), ``access`` (public | api_key), ``idle_timeout`` (a
 duration, or ``never``/null: never sleeps), ``min_replicas`` and
 ``max_replicas`` (integers >= 0, min <= max), ``hold_timeout`` (duration > 0),
-``hold_queue_size`` (integer >= 1), ``scale_down_delay`` (duration >= 0) and
-``wake_strategy`` (``hold`` or ``page``).
+``hold_queue_size`` (integer >= 1), ``scale_down_delay`` (duration >= 0),
+``wake_strategy`` (``hold`` or ``page``) and ``crash_backoff`` (``{after: 3,
+first: 1s, max: 5m}``: failed activations in a row before the back-off, and
+its first and longest delay; see spec.CrashBackoff).
 Unset keys take ``spec.KIND_DEFAULTS[kind]``, ``spec.DEFAULT_HOLD_TIMEOUT``,
-``spec.DEFAULT_HOLD_QUEUE_SIZE`` and ``spec.DEFAULT_SCALE_DOWN_DELAY``. When the
+``spec.DEFAULT_HOLD_QUEUE_SIZE``, ``spec.DEFAULT_SCALE_DOWN_DELAY`` and
+``spec.CrashBackoff()``. When the
 ``environments`` key is missing altogether (or null), the file defines
 ``private`` and ``demo`` with their kind defaults, which is where services go
 by default.
@@ -70,6 +78,7 @@ import os
 import re
 import shlex
 import string
+import urllib.parse
 from collections.abc import Callable, Iterable, Sequence
 from fractions import Fraction
 from types import MappingProxyType
@@ -84,8 +93,15 @@ __all__ = ["ConfigError", "load_config", "parse_duration", "parse_size", "parse_
 T = TypeVar("T")
 
 TOP_KEYS = (
-    "domain", "state_dir", "runtime", "listen", "proxy", "kubernetes", "environments", "services",
+    "domain", "state_dir", "runtime", "listen", "proxy", "controller", "kubernetes",
+    "environments", "services",
 )
+CONTROLLER_KEYS = ("hostnames", "allowed_origins")
+# Keys that older versions took: still accepted, ignored, with a warning saying why.
+OBSOLETE_PROXY_KEYS = {
+    "retry_window": "no longer used and ignored: a refused connect now takes that endpoint out "
+    "and holds the request until a replica accepts (within hold_timeout); remove it",
+}
 KUBERNETES_KEYS = (
     "kubeconfig",
     "lease_namespace",
@@ -102,7 +118,8 @@ PROXY_KEYS = (
     "max_body_size",
     "max_header_size",
     "trusted_proxies",
-    "retry_window",
+    "header_timeout",
+    "keepalive_timeout",
 )
 ENVIRONMENT_KEYS = (
     "kind",
@@ -114,7 +131,9 @@ ENVIRONMENT_KEYS = (
     "hold_queue_size",
     "scale_down_delay",
     "wake_strategy",
+    "crash_backoff",
 )
+CRASH_BACKOFF_KEYS = ("after", "first", "max")
 SERVICE_KEYS = (
     "command",
     "version",
@@ -230,11 +249,15 @@ def parse_size(value: object) -> int:
     return int(amount)
 
 
-def load_config(path: str | os.PathLike[str]) -> spec.Config:
-    """Read and validate the config file at `path`; raise ConfigError listing every problem."""
+def load_config(path: str | os.PathLike[str], raw: bytes | None = None) -> spec.Config:
+    """Read and validate the config file at `path`; raise ConfigError listing every problem.
+
+    `raw`: the file's bytes, when the caller has read them already (so that
+    what was checked is what is loaded).
+    """
     file = os.fspath(path)
     report = _Report(file)
-    text = _read_text(report, file)
+    text = _read_text(report, file, raw)
     if text is None:
         raise ConfigError(report.problems)
     data = _parse_yaml(report, text)
@@ -246,7 +269,7 @@ def load_config(path: str | os.PathLike[str]) -> spec.Config:
     config = _build_config(report, file, data)
     if report.problems:
         raise ConfigError(report.problems)
-    return config
+    return dataclasses.replace(config, warnings=tuple(report.warnings))
 
 
 # --- collecting problems ------------------------------------------------------------
@@ -258,9 +281,13 @@ class _Report:
     def __init__(self, file: str) -> None:
         self.file = file
         self.problems: list[str] = []
+        self.warnings: list[str] = []  # valid, but probably not what was meant
 
     def add(self, path: str, problem: str) -> None:
         self.problems.append(f"{self.file}: {path or '(top level)'}: {problem}")
+
+    def warn(self, path: str, warning: str) -> None:
+        self.warnings.append(f"{self.file}: {path}: warning: {warning}")
 
     def note(self, problem: str) -> None:
         """A problem about the file as a whole (unreadable, not YAML, ...)."""
@@ -363,13 +390,14 @@ class _Loader(yaml.SafeLoader):
                 continue
 
 
-def _read_text(report: _Report, file: str) -> str | None:
-    try:
-        with open(file, "rb") as stream:
-            raw = stream.read()
-    except OSError as exc:
-        report.note(f"cannot read the file: {exc.strerror or exc}")
-        return None
+def _read_text(report: _Report, file: str, raw: bytes | None = None) -> str | None:
+    if raw is None:
+        try:
+            with open(file, "rb") as stream:
+                raw = stream.read()
+        except OSError as exc:
+            report.note(f"cannot read the file: {exc.strerror or exc}")
+            return None
     try:
         return raw.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
@@ -599,6 +627,52 @@ def _address(value: object) -> tuple[str, int]:
     return host, int(port)
 
 
+def _hostname(value: object) -> str:
+    if not isinstance(value, str) or not _is_dns_name(value.strip().rstrip(".")):
+        raise ValueError(f'must be a DNS name such as "wakegate-controller.wakegate-system.svc" '
+                         f"(no port), got {_describe(value)}")
+    return value.strip().rstrip(".").lower()
+
+
+def _origin(value: object) -> str:
+    """A web origin as browsers send it in `Origin`: scheme://host[:port], lowercase."""
+    if isinstance(value, str):
+        text = value.strip().rstrip("/")
+        parts = urllib.parse.urlsplit(text)
+        try:
+            port_ok = parts.port is None or 0 < parts.port < 65536
+        except ValueError:
+            port_ok = False
+        host = parts.hostname or ""
+        if (parts.scheme in ("http", "https") and port_ok and not parts.path
+                and not parts.query and not parts.fragment and "@" not in parts.netloc
+                and (_is_dns_name(host) or _is_ip(host))):
+            return text.lower()
+    raise ValueError('must be a web origin such as "https://admin.example.com" or '
+                     '"http://localhost:3000" (scheme, host, port; no path), '
+                     f"got {_describe(value)}")
+
+
+def _is_ip(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _controller(report: _Report, value: object,
+                address: tuple[str, int]) -> spec.ControllerSettings:
+    raw = _section(report, "controller", value, CONTROLLER_KEYS) or {}
+    return spec.ControllerSettings(
+        host=address[0],
+        port=address[1],
+        hostnames=_list(report, "controller.hostnames", raw.get("hostnames"), _hostname),
+        allowed_origins=_list(report, "controller.allowed_origins", raw.get("allowed_origins"),
+                              _origin),
+    )
+
+
 def _network(value: object) -> str:
     if not isinstance(value, str):
         raise ValueError(
@@ -718,7 +792,10 @@ def _listen(report: _Report, value: object) -> tuple[tuple[str, int], tuple[str,
 
 
 def _proxy(report: _Report, value: object, address: tuple[str, int]) -> spec.ProxySettings:
-    raw = _section(report, "proxy", value, PROXY_KEYS) or {}
+    raw = _section(report, "proxy", value, (*PROXY_KEYS, *OBSOLETE_PROXY_KEYS)) or {}
+    for key, why in OBSOLETE_PROXY_KEYS.items():
+        if key in raw:
+            report.warn(f"proxy.{key}", why)
     d = _PROXY_DEFAULTS
     return spec.ProxySettings(
         host=address[0],
@@ -734,8 +811,12 @@ def _proxy(report: _Report, value: object, address: tuple[str, int]) -> spec.Pro
         trusted_proxies=_list(
             report, "proxy.trusted_proxies", raw.get("trusted_proxies"), _network
         ),
-        retry_window=_take(
-            report, raw, "proxy", "retry_window", _duration(positive=False), d.retry_window
+        header_timeout=_take(
+            report, raw, "proxy", "header_timeout", _duration(positive=True), d.header_timeout
+        ),
+        keepalive_timeout=_take(
+            report, raw, "proxy", "keepalive_timeout", _duration(positive=True),
+            d.keepalive_timeout,
         ),
     )
 
@@ -854,6 +935,7 @@ def _environment(
     )
     wake_strategy = _take(report, raw, path, "wake_strategy", _choice(spec.WAKE_STRATEGIES),
                           "hold")
+    crash_backoff = _crash_backoff(report, _join(path, "crash_backoff"), raw.get("crash_backoff"))
     if kind is None or len(report) > before:
         return None
     return spec.Environment(
@@ -867,7 +949,23 @@ def _environment(
         hold_queue_size=hold_queue_size,
         scale_down_delay=scale_down_delay,
         wake_strategy=wake_strategy,
+        crash_backoff=crash_backoff,
     )
+
+
+def _crash_backoff(report: _Report, path: str, value: object) -> spec.CrashBackoff:
+    raw = _section(report, path, value, CRASH_BACKOFF_KEYS) or {}
+    d = spec.CrashBackoff()
+    before = len(report)
+    backoff = spec.CrashBackoff(
+        after=_take(report, raw, path, "after", _integer(1), d.after),
+        first=_take(report, raw, path, "first", _duration(positive=True), d.first),
+        max=_take(report, raw, path, "max", _duration(positive=True), d.max),
+    )
+    if len(report) == before and backoff.first > backoff.max:
+        report.add(_join(path, "first"), f"is {backoff.first:g}s, more than max "
+                   f"({backoff.max:g}s); the back-off starts at first and doubles up to max")
+    return backoff
 
 
 def _environment_kind(report: _Report, path: str, name: object, raw: dict[Any, Any]) -> str | None:
@@ -1107,6 +1205,7 @@ def _build_config(report: _Report, file: str, data: dict[Any, Any]) -> spec.Conf
     runtime = _take(report, data, "", "runtime", _choice(RUNTIMES), DEFAULT_RUNTIME)
     proxy_address, controller_address = _listen(report, data.get("listen"))
     proxy = _proxy(report, data.get("proxy"), proxy_address)
+    controller = _controller(report, data.get("controller"), controller_address)
     kubernetes = _kubernetes(report, data.get("kubernetes"), base_dir)
     environments, defined = _environments(report, data.get("environments"))
     services = _services(report, data.get("services"), defined)
@@ -1118,7 +1217,7 @@ def _build_config(report: _Report, file: str, data: dict[Any, Any]) -> spec.Conf
         base_dir=base_dir,
         runtime=runtime,
         proxy=proxy,
-        controller=spec.ControllerSettings(host=controller_address[0], port=controller_address[1]),
+        controller=controller,
         environments=MappingProxyType(environments),
         services=MappingProxyType(services),
         kubernetes=kubernetes,

@@ -4,32 +4,97 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import secrets
 import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
 
-from .statefile import read_json, write_json_atomic
+from .spec import API_KEY_PREFIX, key_id
+from .statefile import (
+    Problems,
+    describe,
+    fields,
+    instances,
+    is_epoch,
+    read_state,
+    write_json_atomic,
+)
 
-KEY_PREFIX = "wg_"
+KEYS_FILE = "keys.json"  # under state_dir
+# How often at most keys.json is written only to record when keys were last
+# used (it is also written at every change and at shutdown).
+LAST_USED_WRITE_INTERVAL = 60.0
 
 
 def new_key() -> str:
     # 32 random bytes → 43 URL-safe characters.
-    return KEY_PREFIX + secrets.token_urlsafe(32)
+    return API_KEY_PREFIX + secrets.token_urlsafe(32)
 
 
 def digest(key: str) -> bytes:
     return hashlib.sha256(key.encode()).digest()
 
 
+@dataclass(frozen=True, slots=True)
+class KeyInfo:
+    """What `wakegate keys list` shows of a key: never the key, never its whole digest."""
+
+    id: str
+    environment: str
+    service: str
+    created: int  # Unix time
+    last_used: int | None  # Unix time, None: never (as far as wakegate knows)
+
+
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+
+
+def check_keys(problems: Problems, data: Any) -> None:
+    """keys.json's schema: see KeyStore."""
+    for name, entries in instances(problems, data, "a list of keys"):
+        if not isinstance(entries, list):
+            problems.add(name, f"must be a list of keys, got {describe(entries)}")
+            continue
+        first: dict[str, int] = {}  # sha256 → the index it was first seen at
+        for index, entry in enumerate(entries):
+            where = f"{name}[{index}]"
+            entry = fields(problems, where, entry, ("sha256", "created"), ("last_used",))
+            if entry is None:
+                continue
+            sha256 = entry.get("sha256")
+            if not isinstance(sha256, str) or not _SHA256.fullmatch(sha256):
+                if "sha256" in entry:  # (a missing one is reported by `fields`)
+                    problems.add(f"{where}.sha256", "must be a SHA-256 digest: 64 lowercase "
+                                 f"hex digits, got {describe(sha256)}")
+            elif sha256 in first:
+                problems.add(f"{where}.sha256", f"the same key as {name}[{first[sha256]}]; "
+                             "keep one")
+            else:
+                first[sha256] = index
+            if "created" in entry and not is_epoch(entry["created"]):
+                problems.add(f"{where}.created", "must be a time in epoch seconds (an integer, "
+                             f"0 or more), got {describe(entry['created'])}")
+            if entry.get("last_used") is not None and not is_epoch(entry["last_used"]):
+                problems.add(f"{where}.last_used", "must be null or a time in epoch seconds "
+                             f"(an integer, 0 or more), got {describe(entry['last_used'])}")
+
+
 class KeyStore:
-    """`keys.json`: {"<environment>/<service>": [{"sha256": hex, "created": epoch}]}."""
+    """`keys.json`: {"<environment>/<service>": [{"sha256": hex, "created": epoch,
+    "last_used": epoch or null (optional)}]}.
+
+    A file that is not that raises StateFileError here and is never written.
+    """
 
     def __init__(self, state_dir: str) -> None:
-        self.path = os.path.join(state_dir, "keys.json")
-        raw = read_json(self.path, {})
-        self._keys: dict[str, list[dict[str, object]]] = {
-            name: list(entries) for name, entries in raw.items()
-        }
+        self.path = os.path.join(state_dir, KEYS_FILE)
+        raw: dict[str, list[dict[str, Any]]] = read_state(self.path, check_keys, {})
+        # Entries are kept whole (last_used included), so a write keeps them.
+        self._keys = {name: list(entries) for name, entries in raw.items()}
+        self._dirty = False  # last_used changed since the last write
+        self._last_write = 0.0
 
     def hashes(self, environment: str, service: str) -> tuple[bytes, ...]:
         entries = self._keys.get(f"{environment}/{service}", [])
@@ -42,5 +107,57 @@ class KeyStore:
         key = new_key()
         entry = {"sha256": digest(key).hex(), "created": int(time.time())}
         self._keys.setdefault(f"{environment}/{service}", []).append(entry)
-        write_json_atomic(self.path, self._keys)
+        self._write()
         return key
+
+    def list(self) -> list[KeyInfo]:
+        infos = []
+        for name, entries in self._keys.items():
+            environment, _, service = name.partition("/")
+            for entry in entries:
+                last = entry.get("last_used")
+                infos.append(KeyInfo(_id(entry), environment, service, int(entry["created"]),
+                                     None if last is None else int(last)))
+        return infos
+
+    def revoke(self, ident: str) -> tuple[str, str] | None:
+        """Forget the key with this id; (environment, service) it was for, None if unknown."""
+        for name, entries in self._keys.items():
+            kept = [e for e in entries if _id(e) != ident]
+            if len(kept) != len(entries):
+                keys = dict(self._keys)
+                if kept:
+                    keys[name] = kept
+                else:
+                    del keys[name]
+                write_json_atomic(self.path, keys)
+                self._keys = keys  # only once it is on disk
+                self._last_write = time.monotonic()
+                environment, _, service = name.partition("/")
+                return environment, service
+        return None
+
+    def note_used(self, uses: Mapping[str, float]) -> None:
+        """Record when keys (by id) were last used; written at most once a minute."""
+        for entries in self._keys.values():
+            for entry in entries:
+                at = uses.get(_id(entry))
+                if at is not None and int(at) > int(entry.get("last_used") or 0):
+                    entry["last_used"] = int(at)
+                    self._dirty = True
+        if self._dirty and time.monotonic() - self._last_write >= LAST_USED_WRITE_INTERVAL:
+            self._write()
+
+    def flush(self) -> None:
+        """Write what `note_used` has not written yet (at shutdown)."""
+        if self._dirty:
+            self._write()
+
+    def _write(self) -> None:
+        write_json_atomic(self.path, self._keys)
+        self._dirty = False
+        self._last_write = time.monotonic()
+
+
+def _id(entry: Mapping[str, Any]) -> str:
+    return key_id(bytes.fromhex(str(entry["sha256"])))

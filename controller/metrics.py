@@ -36,6 +36,12 @@ class ControllerMetrics(Collector):
             "Unix time the instance was last active (its last request ended, or it woke).",
             labels=_LABELS,
         )
+        backoff = GaugeMetricFamily(
+            "wakegate_instance_backoff_seconds",
+            "Seconds left of the instance's crash back-off (0: none): after repeated failed "
+            "starts no start is tried and requests get 503.",
+            labels=_LABELS,
+        )
         events = CounterMetricFamily(
             "wakegate_scale_events",
             "Instances scaled up (woke, replica added) or down (slept, replica lost).",
@@ -47,6 +53,7 @@ class ControllerMetrics(Collector):
                 labels = list(inst.key)
                 in_flight, last = self.scaler.activity(inst)
                 replicas.add_metric(labels, len(inst.replicas))
+                backoff.add_metric(labels, inst.backoff_left(now))
                 idle.add_metric(labels, 0.0 if in_flight else max(now - last, 0.0))
                 last_request.add_metric(labels, wall - (now - last))
         for (env, svc, direction), n in sorted(self._scale_events.items()):
@@ -63,4 +70,4 @@ class ControllerMetrics(Collector):
                 live = self.scaler.releases.of(inst).live
                 for colour in ("blue", "green"):
                     release.add_metric([*key, colour], 1.0 if live == colour else 0.0)
-        yield from (replicas, idle, last_request, events, release)
+        yield from (replicas, idle, last_request, backoff, events, release)

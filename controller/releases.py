@@ -32,9 +32,10 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
+from .config import parse_version
 from .events import event
 from .runtimes.base import ReplicaLike
-from .statefile import read_json, write_json_atomic
+from .statefile import Problems, describe, fields, instances, read_state, show, write_json_atomic
 
 if TYPE_CHECKING:
     from .scaler import Instance, Scaler
@@ -47,6 +48,7 @@ PREVIEW = "preview"
 PREVIOUS = "previous"
 PROMOTE = "promote"
 ROLLBACK = "rollback"
+RELEASES_FILE = "releases.json"  # under state_dir, local runtime
 
 
 class ReleaseConflict(Exception):
@@ -103,29 +105,61 @@ class ColourStore(Protocol):
         """Record `live` as the live colour, before traffic moves; raise and nothing moved."""
 
 
+def check_releases(problems: Problems, data: Any) -> None:
+    """releases.json's schema: {"<environment>/<service>": {"live": colour, "last": verb or
+    null, "other": null or {"version": version, "role": role}}}; last and other may be left
+    out (null)."""
+    for name, saved in instances(problems, data, "a release"):
+        saved = fields(problems, name, saved, ("live",), ("last", "other"))
+        if saved is None:
+            continue
+        # A colour read wrong would put the wrong version live at the next switch.
+        if "live" in saved and saved["live"] not in COLOURS:
+            problems.add(f"{name}.live", f"{show(saved['live'])} is not a colour: blue or green")
+        if saved.get("last") not in (PROMOTE, ROLLBACK, None):
+            problems.add(f"{name}.last", f'must be "{PROMOTE}", "{ROLLBACK}" or null, got '
+                         f"{describe(saved['last'])}")
+        other = saved.get("other")
+        if other is None:
+            continue
+        other = fields(problems, f"{name}.other", other, ("version", "role"))
+        if other is None:
+            continue
+        if "version" in other:
+            try:
+                parse_version(other["version"])
+            except ValueError as exc:
+                problems.add(f"{name}.other.version", str(exc))
+        if "role" in other and other["role"] not in (PREVIEW, PREVIOUS):
+            problems.add(f"{name}.other.role", f'must be "{PREVIEW}" or "{PREVIOUS}", got '
+                         f"{describe(other['role'])}")
+
+
 class LocalColours:
     """The local runtime's colours: processes, and `state_dir/releases.json`.
 
     A preview's processes die with the controller; after a restart it shows
-    with no replicas and `deploy` starts it again.
+    with no replicas and `deploy` starts it again. A releases.json that is not
+    valid raises StateFileError here and is never written.
     """
 
     def __init__(self, scaler: Scaler) -> None:
         self._scaler = scaler
-        self.path = os.path.join(scaler.config.state_dir, "releases.json")
-        self._saved: dict[str, Any] = read_json(self.path, {})
+        self.path = os.path.join(scaler.config.state_dir, RELEASES_FILE)
+        self._saved: dict[str, Any] = read_state(self.path, check_releases, {})
 
     def refused(self, inst: Instance) -> str | None:
         return None
 
     def load(self, inst: Instance) -> Release:
-        saved = self._saved.get("/".join(inst.key)) or {}
-        live = saved.get("live") if saved.get("live") in COLOURS else "blue"
-        release = Release(live=live, last=saved.get("last"))
+        saved = self._saved.get("/".join(inst.key))
+        if saved is None:
+            return Release()  # blue is live until the first switch
+        release = Release(live=saved["live"], last=saved.get("last"))
         other = saved.get("other")
-        if isinstance(other, dict) and other.get("version"):
-            release.other = OtherColour(other_colour(live), str(other["version"]),
-                                        str(other.get("role", PREVIEW)))
+        if other is not None:
+            release.other = OtherColour(other_colour(release.live), other["version"],
+                                        other["role"])
         return release
 
     def save(self, inst: Instance, release: Release) -> None:

@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+import math
 import time
 from collections.abc import Callable
 from types import MappingProxyType
@@ -42,7 +43,7 @@ Key = tuple[str, str]
 ActivitySource = Callable[[Key], tuple[int, float]]
 
 _MAX_IDLE_CHECK = 1.0  # seconds between idle checks when nothing is due sooner
-_RESTART_BACKOFF_MAX = 30.0
+_RESTART_DELAY = 0.5  # an always-on instance that lost its replicas starts again after this
 
 
 class Instance:
@@ -62,8 +63,19 @@ class Instance:
         self.activity_floor = time.monotonic()
         self.lock = asyncio.Lock()
         self.activation: asyncio.Task[None] | None = None
-        self.restart_backoff = 0.5
+        # Crash back-off (spec.CrashBackoff): failed activations since the last
+        # success, and the monotonic second until which no start is tried.
+        self.failures_in_a_row = 0
+        self.backoff_until = 0.0
         self.route: Route | None = None
+
+    def backoff_left(self, now: float | None = None) -> float:
+        return max(self.backoff_until - (time.monotonic() if now is None else now), 0.0)
+
+    def end_backoff(self) -> None:
+        """A fresh start: after a success, a new version, an apply."""
+        self.failures_in_a_row = 0
+        self.backoff_until = 0.0
 
     @property
     def key(self) -> Key:
@@ -231,6 +243,7 @@ class Scaler:
             failures=inst.failures,
             error=inst.error,
             ready_since=inst.ready_since,
+            backoff_until=inst.backoff_until,
         )
         inst.route = route
         self._routes_by_host[route.host] = route
@@ -288,6 +301,14 @@ class Scaler:
             self.keys_changed((environment, service))
         return key
 
+    async def revoke_key(self, ident: str) -> tuple[str, str] | None:
+        """Revoke the key with this id everywhere; the (environment, service) it was for."""
+        revoke_async = getattr(self.keys, "revoke_async", None)
+        found = await revoke_async(ident) if revoke_async is not None else self.keys.revoke(ident)
+        if found is not None and found in self.instances:
+            self.keys_changed(found)  # every proxy gets a table without it, now
+        return found  # type: ignore[no-any-return]
+
     # --- activity ---
 
     def activity(self, inst: Instance) -> tuple[int, float]:
@@ -315,6 +336,8 @@ class Scaler:
             return
         if inst.activation is not None and not inst.activation.done():
             return
+        if inst.backoff_left() > 0:
+            return  # crash back-off: no process is started; the route says how long
         inst.activation = self._spawn(self._activate(inst))
 
     def _desired(self, inst: Instance) -> int:
@@ -333,7 +356,11 @@ class Scaler:
                 new = await self.runtime.start(inst.spec, inst.version, missing)
             except Exception as exc:  # StartFailed, or the platform's own failure
                 inst.failures += 1
+                inst.failures_in_a_row += 1
                 inst.error = str(exc) or type(exc).__name__
+                backoff = inst.spec.environment.crash_backoff.delay(inst.failures_in_a_row)
+                if backoff:
+                    inst.backoff_until = time.monotonic() + backoff
                 if inst.replicas:
                     # Some replicas serve (a partial start): run degraded, not stuck.
                     inst.state = READY
@@ -342,8 +369,14 @@ class Scaler:
                     # the next request starts a fresh attempt.
                     inst.state = SLEEPING
                 self.publish(inst)
-                log.error("activation of %s failed: %s", inst.name, exc,
-                          extra=event(inst.spec, "activation_failed", error=str(exc)))
+                if backoff:
+                    log.error("activation of %s failed (%d in a row): %s; no start for %gs "
+                              "(crash back-off)", inst.name, inst.failures_in_a_row, exc,
+                              backoff, extra=event(inst.spec, "activation_failed",
+                                                   error=str(exc), backoff_seconds=backoff))
+                else:
+                    log.error("activation of %s failed: %s", inst.name, exc,
+                              extra=event(inst.spec, "activation_failed", error=str(exc)))
                 if not inst.spec.environment.sleeps and not self.runtime.self_healing:
                     self._restart_later(inst)
                 return
@@ -356,7 +389,7 @@ class Scaler:
             inst.state = READY
             inst.error = None
             inst.ready_since = time.monotonic()
-            inst.restart_backoff = 0.5
+            inst.end_backoff()
             self.publish(inst)
             self._on_scale(inst, "up")
             log.info(
@@ -368,11 +401,12 @@ class Scaler:
             )
 
     def _restart_later(self, inst: Instance) -> None:
-        delay = inst.restart_backoff
-        inst.restart_backoff = min(delay * 2, _RESTART_BACKOFF_MAX)
+        """Start an always-on instance again shortly, or when its crash back-off ends."""
 
         async def later() -> None:
-            await asyncio.sleep(delay)
+            await asyncio.sleep(_RESTART_DELAY)
+            while (left := inst.backoff_left()) > 0:
+                await asyncio.sleep(left)
             self.request_activation(inst.key)
 
         self._spawn(later())
@@ -423,6 +457,12 @@ class Scaler:
             self.runtime.config_changed(config)
         else:
             self.sync_instances(config.instances())
+        # The operator may have fixed what made a service crash: try it again.
+        backed_off = [inst for inst in self.instances.values() if inst.backoff_until]
+        for inst in backed_off:
+            inst.end_backoff()
+        if backed_off:
+            self.publish(*backed_off)
         after = set(self.instances)
         return {"added": sorted("/".join(k) for k in after - before),
                 "removed": sorted("/".join(k) for k in before - after),
@@ -453,6 +493,7 @@ class Scaler:
             if previous == version:
                 return {"environment": environment, "service": service, "version": version,
                         "previous": previous, "changed": False}
+            inst.end_backoff()  # a new version deserves a start at once
             old: list[Replica] = []
             if self.runtime.versions_on_objects:
                 await self.runtime.set_version(inst.spec, version)
@@ -601,6 +642,7 @@ class Scaler:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         grace = max((s.stop_grace for s in self.config.services.values()), default=10.0)
         await self.runtime.shutdown(grace)
+        self.keys.flush()  # when keys were last used
 
     def status(self, proxy_port: int) -> list[dict[str, Any]]:
         now = time.monotonic()
@@ -622,6 +664,9 @@ class Scaler:
                     "idle_timeout": inst.spec.environment.idle_timeout,
                     "url": f"http://{inst.host}{port}/",
                     "error": inst.error,
+                    "failures_in_a_row": inst.failures_in_a_row,
+                    # Rounded up: 0 only once it is really over.
+                    "backoff_seconds": math.ceil(inst.backoff_left(now) * 10) / 10,
                     "log": self.runtime.log_path(inst.spec),
                 }
             )

@@ -19,6 +19,16 @@ READY = "ready"  # endpoints serve
 STOPPING = "stopping"  # going to sleep; a request is held and wakes it again
 FAILED = "failed"  # the last activation failed; held requests get 503 at once
 
+# Every API key wakegate makes starts with this, so that a proxy knows a key
+# when it sees one, on any route, and never forwards it.
+API_KEY_PREFIX = "wg_"
+
+
+def key_id(digest: bytes) -> str:
+    """A key's id, shown by `keys list` and taken by `keys revoke`: the first 12 hex digits
+    of its SHA-256 digest (never the key, never the whole digest)."""
+    return digest[:6].hex()
+
 KINDS = ("private", "demo", "development", "staging", "production", "prerelease")
 
 
@@ -39,6 +49,23 @@ KIND_DEFAULTS: dict[str, KindDefaults] = {
     "production": KindDefaults("public", None, 2, 10),
     "prerelease": KindDefaults("public", None, 2, 10),
 }
+
+@dataclass(frozen=True, slots=True)
+class CrashBackoff:
+    """After `after` failed activations in a row, no start for `first` seconds, doubling up
+    to `max` (like Kubernetes' CrashLoopBackOff); a successful start, a new version or an
+    apply ends it. Requests meanwhile get 503 with the time left in Retry-After."""
+
+    after: int = 3
+    first: float = 1.0
+    max: float = 300.0
+
+    def delay(self, failures_in_a_row: int) -> float:
+        """Seconds of back-off after that many failures in a row (0: none yet)."""
+        if failures_in_a_row < self.after:
+            return 0.0
+        return float(min(self.first * 2 ** min(failures_in_a_row - self.after, 40), self.max))
+
 
 DEFAULT_HOLD_TIMEOUT = 60.0
 DEFAULT_HOLD_QUEUE_SIZE = 1000
@@ -62,6 +89,7 @@ class Environment:
     # promote, for requests and WebSockets in flight on it and a quick rollback.
     scale_down_delay: float = DEFAULT_SCALE_DOWN_DELAY
     wake_strategy: str = "hold"
+    crash_backoff: CrashBackoff = field(default_factory=CrashBackoff)
 
     @property
     def sleeps(self) -> bool:
@@ -100,13 +128,21 @@ class ProxySettings:
     max_body_size: int = 64 * 1024 * 1024
     max_header_size: int = 8190
     trusted_proxies: tuple[str, ...] = ()  # CIDRs whose X-Forwarded-* are believed
-    retry_window: float = 2.0  # how long after waking a refused connect is retried
+    # Client connections (nginx's client_header_timeout and keepalive_timeout):
+    # a request head not whole by then is closed (408 if nothing was answered on
+    # the connection yet); a keep-alive connection idle that long is closed.
+    header_timeout: float = 60.0
+    keepalive_timeout: float = 75.0
 
 
 @dataclass(frozen=True, slots=True)
 class ControllerSettings:
     host: str = "127.0.0.1"
     port: int = 8081
+    # The controller API answers to IP addresses, localhost and these names only
+    # (DNS rebinding), and refuses calls from web pages but of these origins.
+    hostnames: tuple[str, ...] = ()
+    allowed_origins: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,6 +185,8 @@ class Config:
     environments: MappingProxyType[str, Environment]
     services: MappingProxyType[str, Service]
     kubernetes: KubernetesSettings = field(default_factory=KubernetesSettings)
+    # `file: path: warning: ...` lines: valid, but probably not what was meant.
+    warnings: tuple[str, ...] = ()
 
     def instances(self) -> list[InstanceSpec]:
         return [
@@ -190,6 +228,9 @@ class Route:
     # the proxy retries refused connects shortly after a wake.
     ready_since: float = 0.0
     wake_strategy: str = "hold"
+    # Monotonic-clock second until which the instance is in crash back-off (0:
+    # not): no start is tried, and requests get 503 with the time left.
+    backoff_until: float = 0.0
 
     @property
     def key(self) -> tuple[str, str]:
@@ -219,7 +260,8 @@ EMPTY_TABLE = RouteTable.build(0, [])
 # --- the route table on the wire (`wakegate controller` → `wakegate proxy`) ---
 #
 # JSON-ready dicts, decoded strictly: a proxy must never apply a table it only
-# half understood. `ready_since` is a reading of the sender's monotonic clock;
+# half understood. `ready_since` and `backoff_until` are readings of the sender's
+# monotonic clock;
 # the message that carries the routes also carries the sender's `now`, and the
 # receiver shifts it into its own clock (clocks differ between processes).
 
@@ -246,6 +288,7 @@ def route_to_wire(route: Route) -> dict[str, object]:
         "error": route.error,
         "ready_since": route.ready_since,
         "wake_strategy": route.wake_strategy,
+        "backoff_until": route.backoff_until,
     }
 
 
@@ -287,6 +330,7 @@ def route_from_wire(data: object, clock_shift: float = 0.0, where: str = "route"
     if any(len(h) != 32 for h in key_hashes):
         raise WireError(f"{where}.key_hashes: must be SHA-256 digests (32 bytes)")
     ready_since = float(get("ready_since", (int, float)))  # type: ignore[arg-type]
+    backoff_until = float(get("backoff_until", (int, float), optional=True) or 0.0)  # type: ignore[arg-type]
     wake_strategy = get("wake_strategy", str)
     if wake_strategy not in WAKE_STRATEGIES:
         raise WireError(f"{where}.wake_strategy: unknown strategy {wake_strategy!r}")
@@ -307,6 +351,7 @@ def route_from_wire(data: object, clock_shift: float = 0.0, where: str = "route"
         error=None if (error := get("error", str, optional=True)) is None else str(error),
         ready_since=ready_since + clock_shift if ready_since else 0.0,
         wake_strategy=str(wake_strategy),
+        backoff_until=backoff_until + clock_shift if backoff_until else 0.0,
     )
 
 

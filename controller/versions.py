@@ -10,19 +10,31 @@ placed service starts at the demo (public) version.
 from __future__ import annotations
 
 import os
+from typing import Any
 
+from .config import parse_version
 from .spec import InstanceSpec
-from .statefile import read_json, write_json_atomic
+from .statefile import Problems, instances, read_state, write_json_atomic
 
 PROJECT_KINDS = ("development", "staging", "production", "prerelease")
+VERSIONS_FILE = "versions.json"  # under state_dir
+
+
+def check_versions(problems: Problems, data: Any) -> None:
+    """versions.json's schema: each version one that `deploy` would take."""
+    for name, version in instances(problems, data, "a version"):
+        try:
+            parse_version(version)
+        except ValueError as exc:
+            problems.add(name, str(exc))
 
 
 class VersionStore:
+    """A file that is not valid raises StateFileError here and is never written."""
+
     def __init__(self, state_dir: str) -> None:
-        self.path = os.path.join(state_dir, "versions.json")
-        raw = read_json(self.path, {})
-        self._versions: dict[str, str] = {
-            str(k): str(v) for k, v in raw.items()} if isinstance(raw, dict) else {}
+        self.path = os.path.join(state_dir, VERSIONS_FILE)
+        self._versions: dict[str, str] = read_state(self.path, check_versions, {})
 
     def get(self, environment: str, service: str) -> str | None:
         return self._versions.get(f"{environment}/{service}")

@@ -6,11 +6,12 @@ import hashlib
 import hmac
 from collections.abc import Mapping
 
-from controller.spec import Route
+from multidict import CIMultiDictProxy
+
+from controller.spec import API_KEY_PREFIX, Route
 
 API_KEY_HEADER = "X-API-Key"
 BEARER = "bearer "
-KEY_PREFIX = "wg_"
 
 # Why the check failed, as the `reason` label of wakegate_auth_failures_total.
 MISSING = "missing"
@@ -31,32 +32,60 @@ def presented_key(headers: Mapping[str, str]) -> tuple[str | None, bool]:
     return None, False
 
 
-def key_matches(key: str, hashes: tuple[bytes, ...]) -> bool:
-    """Constant time in the key and over all stored hashes: no early exit."""
+_NO_CREDENTIALS = frozenset(("x-api-key",))
+_CREDENTIALS = frozenset(("x-api-key", "authorization"))
+
+
+def is_wakegate_bearer(value: str | bytes) -> bool:
+    """`Authorization: Bearer wg_...`: a wakegate API key, not the service's own credential."""
+    if isinstance(value, bytes):
+        value = value.decode("latin-1")
+    return value[:7].lower() == BEARER and value[7:].lstrip().startswith(API_KEY_PREFIX)
+
+
+def credential_headers(headers: CIMultiDictProxy[str]) -> frozenset[str]:
+    """The (lower-case) names of the headers that carry a wakegate key, on any route.
+
+    X-API-Key is wakegate's own header; Authorization only when it carries a
+    bearer token with wakegate's key prefix (else it is the service's own).
+    """
+    for value in headers.getall("Authorization", ()):
+        if is_wakegate_bearer(value):
+            return _CREDENTIALS
+    return _NO_CREDENTIALS
+
+
+def key_matches(key: str, hashes: tuple[bytes, ...]) -> bytes | None:
+    """The stored digest `key` matches, or None; constant time in the key and over all
+    stored hashes: no early exit."""
     digest = hashlib.sha256(key.encode("utf-8", "surrogateescape")).digest()
-    ok = False
+    found = None
     for stored in hashes:
-        ok |= hmac.compare_digest(digest, stored)
-    return ok
+        if hmac.compare_digest(digest, stored):
+            found = stored
+    return found
 
 
-def check(route: Route, headers: Mapping[str, str], query: str) -> tuple[str | None, bool]:
-    """(failure reason or None, whether Authorization carries a key to strip)."""
+def check(route: Route, headers: Mapping[str, str],
+          query: str) -> tuple[str | None, bool, bytes | None]:
+    """(failure reason or None, whether Authorization carries a key to strip, the digest of
+    the key that matched)."""
     key, in_authorization = presented_key(headers)
     if key is None:
         if query and any(name in query.lower() for name in _QUERY_KEY_NAMES):
-            return QUERY_STRING, False
-        return MISSING, False
-    if not key_matches(key, route.key_hashes):
-        return INVALID, in_authorization
+            return QUERY_STRING, False, None
+        return MISSING, False, None
+    matched = key_matches(key, route.key_hashes)
+    if matched is None:
+        return INVALID, in_authorization, None
     if not in_authorization:
         # The key may have been sent both ways at once: Authorization then
         # carries a secret too and must not reach the upstream either.
         auth = headers.get("Authorization")
-        if auth and auth[:7].lower() == BEARER and key_matches(auth[7:].strip(),
-                                                               route.key_hashes):
-            return None, True
-    return None, in_authorization
+        if auth and auth[:7].lower() == BEARER and \
+                key_matches(auth[7:].strip(), route.key_hashes) is not None:
+            return None, True, matched
+    return None, in_authorization, matched
 
 
 FAILURE_MESSAGES = {

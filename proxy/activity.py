@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import time
 
+from controller.spec import key_id
+
 
 class InstanceActivity:
     __slots__ = ("in_flight", "last_end")
@@ -18,9 +20,28 @@ class InstanceActivity:
         self.last_end = 0.0  # time.monotonic() of the last counted request's end
 
 
+MAX_KEYS = 4096  # keys whose last use is remembered (the oldest is forgotten first)
+
+
 class ActivityTracker:
     def __init__(self) -> None:
         self.instances: dict[tuple[str, str], InstanceActivity] = {}
+        # API key id → monotonic time it was last accepted, for `wakegate keys list`.
+        self.keys: dict[str, float] = {}
+
+    def key_used(self, digest: bytes | None) -> None:
+        if digest is None:
+            return
+        ident = key_id(digest)
+        self.keys.pop(ident, None)  # re-inserted last: the dict stays in order of use
+        self.keys[ident] = time.monotonic()
+        if len(self.keys) > MAX_KEYS:
+            del self.keys[next(iter(self.keys))]
+
+    def key_uses(self) -> dict[str, float]:
+        """Key id → Unix time it was last accepted."""
+        offset = time.time() - time.monotonic()
+        return {ident: at + offset for ident, at in self.keys.items()}
 
     def of(self, key: tuple[str, str]) -> InstanceActivity:
         act = self.instances.get(key)

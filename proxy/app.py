@@ -10,11 +10,15 @@ import asyncio
 import contextlib
 import json
 import logging
+import math
 import os
 import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+from urllib.parse import unquote
 
-from aiohttp import web
-from aiohttp.http_exceptions import BadHttpMessage, LineTooLong
+from aiohttp import HttpVersion10, HttpVersion11, web
+from aiohttp.http_exceptions import BadHttpMessage, BadStatusLine, LineTooLong
 from aiohttp.web_protocol import RequestHandler
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
@@ -23,23 +27,32 @@ from controller.spec import EMPTY_TABLE, ProxySettings, Route, RouteTable
 from . import access
 from .activator import ActivationFailed, Activator, HoldTimeout, QueueFull, RouteGone
 from .activity import ActivityTracker
-from .errors import error_response, no_route, unauthorized, unavailable
+from .errors import error_response, no_route, request_timeout, unauthorized, unavailable
 from .fastpath import FastConnection, UpstreamPool
 from .forward import Forwarder, NeedsWake, UpstreamError
 from .headers import TrustedProxies, upstream_request_headers
 from .link import ControlLink
 from .metrics import ProxyMetrics
+from .refusals import RefusedEndpoints
 from .request_log import RequestLog
-from .routing import absolute_target_host, normalize_host, origin_form
+from .routing import normalize_host
+from .targets import (
+    ALLOWED_METHODS,
+    SERVER_WIDE,
+    TargetRefused,
+    split_target,
+    upstream_target,
+)
 from .waking_page import waking_page, wants_page
 
 log = logging.getLogger("wakegate.proxy")
 
-_DROP_KEY = frozenset(("x-api-key",))
-_DROP_KEY_AND_AUTH = frozenset(("x-api-key", "authorization"))
+_HTTP_1 = (HttpVersion10, HttpVersion11)
+_AUTHORIZATION = frozenset(("authorization",))
+_EXPECT = frozenset(("expect",))  # answered here: the upstream gets the body at once
 _ADMIN_PATHS = frozenset(("/healthz", "/readyz", "/metrics"))
 RETRY_AFTER_QUEUE_FULL = 2
-RETRY_AFTER_FAILED = 5
+RETRY_AFTER_FAILED = 1  # the next request tries a new start at once
 RETRY_AFTER_SLEEPING = 30
 RELEASE_AT_ONCE = 128  # held requests connecting to a woken instance at the same time
 
@@ -60,7 +73,11 @@ class Proxy:
         self.settings = settings
         self.link = link
         self.registry = registry
+        # What the controller sent, and this proxy's view of it: the same table
+        # without the endpoints seen refusing connections (refusals.py).
+        self._given: RouteTable = EMPTY_TABLE
         self.table: RouteTable = EMPTY_TABLE
+        self.refusals = RefusedEndpoints(self._apply_view, settings.connect_timeout)
         self.activity = ActivityTracker()
         self.metrics = ProxyMetrics(self._in_flight_counts, self._held_counts)
         self.activator = Activator(link, self.metrics)
@@ -85,10 +102,18 @@ class Proxy:
     # --- the control side ---
 
     def apply_table(self, table: RouteTable) -> None:
-        if table.version < self.table.version:
+        if table.version < self._given.version:
             return  # a late, older table never replaces a newer one
-        self.table = table
-        self.activator.on_table(table)
+        self._given = table
+        self._apply_view()
+
+    def _apply_view(self) -> None:
+        self.table = self.refusals.view(self._given)
+        self.activator.on_table(self.table)
+
+    def endpoint_refused(self, route: Route, endpoint: str) -> None:
+        """A connect to `endpoint` was refused: no request goes there until it accepts again."""
+        self.refusals.refused(route.key, endpoint)
 
     def _in_flight_counts(self) -> dict[tuple[str, str], int]:
         return {k: a.in_flight for k, a in self.activity.instances.items()}
@@ -105,6 +130,10 @@ class Proxy:
             max_line_size=self.settings.max_header_size,
             max_field_size=self.settings.max_header_size,
             access_log=None,
+            # aiohttp's own idle timer closes an idle keep-alive connection; the
+            # header timeout (with its 408) is _ProxyRequestHandler's.
+            keepalive_timeout=self.settings.keepalive_timeout,
+            header_timeout=self.settings.header_timeout,
         )
         self._runner = web.ServerRunner(server, handle_signals=False, shutdown_timeout=2.0)
         await self._runner.setup()
@@ -132,6 +161,7 @@ class Proxy:
         if self._runner is not None:
             await self._runner.cleanup()
         self.upstreams.close()
+        self.refusals.close()
         if self.request_log is not None:
             self.request_log.flush()
         await self.link.close()
@@ -144,6 +174,8 @@ class Proxy:
 
     async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
         started = time.monotonic()
+        if request.version not in _HTTP_1:
+            return _wrong_version(request)
         hosts = request.headers.getall("Host", ())
         if len(hosts) != 1:
             if not hosts and request.path in _ADMIN_PATHS:
@@ -156,19 +188,15 @@ class Proxy:
             if request.path in _ADMIN_PATHS:
                 return self._admin(request)
             return no_route(hosts[0])
-        target = request.raw_path
-        absolute_host = absolute_target_host(target)
-        if absolute_host is not None:
-            # The Host header picked the route; a target naming another host
-            # is refused rather than believed.
-            if absolute_host != route.host:
-                return error_response(
-                    400, "ambiguous_host",
-                    "The request target names a different host than the Host header.", route,
-                )
-            target = origin_form(target)
         try:
+            # Only the path (and query) of the target is used, and only the routed
+            # instance's endpoints are connected to, whatever the target says.
+            target = upstream_target(request.method, request.raw_path, route.host)
             response = await self._serve(request, route, target, started)
+        except TargetRefused as refused:
+            response = error_response(
+                refused.status, refused.code, refused.message, route,
+                {"Allow": ALLOWED_METHODS} if refused.status == 405 else None)
         except asyncio.CancelledError:
             # The client went away (nginx's 499).
             self.request_done(route, 499, time.monotonic() - started, request.method,
@@ -189,20 +217,44 @@ class Proxy:
     async def _serve(
         self, request: web.BaseRequest, route: Route, target: str, started: float
     ) -> web.StreamResponse:
-        drop: frozenset[str] = frozenset()
+        # wakegate's own credentials never reach a service, on any route (a
+        # private key sent to a public host is not the public service's business).
+        drop = access.credential_headers(request.headers)
         if route.access == "api_key":
-            reason, in_authorization = access.check(route, request.headers, request.query_string)
+            reason, in_authorization, matched = access.check(route, request.headers,
+                                                             request.query_string)
             if reason is not None:
                 self.metrics.of(route.key).auth_failed(reason)
                 return unauthorized(route, access.FAILURE_MESSAGES[reason])
-            drop = _DROP_KEY_AND_AUTH if in_authorization else _DROP_KEY
-        ignored = self.is_ignored(route, request.path, request.headers.get("User-Agent", ""))
+            self.activity.key_used(matched)  # for `wakegate keys list`
+            if in_authorization:
+                drop = drop | _AUTHORIZATION
+        if target == SERVER_WIDE:
+            # `OPTIONS *` asks about the server, not a resource: answered here,
+            # without waking anything.
+            return web.Response(status=200, headers={"Allow": ALLOWED_METHODS})
+        expect = request.headers.get("Expect")
+        if expect is not None:
+            drop = drop | _EXPECT
+            refused = await self._expect_continue(request, route, expect)
+            if refused is not None:
+                return refused
+        path = unquote(split_target(target)[0], errors="surrogateescape")
+        ignored = self.is_ignored(route, path, request.headers.get("User-Agent", ""))
         activity = None if ignored else self.activity.of(route.key)
         if activity is not None:
             activity.in_flight += 1
         try:
             extra: dict[str, str] | None = None
+            # The fast path hands over a request its upstream died on after it was
+            # sent: such a request wakes the instance once, never twice.
+            protocol = request.protocol
+            rewoken = getattr(protocol, "replayed", False)
+            if rewoken:
+                protocol.replayed = False  # type: ignore[attr-defined]
             if not route.endpoints:
+                if route.backoff_until:
+                    _refuse_in_backoff(route)
                 if route.wake_strategy == "page" and not ignored and wants_page(request):
                     self.link.activate(route.key)
                     return waking_page(route)
@@ -216,23 +268,24 @@ class Proxy:
             )
             is_websocket = request.headers.get("Upgrade", "").lower() == "websocket"
             key = route.key
-            rewoken = False
             while True:
                 try:
                     if is_websocket:
-                        return await self.forwarder.websocket(request, route, target, headers,
-                                                              extra)
+                        return await self.forwarder.websocket(
+                            request, route, target, headers, extra,
+                            lambda: self.table.by_key.get(key), self.endpoint_refused)
                     return await self.forwarder.forward(
                         request, route, target, headers, extra,
-                        lambda: self.table.by_key.get(key),
+                        lambda: self.table.by_key.get(key), self.endpoint_refused,
                         self._release_gate(key) if extra is not None else None,
                     )
                 except NeedsWake as wake:
-                    # The instance died before this request reached it: wake it
-                    # once more, but never loop on a service that keeps dying.
+                    # Every endpoint refused the connection: the instance died (or
+                    # its controller did, taking it along). Held and woken as if it
+                    # slept, but once only: never loop on a service that keeps dying.
                     if rewoken:
                         raise UpstreamError(
-                            502, "upstream_unreachable",
+                            502, "upstream_reset",
                             "The service stopped again right after it started; its owner "
                             "can find why in the instance's log.",
                         ) from None
@@ -246,6 +299,29 @@ class Proxy:
             if activity is not None:
                 activity.in_flight -= 1
                 activity.last_end = time.monotonic()
+
+    async def _expect_continue(self, request: web.BaseRequest, route: Route,
+                               expect: str) -> web.Response | None:
+        """`Expect: 100-continue`: the go-ahead once the request may be served, else why not.
+
+        Sent after the access check (a client without a key got its 401 already,
+        before sending a body) and before the instance is woken, so the body
+        arrives while it starts, as nginx does. Other expectations get 417.
+        """
+        if expect.strip().lower() != "100-continue":
+            return error_response(
+                417, "expectation_failed",
+                f"wakegate only understands `Expect: 100-continue`, not {expect[:40]!r}.", route)
+        length = request.content_length
+        if length is not None and length > self.settings.max_body_size:
+            # Refused before the client sends it.
+            return error_response(
+                413, "body_too_large",
+                f"The request body is larger than {self.settings.max_body_size} bytes.", route)
+        if request.version == HttpVersion11:
+            await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+            request.writer.output_size = 0  # not part of the answer's size
+        return None
 
     def _release_gate(self, key: tuple[str, str]) -> asyncio.Semaphore:
         """How many requests held for one instance may be on their way to it at once."""
@@ -281,6 +357,9 @@ class Proxy:
                 route,
             )) from None
         except ActivationFailed:
+            latest = self.table.by_key.get(route.key, route)
+            if latest.backoff_until:
+                _refuse_in_backoff(latest)
             raise _Reply(unavailable(
                 route, "activation_failed",
                 "The service failed to start. Its owner can find why in `wakegate status` "
@@ -326,8 +405,141 @@ class Proxy:
         return web.json_response({"status": "ok", "routes_version": self.table.version})
 
 
+def _refuse_in_backoff(route: Route) -> None:
+    """503 at once while the instance is in crash back-off: nothing is started meanwhile."""
+    left = route.backoff_until - time.monotonic()
+    if left > 0:
+        raise _Reply(unavailable(
+            route, "activation_failed",
+            "The service failed to start several times in a row, so wakegate waits before "
+            "trying again (crash back-off). Its owner can find why in `wakegate status` and "
+            "the instance's log; retry after the Retry-After seconds.",
+            math.ceil(left),
+        ))
+
+
+_VERSION_NOT_SUPPORTED = (
+    505, "http_version_not_supported",
+    "wakegate speaks HTTP/1.1 and HTTP/1.0 on this port: send the request as HTTP/1.1.")
+
+
+def _wrong_version(request: web.BaseRequest) -> web.Response:
+    """505 for a request that parsed but is neither HTTP/1.0 nor 1.1 (`GET / HTTP/2.0`)."""
+    # aiohttp writes the request's own version in the status line; this answer
+    # says HTTP/1.1, whatever the request claimed to be. (`version` is cached in
+    # `_cache`, which is also how aiohttp's own `clone()` overrides a property.)
+    request._cache["version"] = HttpVersion11
+    response = error_response(*_VERSION_NOT_SUPPORTED)
+    response.force_close()
+    return response
+
+
 class _ProxyRequestHandler(RequestHandler):
-    """aiohttp's parser errors, answered as DESIGN.md's table says (431, 400) in JSON."""
+    """aiohttp's parser errors, answered as DESIGN.md's table says (431, 400, 505) in JSON;
+    and the request header timeout aiohttp lacks (408)."""
+
+    # Set by the fast path when it hands over a request it had already sent
+    # once to an upstream that died on it (app.Proxy._serve).
+    replayed = False
+    # True once the connection had an answer (set by the fast path on a hand-off
+    # after answers of its own): a late head is then closed without a 408.
+    answered = False
+
+    # --- proxy.header_timeout, which aiohttp lacks (nginx's client_header_timeout) ---
+    #
+    # A connection must send a whole request head within header_timeout of its
+    # accept (first request) or of the first byte of its next head (later ones),
+    # else it gets a 408 (nothing answered yet) or is just closed. One timer per
+    # connection holds the deadline, re-armed lazily when it fires early. An idle
+    # kept-alive connection is aiohttp's keep-alive timer's (keepalive_timeout).
+    #
+    # What this relies on in aiohttp (3.14), beyond the asyncio Protocol methods:
+    # - the server's request handler runs for each request, on its own task,
+    #   soon after its head was parsed (_ProxyWebServer wraps it to call
+    #   request_started), and finish_response() is called once the response of
+    #   each handled request was written (a parse error's too);
+    # - aiohttp arms its keep-alive timer in connection_made and after each
+    #   response kept alive, closes the connection when it fires only if no
+    #   request is being handled, and keep_alive(True) cancels the armed one;
+    # - transport (the client's) and force_close() (closes it, ends start()).
+    # A request whose head was whole within about one loop iteration of the
+    # deadline may still get the 408 (its handler had not started yet). A next
+    # head that started while the previous request was handled and is not whole
+    # when it ends is cut by the keep-alive timer, not this one.
+
+    def __init__(self, manager: web.Server, *, header_timeout: float, **kwargs: Any) -> None:
+        super().__init__(manager, **kwargs)
+        self._header_timeout = header_timeout
+        self._head_deadline = 0.0  # 0: no head awaited (a request is handled, or idle)
+        self._head_due = 0.0  # when _head_timer fires
+        self._head_timer: asyncio.TimerHandle | None = None
+        self._handling = False
+        self._kept_alive = True  # the last answer kept the connection alive
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        # aiohttp's timer, armed on accept, would close a connection still sending
+        # its first head silently at keepalive_timeout: the header clock has it.
+        self.keep_alive(True)
+        self._await_head()
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        super().connection_lost(exc)
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+
+    def data_received(self, data: bytes) -> None:
+        if not self._head_deadline and not self._handling and data:
+            # The first byte of the next head on a kept-alive connection: it is not
+            # idle any more, so aiohttp's keep-alive timer stops and the header
+            # clock starts. (keep_alive(True) also says "keep alive": only after an
+            # answer that did.)
+            if self._kept_alive:
+                self.keep_alive(True)
+            self._await_head()
+        super().data_received(data)
+
+    def request_started(self) -> None:
+        """A request's head is whole and its handler runs: no timer closes it now."""
+        self._handling = True
+        self._head_deadline = 0.0
+
+    async def finish_response(
+        self, request: web.BaseRequest, resp: web.StreamResponse, start_time: float | None
+    ) -> tuple[web.StreamResponse, bool]:
+        try:
+            resp, reset = await super().finish_response(request, resp, start_time)
+            self._kept_alive = bool(resp.keep_alive)
+            return resp, reset
+        finally:
+            self._handling = False
+            self.answered = True
+
+    def _await_head(self) -> None:
+        deadline = time.monotonic() + self._header_timeout
+        self._head_deadline = deadline
+        if self._head_timer is None or deadline < self._head_due:
+            self._arm_head_timer(deadline)
+
+    def _arm_head_timer(self, deadline: float) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+        self._head_due = deadline
+        self._head_timer = asyncio.get_running_loop().call_later(
+            max(deadline - time.monotonic(), 0.0), self._head_timeout)
+
+    def _head_timeout(self) -> None:
+        self._head_timer = None
+        transport = self.transport
+        if transport is None or self._handling or not self._head_deadline:
+            return  # closed, or no head awaited: the next one arms it again
+        if time.monotonic() < self._head_deadline:
+            self._arm_head_timer(self._head_deadline)  # the deadline moved on since
+            return
+        if not self.answered:
+            transport.write(request_timeout(self._header_timeout))
+        self.force_close()
 
     def handle_error(
         self,
@@ -341,6 +553,8 @@ class _ProxyRequestHandler(RequestHandler):
             and ("too" in str(exc).lower() or "large" in str(exc).lower())
         ):
             status, code, text = 431, "headers_too_large", "The request headers are too large."
+        elif isinstance(exc, BadStatusLine) and "HTTP version" in str(exc):
+            status, code, text = _VERSION_NOT_SUPPORTED
         elif status == 400:
             code, text = "bad_request", "The request is not valid HTTP/1.1."
         elif status == 504:
@@ -358,5 +572,19 @@ class _ProxyRequestHandler(RequestHandler):
 
 
 class _ProxyWebServer(web.Server):
+    def __init__(
+        self, handler: Callable[[web.BaseRequest], Awaitable[web.StreamResponse]], *,
+        header_timeout: float, **kwargs: Any,
+    ) -> None:
+        async def handle(request: web.BaseRequest) -> web.StreamResponse:
+            protocol = request.protocol
+            if isinstance(protocol, _ProxyRequestHandler):
+                protocol.request_started()
+            return await handler(request)
+
+        super().__init__(handle, **kwargs)
+        self._header_timeout = header_timeout
+
     def __call__(self) -> RequestHandler:
-        return _ProxyRequestHandler(self, loop=self._loop, **self._kwargs)
+        return _ProxyRequestHandler(self, loop=self._loop, header_timeout=self._header_timeout,
+                                    **self._kwargs)

@@ -17,6 +17,20 @@ def error_body(code: str, message: str, route: Route | None = None) -> bytes:
     return json.dumps(body).encode() + b"\n"
 
 
+def request_timeout(header_timeout: float) -> bytes:
+    """The whole 408 a connection gets when no request head arrived within
+    proxy.header_timeout (written as bytes: both proxy paths send it outside any
+    request, then close the connection)."""
+    body = error_body(
+        "header_timeout",
+        f"The request line and headers did not all arrive within {header_timeout:g}s "
+        "(proxy.header_timeout): send the whole request head at once, or retry on a "
+        "new connection.",
+    )
+    return (b"HTTP/1.1 408 Request Timeout\r\nContent-Type: application/json\r\n"
+            b"Content-Length: %d\r\nConnection: close\r\n\r\n" % len(body)) + body
+
+
 def error_response(
     status: int,
     code: str,

@@ -28,7 +28,8 @@ from collections.abc import Callable
 from http import HTTPStatus
 from typing import TYPE_CHECKING, Any
 
-from .errors import error_body
+from .access import is_wakegate_bearer
+from .errors import error_body, request_timeout
 from .headers import CLIENT_FORWARDED, HOP_BY_HOP
 from .routing import normalize_host
 
@@ -207,6 +208,7 @@ class FastConnection(asyncio.Protocol):
         self._req: bytes = b""
         self._req_len = 0
         self._retry_ok = False
+        self._on_fresh = False
         self._close_after = False
         self._head_only = False
         self._method = self._path = b""
@@ -226,6 +228,18 @@ class FastConnection(asyncio.Protocol):
         self._paused = False
         self._writing_paused = False  # the client is not reading: upstream reading is paused
         self._connecting: asyncio.Task[None] | None = None  # a new upstream connection
+        # The client timeouts (proxy.header_timeout, proxy.keepalive_timeout): ONE
+        # timer per connection, due at `_client_due`, and the deadline in force;
+        # requests only move the deadline and the timer re-arms itself when it
+        # fires early, so the warm path creates and cancels no timer per request.
+        settings = proxy.settings
+        self._header_timeout = settings.header_timeout
+        self._keepalive_timeout = settings.keepalive_timeout
+        self._client_timer: asyncio.TimerHandle | None = None
+        self._client_due = 0.0
+        self._client_deadline = 0.0
+        self._head_timed = True  # the clock of the head now awaited runs (the first: from accept)
+        self._served = False  # the connection has had an answer: a timeout closes it without 408
 
     # --- the client side ---
 
@@ -234,6 +248,7 @@ class FastConnection(asyncio.Protocol):
         peer = transport.get_extra_info("peername")
         self._peer = peer[0] if peer else ""
         self._proxy.fast_connections.add(self)
+        self._arm_client_timer(time.monotonic() + self._header_timeout)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._proxy.fast_connections.discard(self)
@@ -246,6 +261,9 @@ class FastConnection(asyncio.Protocol):
                 self._up = None
             self._finish(499)
         self._transport = None
+        if self._client_timer is not None:
+            self._client_timer.cancel()
+            self._client_timer = None
 
     def data_received(self, data: bytes) -> None:
         self._buf += data
@@ -281,14 +299,64 @@ class FastConnection(asyncio.Protocol):
         if self._transport is not None:
             self._transport.abort()
 
-    def _hand_off(self) -> None:
-        """The aiohttp server takes this connection over, with every byte not yet served."""
+    def _arm_client_timer(self, deadline: float) -> None:
+        """`deadline` is now in force; the timer is (re)armed only if it would fire after it."""
+        self._client_deadline = deadline
+        timer = self._client_timer
+        if timer is None or deadline < self._client_due:
+            if timer is not None:
+                timer.cancel()
+            self._client_due = deadline
+            self._client_timer = asyncio.get_running_loop().call_later(
+                max(deadline - time.monotonic(), 0.0), self._client_timeout)
+
+    def _client_timeout(self) -> None:
+        """The client timer is due: close a connection whose head is late or that idles."""
+        self._client_timer = None
+        transport = self._transport
+        if transport is None or self._route is not None:
+            return  # closed or handed off; or a request in flight: _finish arms it again
+        if self._writing_paused:
+            # The client has not read the last answer yet: it is still being
+            # delivered, not idle (aiohttp, likewise, is still finishing its response).
+            self._arm_client_timer(time.monotonic() + self._keepalive_timeout)
+            return
+        if time.monotonic() < self._client_deadline:
+            # Armed for an earlier deadline that requests since moved on.
+            self._arm_client_timer(self._client_deadline)
+            return
+        if self._buf.find(b"\r\n\r\n") >= 0:
+            # A whole head whose body is still coming (_start waits for it): the
+            # head was in time. The aiohttp path takes the request over, as one
+            # being handled, as it would were the fast path off.
+            self._hand_off()
+            return
+        if not self._served:
+            transport.write(request_timeout(self._header_timeout))
+        # Else a kept-alive connection: idle (keepalive_timeout) or with a next head
+        # still incomplete (header_timeout); either way closed without an answer.
+        transport.close()
+
+    def _hand_off(self, replayed: bool = False) -> None:
+        """The aiohttp server takes this connection over, with every byte not yet served.
+
+        `replayed`: the first request was sent upstream once already and its
+        upstream died on it (it may wake the instance once more, not twice).
+        """
         transport = self._transport
         if transport is None:
             return
         self._proxy.fast_connections.discard(self)
         self._transport = None
+        if self._client_timer is not None:
+            # From now on the aiohttp path times this connection (_ProxyRequestHandler).
+            self._client_timer.cancel()
+            self._client_timer = None
         slow = self._slow_protocol()
+        if self._served:
+            slow.answered = True  # type: ignore[attr-defined]  # a late head gets no 408
+        if replayed:
+            slow.replayed = True  # type: ignore[attr-defined]
         transport.set_protocol(slow)
         slow.connection_made(transport)
         if self._writing_paused:
@@ -310,6 +378,11 @@ class FastConnection(asyncio.Protocol):
             # Too long (the aiohttp path answers 431), or bare LF line ends (it decides).
             if len(buf) > self._proxy.settings.max_header_size or b"\n\n" in buf:
                 self._hand_off()
+            elif not self._head_timed:
+                # The first bytes of a next head, not whole yet: its clock starts now
+                # (a head that comes whole at once, the usual case, never gets here).
+                self._head_timed = True
+                self._arm_client_timer(time.monotonic() + self._header_timeout)
             return
         if end > self._proxy.settings.max_header_size or not self._start(bytes(buf[:end]),
                                                                          end + 4):
@@ -319,9 +392,16 @@ class FastConnection(asyncio.Protocol):
         """Forward the request whose head is `head`; False: the aiohttp path must serve it."""
         lines = head.split(b"\r\n")
         parts = lines[0].split(b" ")
-        if len(parts) != 3 or parts[2] != b"HTTP/1.1" or not parts[1].startswith(b"/"):
+        if len(parts) != 3 or parts[2] != b"HTTP/1.1":
             return False
         method, target = parts[0], parts[1]
+        # Only plain origin-form targets here; the aiohttp path applies the
+        # request-target rules (targets.py) to every other form: `//x` and
+        # `/\x` paths, absolute-form, authority-form, `*`, fragments, bytes
+        # beyond ASCII (which it refuses).
+        if (not target.startswith(b"/") or target[1:2] in (b"/", b"\\")
+                or b"#" in target or not target.isascii()):
+            return False
         if _CONTROL.search(head.replace(b"\r\n", b"\t")) or not _TOKEN.fullmatch(method):
             return False
         host: bytes | None = None
@@ -377,6 +457,7 @@ class FastConnection(asyncio.Protocol):
             upstream_head
         self._req_len = total
         self._retry_ok = method in _IDEMPOTENT and not length
+        self._on_fresh = False  # the request is on the new connection of that one retry
         self._head_only = method == b"HEAD"
         self._method, self._path = method, path
         self._close_after = close
@@ -406,6 +487,9 @@ class FastConnection(asyncio.Protocol):
         have_proto = have_host = False
         for lname, value, line in fields:
             if lname in _HOP or lname in listed:
+                continue
+            # wakegate's own API key never reaches a service (access.credential_headers).
+            if lname == b"x-api-key" or (lname == b"authorization" and is_wakegate_bearer(value)):
                 continue
             if lname in _CLIENT_FORWARDED:
                 if not trusted:
@@ -447,16 +531,15 @@ class FastConnection(asyncio.Protocol):
             up = None
         if up is not None:
             self._send(up)
-        elif first:
-            # Nothing was sent: the aiohttp path retries, waits for a wake or
-            # answers, as the status table says.
-            self._undo_count()
-            self._hand_off()
-        else:
-            # The request reached the upstream before: a refusal now means it
-            # died on it; replaying it would wake it into another crash.
-            self._error(502, "upstream_reset",
-                        "The service closed the connection without answering.")
+            return
+        # Refused: that endpoint is out of the table (refusals.py). The aiohttp
+        # path tries the next one or holds the request while the instance wakes.
+        # A request sent before (its upstream then died) is marked so: it may
+        # wake the instance once more, never loop into another crash.
+        assert self._route is not None
+        self._proxy.endpoint_refused(self._route, endpoint)
+        self._undo_count()
+        self._hand_off(replayed=not first)
 
     def _send(self, up: _Upstream) -> None:
         assert up.transport is not None
@@ -669,9 +752,18 @@ class FastConnection(asyncio.Protocol):
             # the same as a reset: an idempotent, body-less request is sent
             # again once, on a new connection.
             self._retry_ok = False
+            self._on_fresh = True
             assert self._route is not None
             endpoint = self._proxy.forwarder.pick(self._route, 1)
             self._connecting = asyncio.ensure_future(self._connect_and_send(endpoint, False))
+            return
+        if self._on_fresh and up is not None:
+            # Even a new connection broke before an answer: that replica is going
+            # away (its controller may have died, taking it along). Out of the
+            # table; the aiohttp path tries the next one or holds the request.
+            self._proxy.endpoint_refused(self._route, up.endpoint)
+            self._undo_count()
+            self._hand_off(replayed=True)
             return
         self._error(502, "upstream_reset", "The service closed the connection without "
                                            "answering.")
@@ -766,3 +858,11 @@ class FastConnection(asyncio.Protocol):
         self._undo_count(now)
         del self._buf[:self._req_len]
         self._req_len = 0
+        # Idle until the next head's first byte: the keep-alive deadline. Usually
+        # the timer is still armed for an earlier deadline and re-arms itself then.
+        self._served = True
+        self._head_timed = False
+        deadline = now + self._keepalive_timeout
+        self._client_deadline = deadline
+        if self._client_timer is None or deadline < self._client_due:
+            self._arm_client_timer(deadline)

@@ -1,16 +1,18 @@
 """Forwarding a request to one of an instance's ready endpoints.
 
 Bodies stream both ways; upstream connections are kept alive in one pool.
-A refused connect is retried across the ready endpoints and, for a short
-window, against whatever the route table says next (an instance that just
-died goes back to sleeping and the request is then held instead of failed).
+The upstream URL is built from parts: the endpoint (from the route table)
+and the origin-form target (targets.py), never from the raw request target.
+A refused connect takes that endpoint out of the proxy's table (refusals.py)
+and is retried on the next one; when none is left the request is held while
+the instance wakes again (NeedsWake), never answered 502.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
+import dataclasses
 from collections.abc import AsyncIterator, Callable
 
 import aiohttp
@@ -21,10 +23,15 @@ from yarl import URL
 from controller.spec import ProxySettings, Route
 
 from .headers import WEBSOCKET_HANDSHAKE, downstream_response_headers
+from .targets import split_target
 
 # Responses up to this size are read whole and sent in one write.
 _BUFFER_LIMIT = 64 * 1024
 _IDEMPOTENT = frozenset(("GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"))
+
+
+# Told each endpoint that refused a connection (Proxy.endpoint_refused).
+Refused = Callable[[Route, str], None]
 
 
 class UpstreamError(Exception):
@@ -38,7 +45,7 @@ class UpstreamError(Exception):
 
 
 class NeedsWake(Exception):
-    """The instance went back to sleep while we tried to reach it: hold the request."""
+    """No endpoint of the instance accepts connections: hold the request while it wakes."""
 
     def __init__(self, route: Route) -> None:
         super().__init__(route.service)
@@ -103,6 +110,7 @@ class Forwarder:
     def __init__(self, settings: ProxySettings) -> None:
         self._settings = settings
         self._session: aiohttp.ClientSession | None = None
+        self._fresh: aiohttp.ClientSession | None = None
         self._rr: dict[tuple[str, str], int] = {}
         self._timeout = aiohttp.ClientTimeout(
             total=None,
@@ -111,13 +119,19 @@ class Forwarder:
         )
 
     async def start(self) -> None:
-        connector = aiohttp.TCPConnector(
+        self._session = self._new_session(aiohttp.TCPConnector(
             limit=0,  # bounded by the clients, not by a pool that would queue them
             keepalive_timeout=30,
             enable_cleanup_closed=False,
             use_dns_cache=True,
-        )
-        self._session = aiohttp.ClientSession(
+        ))
+        # The retry after a reset goes on a new connection: the pool may hold
+        # more connections to a replica that just died, and a retry on one of
+        # them would fail the same way instead of learning that it is gone.
+        self._fresh = self._new_session(aiohttp.TCPConnector(limit=0, force_close=True))
+
+    def _new_session(self, connector: aiohttp.TCPConnector) -> aiohttp.ClientSession:
+        session = aiohttp.ClientSession(
             connector=connector,
             timeout=self._timeout,
             auto_decompress=False,
@@ -126,14 +140,15 @@ class Forwarder:
         )
         # aiohttp silently resends an idempotent request once when a pooled
         # connection breaks, and then reports only the second failure. We do
-        # that retry ourselves, because we must know that the first try
-        # reached the upstream (see `reached`). aiohttp's own test client
+        # that retry ourselves (on a new connection). aiohttp's own test client
         # turns it off the same way; there is no public switch.
-        self._session._retry_connection = False
+        session._retry_connection = False
+        return session
 
     async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
+        for session in (self._session, self._fresh):
+            if session is not None:
+                await session.close()
 
     def pick(self, route: Route, attempt: int) -> str:
         n = self._rr.get(route.key, 0)
@@ -149,11 +164,13 @@ class Forwarder:
         headers: CIMultiDict[str],
         extra: dict[str, str] | None,
         current: Callable[[], Route | None],
+        refused: Refused,
         gate: asyncio.Semaphore | None = None,
     ) -> web.StreamResponse:
         assert self._session is not None
         async with _Slot(gate) as slot:
-            return await self._forward(request, route, target, headers, extra, current, slot)
+            return await self._forward(request, route, target, headers, extra, current,
+                                       refused, slot)
 
     async def _forward(
         self,
@@ -163,56 +180,32 @@ class Forwarder:
         headers: CIMultiDict[str],
         extra: dict[str, str] | None,
         current: Callable[[], Route | None],
+        refused: Refused,
         slot: _Slot,
     ) -> web.StreamResponse:
         assert self._session is not None
         guard = _BodyGuard()
         body = self._body(request, guard)
-        retryable_reset = body is None and request.method in _IDEMPOTENT
-        # Once the upstream may have seen the request, a refusal on the next
-        # try means it died on it: answering 502 beats waking it to replay
-        # the same request into another crash.
-        reached = False
-        deadline = 0.0
+        replayable = body is None and request.method in _IDEMPOTENT
+        fresh = False  # the next try goes on a new connection
+        path, query = split_target(target)
         attempt = 0
-        delay = 0.005
         while True:
             endpoint = self.pick(route, attempt)
-            url = URL(f"http://{endpoint}{target}", encoded=True)
+            url = upstream_url(endpoint, path, query)
+            session = self._fresh if fresh else self._session
+            assert session is not None
             try:
-                upstream = await self._session.request(
+                upstream = await session.request(
                     request.method, url, headers=headers, data=body,
                     allow_redirects=False, compress=False,
                 )
             except aiohttp.ClientConnectorError:
-                # Refused: nothing reached the upstream, so trying again is safe.
-                attempt += 1
-                if attempt < len(route.endpoints):
-                    continue
-                if reached:
-                    raise UpstreamError(
-                        502, "upstream_reset",
-                        "The service closed the connection without answering.",
-                    ) from None
-                now = time.monotonic()
-                if not deadline:
-                    deadline = now + self._settings.retry_window
-                if now >= deadline:
-                    raise UpstreamError(
-                        502, "upstream_unreachable",
-                        "The service refused the connection. It may be restarting: "
-                        "try again in a moment.",
-                    ) from None
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 0.1)
-                latest = current()
-                if latest is None:
-                    raise UpstreamError(
-                        404, "no_route", "This service was removed while the request waited."
-                    ) from None
-                if not latest.endpoints:
-                    raise NeedsWake(latest) from None
-                route, attempt = latest, 0
+                # Refused: nothing of this try reached anyone. That endpoint is
+                # out of the table now; try the next, or hold the request.
+                refused(route, endpoint)
+                route = _next_route(current, route, endpoint)
+                attempt = 0
                 continue
             except TimeoutError:
                 raise UpstreamError(
@@ -226,12 +219,21 @@ class Forwarder:
                 if isinstance(exc.__cause__, BodyTooLarge) or guard.overflowed:
                     raise _too_large(self._settings.max_body_size) from None
                 # Reset before answering. A pooled keep-alive connection the
-                # upstream just closed looks the same: retry an idempotent,
-                # body-less request once.
-                reached = True
-                if retryable_reset:
-                    retryable_reset = False
-                    attempt += 1
+                # upstream just closed looks the same: an idempotent, body-less
+                # request is tried again on a new connection. If even that one
+                # breaks (or is refused), the replica is going away: it is taken
+                # out, and the request goes to the next one or is held while the
+                # instance wakes. Each replica is tried once, and `Proxy._serve`
+                # lets a request wake an instance again only once: a request that
+                # kills its service is never replayed into a crash loop.
+                if replayable:
+                    if fresh:
+                        refused(route, endpoint)
+                        route = _next_route(current, route, endpoint)
+                        attempt = 0
+                    else:
+                        fresh = True
+                        attempt += 1
                     continue
                 raise UpstreamError(
                     502, "upstream_reset",
@@ -320,6 +322,8 @@ class Forwarder:
         target: str,
         headers: CIMultiDict[str],
         extra: dict[str, str] | None,
+        current: Callable[[], Route | None],
+        refused: Refused,
     ) -> web.StreamResponse:
         """Open the upstream WebSocket first, so a refusal becomes an HTTP error."""
         assert self._session is not None
@@ -330,26 +334,27 @@ class Forwarder:
         ]
         for name in WEBSOCKET_HANDSHAKE:
             headers.popall(name, None)
-        endpoint = self.pick(route, 0)
-        url = URL(f"http://{endpoint}{target}", encoded=True)
-        try:
-            up = await self._session.ws_connect(
-                url, headers=headers, protocols=offered, autoping=True,
-                max_msg_size=0, timeout=aiohttp.ClientWSTimeout(ws_close=5.0),
-                receive_timeout=None,
-            )
-        except aiohttp.WSServerHandshakeError as exc:
-            raise UpstreamError(
-                exc.status if exc.status >= 400 else 502, "websocket_refused",
-                "The service refused the WebSocket upgrade.",
-            ) from None
-        except aiohttp.ClientConnectorError:
-            raise UpstreamError(
-                502, "upstream_unreachable", "The service refused the connection."
-            ) from None
-        except TimeoutError:
-            raise UpstreamError(504, "upstream_timeout", "The service did not answer in time.") \
-                from None
+        path, query = split_target(target)
+        while True:
+            endpoint = self.pick(route, 0)
+            try:
+                up = await self._session.ws_connect(
+                    upstream_url(endpoint, path, query), headers=headers, protocols=offered,
+                    autoping=True, max_msg_size=0,
+                    timeout=aiohttp.ClientWSTimeout(ws_close=5.0), receive_timeout=None,
+                )
+                break
+            except aiohttp.WSServerHandshakeError as exc:
+                raise UpstreamError(
+                    exc.status if exc.status >= 400 else 502, "websocket_refused",
+                    "The service refused the WebSocket upgrade.",
+                ) from None
+            except aiohttp.ClientConnectorError:
+                refused(route, endpoint)
+                route = _next_route(current, route, endpoint)
+            except TimeoutError:
+                raise UpstreamError(504, "upstream_timeout",
+                                    "The service did not answer in time.") from None
         ws = web.WebSocketResponse(
             protocols=(up.protocol,) if up.protocol else (), autoping=True, max_msg_size=0,
             heartbeat=None,
@@ -364,6 +369,27 @@ class Forwarder:
             if not ws.closed:
                 await ws.close()
         return ws
+
+
+def upstream_url(endpoint: str, path: str, query: str) -> URL:
+    """http://endpoint/path?query, from its parts: the endpoint alone says where it goes."""
+    return URL.build(scheme="http", authority=endpoint, path=path, query_string=query,
+                     encoded=True)
+
+
+def _next_route(current: Callable[[], Route | None], route: Route, endpoint: str) -> Route:
+    """The route to try after `endpoint` refused; NeedsWake when it has no endpoint left."""
+    latest = current()
+    if latest is None:
+        raise UpstreamError(404, "no_route", "This service was removed while the request waited.")
+    if endpoint in latest.endpoints:
+        # Not taken out (the table changed under us and the mark was dropped):
+        # this request does not try it again.
+        latest = dataclasses.replace(
+            latest, endpoints=tuple(e for e in latest.endpoints if e != endpoint))
+    if not latest.endpoints:
+        raise NeedsWake(latest)
+    return latest
 
 
 async def _limited(

@@ -75,12 +75,15 @@ class RemoteLink:
     def __init__(
         self,
         controller: str,
-        token: str | None = None,
+        token: Callable[[], str | None] = lambda: None,
         report_interval: float = 1.0,
         watch_wait: float = WATCH_WAIT,
     ) -> None:
+        """`token`: reads the controller API's token; asked again after a 401 (the
+        controller may have made a new one)."""
         self.url = controller.rstrip("/")
-        self._headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self.token = token
+        self._headers = self._auth()
         self.report_interval = report_interval
         self.ttl = report_interval * TTL_FACTOR
         self._watch_wait = watch_wait
@@ -112,7 +115,6 @@ class RemoteLink:
         self._apply = apply_table
         self._activity = activity
         self._session = aiohttp.ClientSession(
-            headers=self._headers,
             timeout=aiohttp.ClientTimeout(total=None, sock_connect=5.0),
             connector=aiohttp.TCPConnector(limit=0),
         )
@@ -170,7 +172,7 @@ class RemoteLink:
                   "wait": f"{wait:g}"}
         timeout = aiohttp.ClientTimeout(total=wait + 10.0, sock_connect=5.0)
         async with self._session.get(self.url + "/v1/routes", params=params,
-                                     timeout=timeout) as resp:
+                                     headers=self._headers, timeout=timeout) as resp:
             if resp.status == 304:
                 return None
             if resp.status != 200:
@@ -247,13 +249,17 @@ class RemoteLink:
         self._seq += 1
         table = None if self.epoch is None else {"epoch": self.epoch,
                                                   "version": self.wire_version}
+        # When each API key was last accepted here, for `wakegate keys list`.
+        keys = [{"id": ident, "idle_seconds": round(max(now - at, 0.0), 3)}
+                for ident, at in self._activity.keys.items()]
         return {"proxy": self.proxy_id, "seq": self._seq, "ttl": ttl, "table": table,
-                "instances": instances}
+                "instances": instances, "keys": keys}
 
     async def _send_report(self, ttl: float, timeout: float) -> None:
         assert self._session is not None
         body = self.report_body(ttl)
         async with self._session.post(self.url + "/v1/activity", json=body,
+                                      headers=self._headers,
                                       timeout=aiohttp.ClientTimeout(total=timeout)) as resp:
             if resp.status != 200:
                 raise ControllerRefused(resp.status, await _message(resp))
@@ -268,7 +274,7 @@ class RemoteLink:
         while True:
             try:
                 async with self._session.post(
-                    self.url + "/v1/activate", json=body,
+                    self.url + "/v1/activate", json=body, headers=self._headers,
                     timeout=aiohttp.ClientTimeout(total=5.0),
                 ) as resp:
                     if resp.status in (200, 202):
@@ -297,13 +303,20 @@ class RemoteLink:
         task.add_done_callback(self._tasks.discard)
         return task
 
+    def _auth(self) -> dict[str, str]:
+        token = self.token()
+        return {"Authorization": f"Bearer {token}"} if token else {}
+
     def _trouble(self, exc: BaseException) -> None:
         """Log a problem with the controller once per outage, not once per retry."""
+        if isinstance(exc, ControllerRefused) and exc.status == 401:
+            self._headers = self._auth()  # read the token again for the next try
         if self._problem is not None:
             return
         if isinstance(exc, ControllerRefused) and exc.status == 401:
             problem = ("the controller refused this proxy's token: give the proxy the "
-                       "controller's WAKEGATE_TOKEN")
+                       "controller's config with -c (it reads state_dir/api-token), or its "
+                       "WAKEGATE_TOKEN")
         elif isinstance(exc, ControllerRefused | WireError | ValueError):
             problem = f"the controller sent an answer this proxy cannot use ({exc})"
         else:

@@ -170,6 +170,14 @@ class Wakegate:
         wait_until(up, START_DEADLINE, "wakegate to print that it is up")
         return self
 
+    def run_to_exit(self, timeout: float = START_DEADLINE) -> tuple[int, str]:
+        """Run it expecting it to refuse to start: (exit status, stderr)."""
+        result = subprocess.run(
+            [sys.executable, "-m", "controller.cli", *self.argv()], cwd=REPO, env=self.env(),
+            capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL,
+        )
+        return result.returncode, result.stderr
+
     def _read_stdout(self, proc: subprocess.Popen[str]) -> None:
         assert proc.stdout is not None
         for line in proc.stdout:
@@ -216,12 +224,39 @@ class Wakegate:
                 name = None
         return keys
 
+    def api_token(self) -> str:
+        """The controller API's token: WAKEGATE_TOKEN if the test set one, else the one
+        wakegate made in state_dir at its first start."""
+        return self.token or (self.state_dir / "api-token").read_text().strip()
+
     def api(self, path: str) -> Any:
-        request = urllib.request.Request(self.controller + path)
-        if self.token:
-            request.add_header("Authorization", f"Bearer {self.token}")
-        with urllib.request.urlopen(request, timeout=10) as resp:
-            return json.loads(resp.read())
+        status, body, _ = self.call("GET", path)
+        assert status == 200, (path, status, body)
+        return body
+
+    _TOKEN: Any = object()  # call(): send the API token
+
+    def call(self, method: str, path: str, body: Any = None, token: Any = _TOKEN,
+             headers: dict[str, str] | None = None, timeout: float = 30.0,
+             ) -> tuple[int, Any, Any]:
+        """(status, JSON body or None, response headers) of one controller API call.
+
+        `body` is sent as JSON; `token` defaults to the API token, None sends none."""
+        data = json.dumps(body).encode() if body is not None else None
+        request = urllib.request.Request(self.controller + path, data=data, method=method)
+        if data is not None:
+            request.add_header("Content-Type", "application/json")
+        sent = self.api_token() if token is Wakegate._TOKEN else token
+        if sent is not None:
+            request.add_header("Authorization", f"Bearer {sent}")
+        for name, value in (headers or {}).items():
+            request.add_header(name, value)
+        try:
+            with urllib.request.urlopen(request, timeout=timeout) as resp:
+                status, raw, got = resp.status, resp.read(), resp.headers
+        except urllib.error.HTTPError as exc:
+            status, raw, got = exc.code, exc.read(), exc.headers
+        return status, json.loads(raw) if raw else None, got
 
     def status(self) -> dict[tuple[str, str], dict[str, Any]]:
         return {(r["environment"], r["service"]): r for r in self.api("/v1/status")["instances"]}
@@ -243,6 +278,10 @@ class Wakegate:
         return metric_value(self.metrics_text(), name, **labels)
 
     def cli(self, *args: str, check: bool = False) -> subprocess.CompletedProcess[str]:
+        """`wakegate ARGS -c <this config>`: as a user runs it (the CLI reads the API token
+        from the config's state_dir, or from WAKEGATE_TOKEN when the test set one)."""
+        if "-c" not in args and "--config" not in args:
+            args = (*args, "-c", str(self.config_path))
         result = subprocess.run(
             [sys.executable, "-m", "controller.cli", *args],
             cwd=REPO, env={**self.env(), "WAKEGATE_CONTROLLER": self.controller},
@@ -304,14 +343,6 @@ class Controller(Wakegate):
 
     def argv(self) -> list[str]:
         return ["controller", "-c", str(self.config_path)]
-
-    def run_to_exit(self, timeout: float = START_DEADLINE) -> tuple[int, str]:
-        """Run it expecting it to refuse to start: (exit status, stderr)."""
-        result = subprocess.run(
-            [sys.executable, "-m", "controller.cli", *self.argv()], cwd=REPO, env=self.env(),
-            capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL,
-        )
-        return result.returncode, result.stderr
 
 
 class ProxyProcess:

@@ -31,7 +31,8 @@ proxy:
   max_body_size: 10MiB
   max_header_size: 16KB
   trusted_proxies: [127.0.0.1, "::1", 10.1.2.3/8]
-  retry_window: 1.5s
+  header_timeout: 20s
+  keepalive_timeout: 1m
 environments:
   private:
   demo: {idle_timeout: 30s}
@@ -114,7 +115,8 @@ def test_valid_config_is_parsed(tmp_path: Path) -> None:
         max_body_size=10 * 1024 * 1024,
         max_header_size=16_000,
         trusted_proxies=("127.0.0.1/32", "::1/128", "10.0.0.0/8"),
-        retry_window=1.5,
+        header_timeout=20.0,
+        keepalive_timeout=60.0,
     )
     assert config.controller == spec.ControllerSettings(host="::1", port=9081)
 
@@ -206,6 +208,33 @@ def test_minimal_config_takes_every_default(tmp_path: Path) -> None:
     assert config.services["hello"].environments == ("private", "demo")
     assert config.services["hello"].readiness == spec.Readiness()
     assert config.host_of("demo", "hello") == "hello.demo.localhost"
+
+
+def test_controller_api_settings_and_crash_backoff_are_parsed(tmp_path: Path) -> None:
+    path = write_case(tmp_path, {
+        "controller": {"hostnames": ["Wakegate-Controller.wakegate-system.svc."],
+                       "allowed_origins": ["https://Admin.example.com/", "http://[::1]:3000"]},
+        "environments": {"demo": {"crash_backoff": {"after": 2, "first": "250ms",
+                                                    "max": "4s"}}},
+    })
+    config = load_config(path)
+    assert config.controller.hostnames == ("wakegate-controller.wakegate-system.svc",)
+    assert config.controller.allowed_origins == ("https://admin.example.com",
+                                                 "http://[::1]:3000")
+    backoff = config.environments["demo"].crash_backoff
+    assert backoff == spec.CrashBackoff(after=2, first=0.25, max=4.0)
+    # Nothing before `after` failures in a row, then doubling up to max.
+    assert [backoff.delay(n) for n in range(1, 7)] == [0.0, 0.25, 0.5, 1.0, 2.0, 4.0]
+    assert backoff.delay(1000) == 4.0
+    assert config.warnings == ()
+
+
+def test_an_obsolete_key_loads_with_a_warning(tmp_path: Path) -> None:
+    config = load_config(write_case(tmp_path, {"proxy": {"retry_window": "2s"}}))
+    assert config.warnings == (
+        f"{tmp_path / 'wakegate.yaml'}: proxy.retry_window: warning: no longer used and "
+        "ignored: a refused connect now takes that endpoint out and holds the request until "
+        "a replica accepts (within hold_timeout); remove it",)
 
 
 def test_empty_service_environments_mean_the_default(tmp_path: Path) -> None:
@@ -402,7 +431,25 @@ RULES = [
     ),
     ("read-timeout", {"proxy": {"read_timeout": "fast"}}, "proxy.read_timeout", "bad duration"),
     ("connect-timeout-0", {"proxy": {"connect_timeout": 0}}, "proxy.connect_timeout", "than 0"),
-    ("retry-negative", {"proxy": {"retry_window": -1}}, "proxy.retry_window", "negative"),
+    ("hostname-bad", {"controller": {"hostnames": ["a b"]}}, "controller.hostnames[0]",
+     "DNS name"),
+    ("origin-path", {"controller": {"allowed_origins": ["https://a.example/x"]}},
+     "controller.allowed_origins[0]", "web origin"),
+    ("controller-unknown", {"controller": {"token": "x"}}, "controller.token", "unknown key"),
+    ("backoff-after-0", {"environments": {"demo": {"crash_backoff": {"after": 0}}}},
+     "environments.demo.crash_backoff.after", "at least 1"),
+    ("backoff-first-over-max",
+     {"environments": {"demo": {"crash_backoff": {"first": "10s", "max": "5s"}}}},
+     "environments.demo.crash_backoff.first", "more than max"),
+    ("backoff-unknown", {"environments": {"demo": {"crash_backoff": {"limit": 3}}}},
+     "environments.demo.crash_backoff.limit", "unknown key"),
+    ("header-timeout-0", {"proxy": {"header_timeout": "0s"}}, "proxy.header_timeout", "than 0"),
+    (
+        "keepalive-timeout-bad",
+        {"proxy": {"keepalive_timeout": "long"}},
+        "proxy.keepalive_timeout",
+        "bad duration",
+    ),
     ("bad-size", {"proxy": {"max_body_size": "10 megs"}}, "proxy.max_body_size", "bad size"),
     ("size-zero", {"proxy": {"max_header_size": 0}}, "proxy.max_header_size", "at least 1"),
     ("size-fraction", {"proxy": {"max_body_size": "1.5"}}, "proxy.max_body_size", "whole"),

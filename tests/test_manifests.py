@@ -456,6 +456,21 @@ def test_proxy_reaches_the_controller_service(base: list[Obj]) -> None:
     assert container_port(container, listen_port) == listen_port
 
 
+@pytest.mark.parametrize("which", ["base", "overlay"])
+def test_the_controller_api_answers_to_the_name_proxies_call_it_by(
+    which: str, tmp_path: Path,
+) -> None:
+    # Else every proxy call would be refused as DNS rebinding (421).
+    objects = rendered(which)
+    file = tmp_path / "wakegate.yaml"
+    file.write_text(config_text(objects))
+    config = load_config(str(file))
+    container = only_container(one(objects, "Deployment", "wakegate-proxy"))
+    host = urlsplit(container["args"][container["args"].index("--controller") + 1]).hostname
+    assert host in config.controller.hostnames, config.controller.hostnames
+    assert config.controller.allowed_origins == ()
+
+
 # --------------------------------------------------------------------------- wiring
 
 

@@ -9,8 +9,6 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable
 from typing import Any
 
@@ -161,16 +159,9 @@ async def test_release_bad_input(wakegate: Start) -> None:
 
 def post(wg: Wakegate, path: str, body: dict[str, Any],
          key: str | None = None) -> tuple[int, dict[str, Any]]:
-    request = urllib.request.Request(wg.controller + path, data=json.dumps(body).encode(),
-                                     method="POST",
-                                     headers={"Content-Type": "application/json"})
-    if key is not None:
-        request.add_header("Idempotency-Key", key)
-    try:
-        with urllib.request.urlopen(request, timeout=30) as resp:
-            return resp.status, json.loads(resp.read())
-    except urllib.error.HTTPError as exc:
-        return exc.code, json.loads(exc.read())
+    status, answer, _ = wg.call("POST", path, body,
+                                headers={"Idempotency-Key": key} if key is not None else None)
+    return status, answer
 
 
 async def test_a_repeat_with_its_idempotency_key_gets_the_first_answer(wakegate: Start) -> None:

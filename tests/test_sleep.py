@@ -250,12 +250,13 @@ async def test_admin_endpoints_neither_wake_nor_keep_awake(wakegate: Start) -> N
     wg = wakegate(demo_config("400ms"))
     admin = [wg.base + "/metrics", wg.base + "/healthz", wg.base + "/readyz",
              wg.controller + "/v1/status"]
+    token = {"Authorization": f"Bearer {wg.api_token()}"}
 
     async with aiohttp.ClientSession() as http:
 
         async def poke_all() -> None:
             for url in admin:  # aiohttp sends Host: 127.0.0.1:<port>
-                async with http.get(url) as r:
+                async with http.get(url, headers=token if "/v1/" in url else None) as r:
                     assert r.status == 200, (url, r.status)
                     await r.read()
 

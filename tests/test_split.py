@@ -94,7 +94,8 @@ def http_call(url: str, method: str = "GET", body: bytes | None = None,
               token: str | None = None) -> tuple[int, Any]:
     """(status, parsed JSON body or None) of one call to the controller API."""
     request = urllib.request.Request(url, data=body, method=method)
-    request.add_header("Content-Type", "application/json")
+    if body is not None:
+        request.add_header("Content-Type", "application/json")
     if token is not None:
         request.add_header("Authorization", f"Bearer {token}")
     try:
@@ -609,15 +610,23 @@ async def test_with_a_token_every_v1_call_needs_it(split: Start) -> None:
     assert "ready" in sp.controller.cli("status", check=True).stdout
 
 
-def test_controller_on_all_interfaces_without_a_token_refuses_to_start(tmp_path: Any) -> None:
+def test_validate_warns_of_a_controller_on_the_network_without_a_token(tmp_path: Any) -> None:
     config = demo_config()
-    config["listen"] = {"controller": "0.0.0.0:1"}  # never bound: it must refuse first
+    config["listen"] = {"controller": "0.0.0.0:8081"}
     controller = Controller(tmp_path, config, "open")
-    code, stderr = controller.run_to_exit()
-    assert code == 2, stderr
-    assert "listen.controller: 0.0.0.0 is not a loopback address" in stderr, stderr
-    assert "WAKEGATE_TOKEN" in stderr
-    assert "Traceback" not in stderr
+    env = {**controller.env(), "WAKEGATE_CONTROLLER": ""}
+    warned = subprocess.run(
+        [sys.executable, "-m", "controller.cli", "validate", "-c", str(controller.config_path)],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=20)
+    assert warned.returncode == 0, warned.stderr
+    assert "ok (" in warned.stdout and "1 warning" in warned.stdout, warned.stdout
+    assert (f"{controller.config_path}: listen.controller: warning: 0.0.0.0 is not a loopback "
+            "address and WAKEGATE_TOKEN is not set") in warned.stderr, warned.stderr
+    quiet = subprocess.run(
+        [sys.executable, "-m", "controller.cli", "validate", "-c", str(controller.config_path)],
+        cwd=tmp_path, env={**env, "WAKEGATE_TOKEN": "t" * 32}, capture_output=True, text=True,
+        timeout=20)
+    assert quiet.returncode == 0 and "warning" not in quiet.stdout + quiet.stderr, quiet
 
 
 @pytest.mark.parametrize(("args", "complaint"), [
@@ -643,26 +652,31 @@ def test_proxy_with_bad_options_says_which_and_exits_2(
 async def test_route_watch_and_api_errors(split: Start) -> None:
     sp = split(demo_config(), proxies=0)
     api = sp.controller.controller
-    status, table = http_call(api + "/v1/routes")
+    token = sp.controller.api_token()
+    status, table = http_call(api + "/v1/routes", token=token)
     assert status == 200
     epoch, version = table["epoch"], table["version"]
     assert [r["host"] for r in table["routes"]] == ["hello.demo.localhost"]
     # Nothing new: answered 304 once the wait is over.
     started = time.monotonic()
-    status, _ = http_call(api + f"/v1/routes?epoch={epoch}&version={version}&wait=0.3")
+    status, _ = http_call(api + f"/v1/routes?epoch={epoch}&version={version}&wait=0.3",
+                          token=token)
     assert status == 304 and time.monotonic() - started >= 0.3
     # A watch is answered as soon as the table changes.
     watch = asyncio.create_task(asyncio.to_thread(
-        http_call, api + f"/v1/routes?epoch={epoch}&version={version}&wait=25"))
+        http_call, api + f"/v1/routes?epoch={epoch}&version={version}&wait=25", "GET", None,
+        token))
     # Whether the watch gets there before the change or after it, it is answered at once.
     await asyncio.sleep(0.05)
     status, body = http_call(api + "/v1/activate", "POST",
-                             json.dumps({"environment": DEMO, "service": SERVICE}).encode())
+                             json.dumps({"environment": DEMO, "service": SERVICE}).encode(),
+                             token)
     assert status == 202 and body["environment"] == DEMO, body
     status, newer = await asyncio.wait_for(watch, 10.0)
     assert status == 200 and newer["version"] > version, newer
     # A restarted controller's table is new whatever its version: another epoch.
-    status, _ = http_call(api + f"/v1/routes?epoch=other&version={version}&wait=25")
+    status, _ = http_call(api + f"/v1/routes?epoch=other&version={version}&wait=25",
+                          token=token)
     assert status == 200
 
     bad = [
@@ -678,7 +692,7 @@ async def test_route_watch_and_api_errors(split: Start) -> None:
         ("GET", "/v1/nothing", None, 404, "not_found", "/v1/nothing"),
     ]
     for method, path, body, want, code, words in bad:
-        status, answer = http_call(api + path, method, body)
+        status, answer = http_call(api + path, method, body, token)
         assert status == want, (path, status, answer)
         assert answer["error"] == code and words in answer["message"], (path, answer)
     assert "Traceback" not in sp.controller.stderr()

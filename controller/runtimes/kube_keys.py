@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import base64
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from kubernetes_asyncio import client as k8s
 
-from ..keys import digest, new_key
+from ..keys import KeyInfo, digest, new_key
+from ..spec import key_id
 from .kube_client import KubeError, Obj, call
 
 KEYS_LABEL = "wakegate.dev/keys"
@@ -27,17 +28,30 @@ def secret_name(service: str) -> str:
 
 
 def hashes_in(secret: Obj | None) -> tuple[bytes, ...]:
+    return tuple(bytes.fromhex(digest_hex) for _, digest_hex in _entries(secret))
+
+
+def _entries(secret: Obj | None) -> list[tuple[str, str]]:
+    """(entry name, hex digest) of every key in the Secret."""
     if not secret:
-        return ()
+        return []
     found = []
     for name, value in sorted((secret.get("data") or {}).items()):
         if not name.startswith(_PREFIX):
             continue
         try:
-            found.append(bytes.fromhex(base64.b64decode(value).decode()))
+            digest_hex = base64.b64decode(value).decode()
+            if len(bytes.fromhex(digest_hex)) == 32:
+                found.append((name, digest_hex))
         except ValueError:
             continue  # not ours or damaged: never a valid key
-    return tuple(found)
+    return found
+
+
+def _created(entry: str) -> int:
+    """`sha256-<created>-<digest prefix>` → created."""
+    parts = entry.split("-")
+    return int(parts[1]) if len(parts) > 2 and parts[1].isdigit() else 0
 
 
 class KubeKeyStore:
@@ -47,13 +61,66 @@ class KubeKeyStore:
         namespace_of: Callable[[str, str], str | None],
         secret_of: Callable[[str, str], Obj | None],
         written: Callable[[Obj], None],
+        instances: Callable[[], Iterable[tuple[str, str]]] = tuple,
     ) -> None:
         self._api_client = api_client
         self._namespace_of = namespace_of
         self._secret_of = secret_of
-        # Told each Secret as written, so that the new key works at once,
-        # before the watch brings the same change.
+        # Told each Secret as written, so that a new or revoked key counts at
+        # once, before the watch brings the same change.
         self._written = written
+        self._instances = instances
+        # When each key was last used: kept in memory only (a Secret is not
+        # rewritten for that); `keys list` shows what this controller has seen.
+        self._last_used: dict[str, int] = {}
+
+    def list(self) -> list[KeyInfo]:
+        infos = []
+        for environment, service in self._instances():
+            for entry, digest_hex in _entries(self._secret_of(environment, service)):
+                ident = key_id(bytes.fromhex(digest_hex))
+                infos.append(KeyInfo(ident, environment, service, _created(entry),
+                                     self._last_used.get(ident)))
+        return infos
+
+    def note_used(self, uses: Mapping[str, float]) -> None:
+        for ident, at in uses.items():
+            self._last_used[ident] = max(self._last_used.get(ident, 0), int(at))
+
+    def flush(self) -> None:
+        return None
+
+    async def revoke_async(self, ident: str) -> tuple[str, str] | None:
+        """Remove the key with this id from its Secret; (environment, service), None if unknown."""
+        api = k8s.CoreV1Api(self._api_client())
+        for environment, service in list(self._instances()):
+            if not any(key_id(bytes.fromhex(d)) == ident
+                       for _, d in _entries(self._secret_of(environment, service))):
+                continue
+            namespace = self._namespace_of(environment, service)
+            if namespace is None:
+                return None
+            name = secret_name(service)
+            for _ in range(_WRITE_ATTEMPTS):
+                secret = await call(api.read_namespaced_secret, name, namespace)
+                data = secret.get("data") or {}
+                gone = [entry for entry, d in _entries(secret)
+                        if key_id(bytes.fromhex(d)) == ident]
+                if not gone:
+                    return None  # revoked meanwhile
+                for entry in gone:
+                    del data[entry]
+                secret["data"] = data
+                try:
+                    # The resourceVersion read above makes a concurrent write a 409.
+                    self._written(await call(api.replace_namespaced_secret, name, namespace,
+                                             secret))
+                    return environment, service
+                except KubeError as exc:
+                    if exc.status != 409:
+                        raise
+            raise KubeError(409, "Conflict", f"the Secret {namespace}/{name} kept changing")
+        return None
 
     def hashes(self, environment: str, service: str) -> tuple[bytes, ...]:
         return hashes_in(self._secret_of(environment, service))

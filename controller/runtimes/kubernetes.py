@@ -149,7 +149,7 @@ class KubernetesRuntime:
         self._reconcile_due = False
         self._opened = False
         self.keys = KubeKeyStore(self._api_client, self._namespace_of, self._secret_of,
-                                 self._secret_written)
+                                 self._secret_written, lambda: self._placements.keys())
 
     # --- opening: connect, become the leader, learn the cluster ---
 

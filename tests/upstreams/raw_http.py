@@ -3,7 +3,7 @@
     python raw_http.py --port PORT
 
 Paths (the request's body, if any, is read by its Content-Length or chunked):
-    /echo            200, JSON of the request line and headers as received
+    /echo, .../echo  200, JSON of the request line and headers as received
     /chunked         200, chunked: three chunks and a trailer
     /badchunk        200, chunked, with a chunk size written as 0x5 (not valid)
     /close           200, no Content-Length: the body ends when the connection closes
@@ -66,7 +66,7 @@ async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> N
                 return
             if url.path == "/slow":
                 await asyncio.sleep(int(query.get("ms", "1000")) / 1000)
-            if url.path == "/echo":
+            if url.path.endswith("/echo"):
                 payload = json.dumps({"method": method, "target": target, "headers": headers,
                                       "body": body.decode("latin-1")}).encode()
                 out = _response("200 OK", [("Content-Type", "application/json"),
@@ -106,7 +106,7 @@ async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> N
                 continue
             else:
                 out = _response("200 OK", [("Content-Length", "2")], b"" if head_only else b"ok")
-            if head_only and url.path == "/echo":
+            if head_only and url.path.endswith("/echo"):
                 out = out.split(b"\r\n\r\n", 1)[0] + b"\r\n\r\n"
             writer.write(out)
             await writer.drain()

@@ -1,0 +1,125 @@
+"""The CLI's side of the controller API: one call, its token, its retries, and errors a person
+can act on (never a traceback, whatever the address or the answer)."""
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+import uuid
+from typing import Any
+
+EXAMPLE_URL = "http://127.0.0.1:8081"
+_RETRIES = 3
+
+
+class ClientError(Exception):
+    """The call failed; `str()` says why and what to do, `exit_code` is the CLI's status."""
+
+    def __init__(self, message: str, exit_code: int = 1) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+def check_url(url: str, option: str = "--controller") -> str:
+    """`url` without a trailing slash, or ClientError if it is not an http(s) URL."""
+    parts = urllib.parse.urlsplit(url.strip())
+    try:
+        port_ok = parts.port is None or 0 < parts.port < 65536
+    except ValueError:
+        port_ok = False
+    if parts.scheme not in ("http", "https") or not parts.hostname or not port_ok \
+            or parts.path.strip("/") or parts.query:
+        raise ClientError(f"{option} {url!r}: give the controller API's URL, e.g. {EXAMPLE_URL} "
+                          "(listen.controller of the config)", 2)
+    return url.strip().rstrip("/")
+
+
+class ApiClient:
+    def __init__(self, url: str, token: str | None, token_from: str | None) -> None:
+        """`token_from` names where the token came from, for messages (never the token)."""
+        self.url = url
+        self._token = token
+        self._token_from = token_from
+
+    def call(self, method: str, path: str, body: Any = None, timeout: float = 30,
+             retry: bool = False) -> Any:
+        """The JSON answer of one call. `retry`: a change sent again, with the same
+        Idempotency-Key, when its answer was lost (timeout, reset); the controller then
+        answers what the first one did."""
+        data = json.dumps(body).encode() if body is not None else None
+        request = urllib.request.Request(self.url + path, data=data, method=method)
+        if data is not None:
+            request.add_header("Content-Type", "application/json")
+        if self._token:
+            request.add_header("Authorization", f"Bearer {self._token}")
+        attempts = _RETRIES if retry else 1
+        if retry:
+            request.add_header("Idempotency-Key", uuid.uuid4().hex)
+        for attempt in range(attempts):
+            try:
+                return self._send(request, timeout)
+            except (TimeoutError, ConnectionResetError) as exc:
+                if attempt + 1 == attempts:
+                    raise ClientError(
+                        f"no answer from the controller at {self.url} ({exc}); the command may "
+                        "still be running: `wakegate status` shows the state, and running the "
+                        "command again is safe") from None
+                time.sleep(0.5 * (attempt + 1))
+        raise AssertionError("unreachable")
+
+    def _send(self, request: urllib.request.Request, timeout: float) -> Any:
+        try:
+            with urllib.request.urlopen(request, timeout=timeout) as resp:
+                return self._json(resp.read(), resp.status, resp.headers.get_content_type())
+        except urllib.error.HTTPError as exc:
+            raise self._refused(exc) from None
+        except urllib.error.URLError as exc:
+            if isinstance(exc.reason, TimeoutError | ConnectionResetError):
+                raise exc.reason from None
+            raise self._unreachable(exc.reason) from None
+        except (TimeoutError, ConnectionResetError):
+            raise  # retried with the same Idempotency-Key
+        except (ConnectionError, OSError, ValueError) as exc:
+            # ValueError: http.client's InvalidURL and the like.
+            raise self._unreachable(exc) from None
+
+    def _json(self, raw: bytes, status: int, content_type: str) -> Any:
+        try:
+            return json.loads(raw)
+        except ValueError:
+            raise ClientError(
+                f"{self.url} answered HTTP {status} ({content_type}), not the controller API's "
+                "JSON: is that the address of listen.controller?") from None
+
+    def _refused(self, exc: urllib.error.HTTPError) -> ClientError:
+        try:
+            answer = json.loads(exc.read())
+        except (ValueError, OSError):
+            answer = None
+        if not isinstance(answer, dict) or "error" not in answer:
+            return ClientError(
+                f"{self.url} answered HTTP {exc.code} {exc.reason}, which is not the controller "
+                "API: is that the address of listen.controller?", 1)
+        code = answer.get("error")
+        message = str(answer.get("message") or exc.reason)
+        if code == "no_route":
+            return ClientError(
+                f"{self.url} is a wakegate proxy, not the controller API: give the address of "
+                f"listen.controller (e.g. {EXAMPLE_URL}) with --controller or -c FILE", 2)
+        if exc.code == 401:
+            if self._token_from is None:
+                return ClientError(
+                    "the controller API needs its token: run the command with -c FILE, the "
+                    "config wakegate runs with (the token is in its state_dir/api-token), or "
+                    "set WAKEGATE_TOKEN", 2)
+            return ClientError(
+                f"the controller refused the token from {self._token_from}: give -c the "
+                "config wakegate runs with, or set WAKEGATE_TOKEN to the controller's token", 2)
+        return ClientError(message, 2 if 400 <= exc.code < 500 else 1)
+
+    def _unreachable(self, reason: object) -> ClientError:
+        return ClientError(f"cannot reach the controller at {self.url} ({reason}); is `wakegate "
+                           "up` running? (set --controller, -c FILE or WAKEGATE_CONTROLLER)")
