@@ -22,12 +22,13 @@ quite yet". The scaler itself is unchanged: it just asks again a moment later.
 from __future__ import annotations
 
 import math
-import re
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Protocol
+
+from .spec import KEY_ID
 
 Key = tuple[str, str]
 Clock = Callable[[], float]
@@ -37,7 +38,6 @@ ActivitySource = Callable[[Key], tuple[int, float]]
 # report interval is at most 20 s and a report holds for 3 of them, so an
 # instance is never kept awake longer than a live proxy could keep it.
 MAX_TTL = 60.0
-_KEY_ID = re.compile(r"[0-9a-f]{12}")
 MAX_PROXY_ID = 128
 RECHECK = 0.025  # how soon the scaler asks again while a drain is under way
 
@@ -319,7 +319,7 @@ def _key_uses(items: object) -> Mapping[str, float]:
     uses: dict[str, float] = {}
     for i, item in enumerate(items):
         if not (isinstance(item, dict) and isinstance(item.get("id"), str)
-                and _KEY_ID.fullmatch(item["id"]) and _is_number(item.get("idle_seconds"))
+                and KEY_ID.fullmatch(item["id"]) and _is_number(item.get("idle_seconds"))
                 and item["idle_seconds"] >= 0):
             raise ValueError(f"keys[{i}] must be {{\"id\": <a key id: 12 hex digits>, "
                              '"idle_seconds": <seconds since it was last used, >= 0>}')

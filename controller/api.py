@@ -14,7 +14,6 @@ import dataclasses
 import hashlib
 import json
 import logging
-import re
 import secrets
 import time
 from collections.abc import Awaitable, Callable, Iterable
@@ -27,16 +26,15 @@ from .activity_reports import ActivityReports, ActivitySource, RemoteActivity, p
 from .api_guard import ApiGuard
 from .config import ConfigError, load_config, parse_version
 from .idempotency import IdempotentAnswers
+from .keys import SHA256_HEX
 from .releases import ReleaseConflict, ReleaseRefused
 from .runtimes.base import StartFailed
 from .scaler import DeployRefused, Scaler
-from .spec import READY, STOPPING, RouteTable, routes_to_wire
+from .spec import KEY_ID, READY, STOPPING, RouteTable, routes_to_wire
 
 log = logging.getLogger("wakegate.api")
 
 MAX_WAIT = 30.0  # the longest a route-table watch is held open
-_SHA256_HEX = re.compile(r"[0-9a-f]{64}")
-_KEY_ID = re.compile(r"[0-9a-f]{12}")
 _INSTANCE_BODY_HINT = 'Send a JSON object: {"environment": ..., "service": ...}.'
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 Key = tuple[str, str]
@@ -102,7 +100,8 @@ class _BadRequest(Exception):
 async def _json_body(request: web.Request, hint: str) -> Any:
     try:
         return await request.json()
-    except (json.JSONDecodeError, UnicodeDecodeError):
+    except (ValueError, RecursionError):
+        # Not JSON, not UTF-8, an integer of thousands of digits, nesting too deep.
         raise _BadRequest(f"The body is not valid JSON. {hint}") from None
 
 
@@ -177,7 +176,7 @@ class RouteFeed:
             await asyncio.wait_for(self._changed.wait(), timeout)
 
     def body(self) -> bytes:
-        # `now` lets the proxy move ready_since into its own monotonic clock.
+        # `now` lets the proxy move backoff_until into its own monotonic clock.
         head = json.dumps({"epoch": self.epoch, "version": self.version,
                            "now": time.monotonic()})
         return head[:-1].encode() + b',"routes":' + self._routes_json + b"}"
@@ -426,7 +425,7 @@ class ControllerAPI:
             raise _BadRequest(hint)
         digest = body.get("sha256")
         if digest is not None and (not isinstance(digest, str)
-                                   or not _SHA256_HEX.fullmatch(digest)):
+                                   or not SHA256_HEX.fullmatch(digest)):
             raise _BadRequest(f"sha256 must be 64 lowercase hex digits. {hint}")
         return apply_file(self.scaler, self.config_path, digest)
 
@@ -495,7 +494,7 @@ class ControllerAPI:
     async def revoke_key(self, request: web.Request) -> web.Response:
         """`DELETE /v1/keys/{id}`: the key stops working on every proxy at once."""
         ident = request.match_info["id"]
-        if not _KEY_ID.fullmatch(ident):
+        if not KEY_ID.fullmatch(ident):
             raise _BadRequest("A key id is 12 lowercase hex digits, as `wakegate keys list` "
                               "shows them.")
         found = await self.scaler.revoke_key(ident)

@@ -3,7 +3,10 @@ can act on (never a traceback, whatever the address or the answer)."""
 
 from __future__ import annotations
 
+import http.client
+import ipaddress
 import json
+import re
 import time
 import urllib.error
 import urllib.parse
@@ -13,6 +16,8 @@ from typing import Any
 
 EXAMPLE_URL = "http://127.0.0.1:8081"
 _RETRIES = 3
+_HOST = re.compile(r"(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+                   r"(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\.?")
 
 
 class ClientError(Exception):
@@ -24,17 +29,27 @@ class ClientError(Exception):
 
 
 def check_url(url: str, option: str = "--controller") -> str:
-    """`url` without a trailing slash, or ClientError if it is not an http(s) URL."""
-    parts = urllib.parse.urlsplit(url.strip())
+    """`url` without a trailing slash, or ClientError if it is not http(s)://host[:port]."""
     try:
-        port_ok = parts.port is None or 0 < parts.port < 65536
-    except ValueError:
-        port_ok = False
-    if parts.scheme not in ("http", "https") or not parts.hostname or not port_ok \
-            or parts.path.strip("/") or parts.query:
+        parts = urllib.parse.urlsplit(url.strip())
+        host = parts.hostname or ""
+        good = (parts.scheme in ("http", "https") and (parts.port is None or parts.port > 0)
+                and not parts.path.strip("/") and not parts.query and not parts.fragment
+                and "@" not in parts.netloc and _is_host(host))
+    except ValueError:  # a bad port, an unclosed [
+        good = False
+    if not good:
         raise ClientError(f"{option} {url!r}: give the controller API's URL, e.g. {EXAMPLE_URL} "
                           "(listen.controller of the config)", 2)
     return url.strip().rstrip("/")
+
+
+def _is_host(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+        return True
+    except ValueError:
+        return bool(_HOST.fullmatch(host))
 
 
 class ApiClient:
@@ -45,10 +60,10 @@ class ApiClient:
         self._token_from = token_from
 
     def call(self, method: str, path: str, body: Any = None, timeout: float = 30,
-             retry: bool = False) -> Any:
-        """The JSON answer of one call. `retry`: a change sent again, with the same
-        Idempotency-Key, when its answer was lost (timeout, reset); the controller then
-        answers what the first one did."""
+             retry: bool = False, fields: tuple[str, ...] = ()) -> Any:
+        """The JSON answer of one call, an object with `fields`. `retry`: a change sent
+        again, with the same Idempotency-Key, when its answer was lost (timeout, reset);
+        the controller then answers what the first one did."""
         data = json.dumps(body).encode() if body is not None else None
         request = urllib.request.Request(self.url + path, data=data, method=method)
         if data is not None:
@@ -60,7 +75,11 @@ class ApiClient:
             request.add_header("Idempotency-Key", uuid.uuid4().hex)
         for attempt in range(attempts):
             try:
-                return self._send(request, timeout)
+                answer = self._send(request, timeout)
+                if fields and not (isinstance(answer, dict) and all(f in answer for f in fields)):
+                    raise ClientError(f"{self.url} answered with JSON that is not the controller "
+                                      "API's: is that the address of listen.controller?")
+                return answer
             except (TimeoutError, ConnectionResetError) as exc:
                 if attempt + 1 == attempts:
                     raise ClientError(
@@ -82,8 +101,8 @@ class ApiClient:
             raise self._unreachable(exc.reason) from None
         except (TimeoutError, ConnectionResetError):
             raise  # retried with the same Idempotency-Key
-        except (ConnectionError, OSError, ValueError) as exc:
-            # ValueError: http.client's InvalidURL and the like.
+        except (ConnectionError, OSError, ValueError, http.client.HTTPException) as exc:
+            # A URL or header http.client refuses, a server that is not HTTP.
             raise self._unreachable(exc) from None
 
     def _json(self, raw: bytes, status: int, content_type: str) -> Any:

@@ -26,8 +26,6 @@ from collections.abc import Iterable
 
 from aiohttp import web
 
-_BODY_METHODS = frozenset(("POST", "PUT", "PATCH"))
-
 
 class ApiGuard:
     def __init__(self, token: str, hostnames: Iterable[str] = (),
@@ -56,7 +54,7 @@ class ApiGuard:
                               "there with -c FILE), or in WAKEGATE_TOKEN.")
             response.headers["WWW-Authenticate"] = 'Bearer realm="wakegate"'
             return response
-        if request.method in _BODY_METHODS and request.content_type != "application/json":
+        if request.body_exists and request.content_type != "application/json":
             return _error(415, "unsupported_media_type",
                           "Send the body as JSON with `Content-Type: application/json`.")
         return None

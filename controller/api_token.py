@@ -29,7 +29,20 @@ def token_path(state_dir: str) -> str:
 
 
 def from_env() -> str | None:
-    return os.environ.get(ENV) or None
+    """WAKEGATE_TOKEN (spaces and line ends around it ignored: a Secret made from a file
+    often ends with one); TokenError if it is not a token."""
+    raw = os.environ.get(ENV)
+    if raw is None or not raw.strip():
+        return None
+    token = raw.strip()
+    if not _is_token(token):
+        raise TokenError(f"{ENV}: not a token: use one line of printable ASCII characters "
+                         "without spaces (e.g. `openssl rand -hex 32`)")
+    return token
+
+
+def _is_token(text: str) -> bool:
+    return text.isascii() and text.isprintable() and " " not in text
 
 
 def load_or_create(state_dir: str) -> tuple[str, str | None]:
@@ -38,7 +51,7 @@ def load_or_create(state_dir: str) -> tuple[str, str | None]:
     if token is not None:
         return token, None
     path = token_path(state_dir)
-    os.makedirs(state_dir, exist_ok=True)
+    os.makedirs(state_dir, mode=0o700, exist_ok=True)
     try:
         # O_EXCL: two controllers starting at once never hand out two tokens.
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
@@ -70,11 +83,10 @@ def read(state_dir: str) -> str | None:
 
 def check(state_dir: str) -> str | None:
     """What is wrong with the token file the controller would use, or None (for validate)."""
-    path = token_path(state_dir)
-    if from_env() is not None or not os.path.exists(path):
-        return None
     try:
-        _read(path, check_mode=True)
+        if from_env() is not None or not os.path.exists(token_path(state_dir)):
+            return None
+        _read(token_path(state_dir), check_mode=True)
     except TokenError as exc:
         return str(exc)
     return None
@@ -92,8 +104,11 @@ def _read(path: str, check_mode: bool) -> str:
         raise TokenError(
             f"{path}: other users can read the API token (mode {stat.S_IMODE(mode):03o}); "
             f"`chmod 600 {path}`, or delete it and wakegate makes a new one")
-    token = raw.decode("ascii", "replace").strip()
-    if not token or not token.isprintable() or " " in token:
+    try:
+        token = raw.decode("ascii").strip()
+    except UnicodeDecodeError:
+        token = ""
+    if not token or not _is_token(token):
         raise TokenError(f"{path}: not an API token (one line of printable characters); "
                          "delete it and wakegate makes a new one")
     return token

@@ -110,7 +110,7 @@ def cmd_validate(args: argparse.Namespace) -> None:
 def _warnings(config: Config) -> list[str]:
     """What is valid but probably not what the operator wants: `file: field: warning: ...`."""
     warnings = list(config.warnings)
-    if not _is_loopback(config.controller.host) and not api_token.from_env():
+    if not _is_loopback(config.controller.host) and not os.environ.get(api_token.ENV, "").strip():
         warnings.append(
             f"{config.path}: listen.controller: warning: {config.controller.host} is not a "
             "loopback address and WAKEGATE_TOKEN is not set: the controller API is reachable "
@@ -152,24 +152,14 @@ def _run(main: Any) -> None:
         uvloop.run(main)
 
 
-def _child_env(token: str | None) -> dict[str, str]:
-    """A worker's environment: ours, with the token it shows the controller API."""
-    env = dict(os.environ)
-    if token:
-        env[api_token.ENV] = token
-    return env
-
-
 def _token_reader(config: Config | None) -> Callable[[], str | None]:
     """The token as `wakegate proxy` sends it: WAKEGATE_TOKEN, else the controller's token
     file in the config's state_dir (read again when the controller refuses it)."""
     state_dir = config.state_dir if config is not None else None
 
     def read() -> str | None:
-        if state_dir is None:
-            return api_token.from_env()
         try:
-            return api_token.read(state_dir)
+            return api_token.from_env() if state_dir is None else api_token.read(state_dir)
         except TokenError as exc:
             log.warning("%s", exc)
             return None
@@ -218,13 +208,15 @@ async def _serve_controller(
 
     from .api import ControllerAPI, apply_file, create_key
     from .api_guard import ApiGuard
+    from .api_server import ApiRunner
     from .inprocess import InProcessLink
     from .keys import KeyStore
     from .metrics import ControllerMetrics
     from .scaler import Scaler
     from .workers import WorkerFailed, Workers, child_argv, loopback_for
 
-    os.makedirs(config.state_dir, exist_ok=True)
+    # Private to wakegate's user: it holds the API token and the key digests.
+    os.makedirs(config.state_dir, mode=0o700, exist_ok=True)
     # Before anything listens or starts, so a bad state file leaves nothing behind; every
     # file checked at once, so one run lists every problem.
     problems = _state_problems(config)
@@ -279,8 +271,8 @@ async def _serve_controller(
                             proxy.activity.snapshot if proxy is not None else None,
                             proxy.activity.key_uses if proxy is not None else None)
         # Open watches are answered at close; shutting down never waits on them long.
-        api_runner = web.AppRunner(api.app(), access_log=None, handle_signals=False,
-                                   shutdown_timeout=2.0)
+        api_runner = ApiRunner(api.app(), access_log=None, handle_signals=False,
+                               shutdown_timeout=2.0)
         await api_runner.setup()
         try:
             await web.TCPSite(api_runner, config.controller.host, config.controller.port).start()
@@ -292,9 +284,11 @@ async def _serve_controller(
             # Started once the API serves route tables, so that they get theirs at once.
             api_url = (f"http://{_url_host(loopback_for(config.controller.host))}:"
                        f"{config.controller.port}")
+            # The children read the API token as this process does: WAKEGATE_TOKEN
+            # (inherited), else the config's state_dir/api-token (read again after a 401).
             children = Workers(lambda i: child_argv(
                 api_url, config.proxy.host, port, i, log_args or [], "1s", config.path),
-                workers - 1, _child_env(token))
+                workers - 1)
             await children.start()
         await scaler.always_on_started()
         if children is not None:
@@ -344,11 +338,11 @@ def cmd_proxy(args: argparse.Namespace) -> None:
     url = args.controller or os.environ.get("WAKEGATE_CONTROLLER")
     if not url and config is not None:
         url = f"http://{_url_host(config.controller.host)}:{config.controller.port}"
-    url = (url or DEFAULT_CONTROLLER).rstrip("/")
-    parts = urllib.parse.urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.netloc:
-        _fail(f"--controller {url}: give the controller API's URL, e.g. {DEFAULT_CONTROLLER}",
-              EXIT_USAGE)
+    try:
+        url = check_url(url or DEFAULT_CONTROLLER)
+        api_token.from_env()  # a WAKEGATE_TOKEN that is not a token stops it here
+    except (ClientError, TokenError) as exc:
+        _fail(str(exc), EXIT_USAGE)
     try:
         interval = parse_duration(args.report_interval)
         if interval <= 0:
@@ -410,7 +404,7 @@ async def _serve_proxy(
                 else None
             children = Workers(lambda i: child_argv(
                 url, settings.host, port, i, _log_args(args), args.report_interval, config_file),
-                args.workers - 1, _child_env(link.token()))
+                args.workers - 1)
             await children.start()
             try:
                 # Listening is enough: a proxy starts even while its controller is down.
@@ -459,13 +453,19 @@ async def _announce_worker(proxy: Proxy, stop: asyncio.Event) -> None:
 
 def _parse_address(text: str) -> tuple[str, int]:
     """"HOST:PORT", "[v6]:PORT" or "PORT" (on 127.0.0.1)."""
+    hint = "give HOST:PORT with a port from 0 to 65535, e.g. 0.0.0.0:8080 or [::1]:8080"
     host, sep, port_text = text.rpartition(":")
     if not sep:
         host, port_text = "127.0.0.1", text
-    host = host.strip("[]") or "127.0.0.1"
+    if host.startswith("["):
+        if not host.endswith("]"):
+            raise ValueError(hint)
+        host = host[1:-1]
+    elif ":" in host or "[" in host or "]" in host:
+        raise ValueError(hint)
     if not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
-        raise ValueError("give HOST:PORT with a port from 0 to 65535, e.g. 0.0.0.0:8080")
-    return host, int(port_text)
+        raise ValueError(hint)
+    return host or "127.0.0.1", int(port_text)
 
 
 def _url_host(host: str) -> str:
@@ -548,18 +548,19 @@ def _client(args: argparse.Namespace) -> ApiClient:
 
 
 def _call(args: argparse.Namespace, method: str, path: str, body: Any = None,
-          timeout: float = 30) -> Any:
+          timeout: float = 30, fields: tuple[str, ...] = ()) -> Any:
+    """The controller's JSON answer, an object with `fields` (else the CLI says why)."""
     # A change is sent again, with the same key, when its answer was lost.
     # (Not a new key: a second one would be made, and the first never shown.)
     retry = method == "POST" and not path.startswith("/v1/keys")
     try:
-        return _client(args).call(method, path, body, timeout, retry)
+        return _client(args).call(method, path, body, timeout, retry, fields)
     except ClientError as exc:
         _fail(str(exc), exc.exit_code)
 
 
 def cmd_status(args: argparse.Namespace) -> None:
-    rows = _call(args, "GET", "/v1/status")["instances"]
+    rows = _call(args, "GET", "/v1/status", fields=("instances",))["instances"]
     if args.json:
         print(json.dumps(rows, indent=2))
         return
@@ -587,7 +588,8 @@ def _human_seconds(seconds: float) -> str:
 
 
 def cmd_keys_create(args: argparse.Namespace) -> None:
-    result = _call(args, "POST", "/v1/keys", {"service": args.service, "environment": args.env})
+    result = _call(args, "POST", "/v1/keys", {"service": args.service, "environment": args.env},
+                   fields=("environment", "service", "key"))
     print(f"New API key for {result['environment']}/{result['service']} "
           "(shown only this once; only its hash is stored):")
     print(result["key"])
@@ -595,7 +597,7 @@ def cmd_keys_create(args: argparse.Namespace) -> None:
 
 def cmd_keys_list(args: argparse.Namespace) -> None:
     query = f"?{urllib.parse.urlencode({'service': args.service})}" if args.service else ""
-    rows = _call(args, "GET", f"/v1/keys{query}")["keys"]
+    rows = _call(args, "GET", f"/v1/keys{query}", fields=("keys",))["keys"]
     if args.json:
         print(json.dumps(rows, indent=2))
         return
@@ -606,7 +608,8 @@ def cmd_keys_list(args: argparse.Namespace) -> None:
 
 
 def cmd_keys_revoke(args: argparse.Namespace) -> None:
-    result = _call(args, "DELETE", f"/v1/keys/{urllib.parse.quote(args.id, safe='')}")
+    result = _call(args, "DELETE", f"/v1/keys/{urllib.parse.quote(args.id, safe='')}",
+                   fields=("id", "environment", "service"))
     print(f"revoked key {result['id']} of {result['environment']}/{result['service']}: "
           "every proxy refuses it from now on")
 
@@ -617,6 +620,9 @@ def _when(epoch: float) -> str:
 
 # A deploy to a running instance waits for the new replicas (up to start_timeout).
 _DEPLOY_TIMEOUT = 300.0
+
+
+_CHANGE_FIELDS = ("environment", "service", "version", "previous", "changed")
 
 
 def _print_change(result: dict[str, Any]) -> None:
@@ -630,7 +636,7 @@ def _print_change(result: dict[str, Any]) -> None:
 def cmd_deploy(args: argparse.Namespace) -> None:
     _print_change(_call(args, "POST", "/v1/deploy", {
         "service": args.service, "environment": args.env, "version": args.version,
-    }, timeout=_DEPLOY_TIMEOUT))
+    }, timeout=_DEPLOY_TIMEOUT, fields=_CHANGE_FIELDS))
 
 
 def cmd_apply(args: argparse.Namespace) -> None:
@@ -645,7 +651,8 @@ def cmd_apply(args: argparse.Namespace) -> None:
                 body["sha256"] = hashlib.sha256(f.read()).hexdigest()
         except OSError as exc:
             _fail(f"{args.config}: {exc.strerror}", EXIT_USAGE)
-    result = _call(args, "POST", "/v1/apply", body)
+    result = _call(args, "POST", "/v1/apply", body,
+                   fields=("config", "instances", "added", "removed"))
     print(f"{result['config']}: applied; {result['instances']} instances "
           f"(added: {', '.join(result['added']) or 'none'}; "
           f"removed: {', '.join(result['removed']) or 'none'})")
@@ -654,7 +661,8 @@ def cmd_apply(args: argparse.Namespace) -> None:
 def cmd_release(args: argparse.Namespace) -> None:
     if args.action == "status":
         query = urllib.parse.urlencode({"service": args.service})
-        result = _call(args, "GET", f"/v1/release/status?{query}")
+        result = _call(args, "GET", f"/v1/release/status?{query}",
+                       fields=("environment", "service", "live", "colours"))
         print(f"{result['environment']}/{result['service']}: live colour {result['live']}")
         for colour, info in sorted(result["colours"].items()):
             line = (f"  {colour:<6} {info['role']:<9} version {info['version']:<12} "
@@ -664,14 +672,15 @@ def cmd_release(args: argparse.Namespace) -> None:
             print(line)
         return
     result = _call(args, "POST", f"/v1/release/{args.action}", {"service": args.service},
-                   timeout=_DEPLOY_TIMEOUT)
+                   timeout=_DEPLOY_TIMEOUT,
+                   fields=("environment", "service", "version", "live", "previous"))
     print(f"{result['environment']}/{result['service']}: {result['version']} is live "
           f"({result['live']}; was {result['previous']})")
 
 
 def cmd_promote(args: argparse.Namespace) -> None:
     _print_change(_call(args, "POST", "/v1/promote", {"service": args.service},
-                        timeout=_DEPLOY_TIMEOUT))
+                        timeout=_DEPLOY_TIMEOUT, fields=_CHANGE_FIELDS))
 
 
 # --- argument parsing ---

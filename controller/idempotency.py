@@ -5,7 +5,8 @@ A client (the CLI does) sends `Idempotency-Key: <random>` with a change
 runs the change in a task of its own, so that a client that gives up does
 not cancel it; a repeat with the same key (same path) waits for that task
 and gets exactly its answer, instead of running the change again - a promote
-retried after a timeout answers "promoted", not "nothing to promote". Answers
+retried after a timeout answers "promoted", not "nothing to promote"; the same
+key with another body is refused (422), as payment APIs do. Answers
 are kept for 10 minutes, at most 1,024 of them; a controller restart forgets
 them (the commands' own rules still make a repeat safe).
 """
@@ -13,6 +14,7 @@ them (the commands' own rules still make a repeat safe).
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
@@ -28,8 +30,9 @@ Answer = tuple[int, bytes]
 
 class IdempotentAnswers:
     def __init__(self) -> None:
-        self._answers: OrderedDict[tuple[str, str], tuple[float, asyncio.Future[Answer]]] = \
-            OrderedDict()
+        # (path, key) → (when, the body's digest, the answer)
+        self._answers: OrderedDict[tuple[str, str],
+                                   tuple[float, bytes, asyncio.Future[Answer]]] = OrderedDict()
 
     async def answer(self, request: web.Request,
                      run: Callable[[], Awaitable[web.Response]]) -> web.Response:
@@ -42,12 +45,19 @@ class IdempotentAnswers:
                  f"{MAX_KEY_LENGTH} printable characters, e.g. a UUID."}, status=400)
         self._expire()
         slot = (request.path, key)
+        # The key names one request: the same key with another body is a client's
+        # mistake, never the first answer (which would say something else was done).
+        digest = hashlib.sha256(await request.read()).digest()
         entry = self._answers.get(slot)
         if entry is None:
             future = asyncio.ensure_future(self._run(run))
-            self._answers[slot] = (time.monotonic(), future)
+            self._answers[slot] = (time.monotonic(), digest, future)
+        elif entry[1] != digest:
+            return web.json_response(
+                {"error": "idempotency_key_reused", "message": "This Idempotency-Key was used "
+                 "with another request body; use a new key for each change."}, status=422)
         else:
-            future = entry[1]
+            future = entry[2]
         status, body = await asyncio.shield(future)
         return web.Response(status=status, body=body, content_type="application/json")
 
@@ -60,7 +70,7 @@ class IdempotentAnswers:
     def _expire(self) -> None:
         now = time.monotonic()
         while self._answers:
-            slot, (stored, future) = next(iter(self._answers.items()))
+            slot, (stored, _, future) = next(iter(self._answers.items()))
             if len(self._answers) <= KEEP_AT_MOST and (now - stored < KEEP_SECONDS
                                                        or not future.done()):
                 break

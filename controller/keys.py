@@ -48,7 +48,7 @@ class KeyInfo:
     last_used: int | None  # Unix time, None: never (as far as wakegate knows)
 
 
-_SHA256 = re.compile(r"[0-9a-f]{64}")
+SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 
 
 def check_keys(problems: Problems, data: Any) -> None:
@@ -64,10 +64,10 @@ def check_keys(problems: Problems, data: Any) -> None:
             if entry is None:
                 continue
             sha256 = entry.get("sha256")
-            if not isinstance(sha256, str) or not _SHA256.fullmatch(sha256):
+            if not isinstance(sha256, str) or not SHA256_HEX.fullmatch(sha256):
                 if "sha256" in entry:  # (a missing one is reported by `fields`)
                     problems.add(f"{where}.sha256", "must be a SHA-256 digest: 64 lowercase "
-                                 f"hex digits, got {describe(sha256)}")
+                                 f"hex digits, got {_describe_digest(sha256)}")
             elif sha256 in first:
                 problems.add(f"{where}.sha256", f"the same key as {name}[{first[sha256]}]; "
                              "keep one")
@@ -157,6 +157,13 @@ class KeyStore:
         write_json_atomic(self.path, self._keys)
         self._dirty = False
         self._last_write = time.monotonic()
+
+
+def _describe_digest(value: object) -> str:
+    """As `describe`, but never a whole digest-like string: its first 12 characters."""
+    if isinstance(value, str) and len(value) > 12:
+        return f'a string of {len(value)} characters, "{value[:12]}..."'
+    return describe(value)
 
 
 def _id(entry: Mapping[str, Any]) -> str:

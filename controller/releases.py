@@ -331,6 +331,7 @@ class Releases:
         release.live, release.last = other.colour, verb
         inst.replicas = list(other.replicas)
         inst.version = other.version
+        inst.end_backoff()  # another version is live: it deserves a start at once
         delay = inst.spec.environment.scale_down_delay
         release.other = OtherColour(old_colour, old_version, PREVIOUS, old_replicas,
                                     scale_down_at=time.monotonic() + delay)

@@ -44,6 +44,10 @@ ActivitySource = Callable[[Key], tuple[int, float]]
 
 _MAX_IDLE_CHECK = 1.0  # seconds between idle checks when nothing is due sooner
 _RESTART_DELAY = 0.5  # an always-on instance that lost its replicas starts again after this
+# A replica that exits sooner than this after the instance became ready did not
+# really start: it counts as a failed start for the crash back-off (as a
+# container that keeps exiting does for Kubernetes' CrashLoopBackOff).
+STABLE_AFTER = 10.0
 
 
 class Instance:
@@ -73,9 +77,23 @@ class Instance:
         return max(self.backoff_until - (time.monotonic() if now is None else now), 0.0)
 
     def end_backoff(self) -> None:
-        """A fresh start: after a success, a new version, an apply."""
+        """A fresh start: after a new version, an apply."""
         self.failures_in_a_row = 0
         self.backoff_until = 0.0
+
+    def start_failed(self, now: float) -> float:
+        """One more failed start in a row: the seconds of back-off it earns (0: none yet)."""
+        self.failures_in_a_row += 1
+        backoff = self.spec.environment.crash_backoff.delay(self.failures_in_a_row)
+        if backoff:
+            self.backoff_until = now + backoff
+        return backoff
+
+    def failed_starts(self, now: float) -> int:
+        """Failed starts in a row as of now (a replica ready for STABLE_AFTER ended them)."""
+        if self.state == READY and now - self.ready_since >= STABLE_AFTER:
+            return 0
+        return self.failures_in_a_row
 
     @property
     def key(self) -> Key:
@@ -242,7 +260,6 @@ class Scaler:
             version=inst.version,
             failures=inst.failures,
             error=inst.error,
-            ready_since=inst.ready_since,
             backoff_until=inst.backoff_until,
         )
         inst.route = route
@@ -356,11 +373,8 @@ class Scaler:
                 new = await self.runtime.start(inst.spec, inst.version, missing)
             except Exception as exc:  # StartFailed, or the platform's own failure
                 inst.failures += 1
-                inst.failures_in_a_row += 1
                 inst.error = str(exc) or type(exc).__name__
-                backoff = inst.spec.environment.crash_backoff.delay(inst.failures_in_a_row)
-                if backoff:
-                    inst.backoff_until = time.monotonic() + backoff
+                backoff = inst.start_failed(time.monotonic())
                 if inst.replicas:
                     # Some replicas serve (a partial start): run degraded, not stuck.
                     inst.state = READY
@@ -389,7 +403,9 @@ class Scaler:
             inst.state = READY
             inst.error = None
             inst.ready_since = time.monotonic()
-            inst.end_backoff()
+            # Requests may go again; the failed starts in a row end only once a replica
+            # stays up (replica_exited, failed_starts).
+            inst.backoff_until = 0.0
             self.publish(inst)
             self._on_scale(inst, "up")
             log.info(
@@ -418,8 +434,19 @@ class Scaler:
         if inst is None or replica not in inst.replicas:
             return
         inst.replicas.remove(replica)
-        log.warning("%s: replica %s exited with status %d while serving (see %s)",
-                    inst.name, replica.endpoint, code, self.runtime.log_path(inst.spec))
+        now = time.monotonic()
+        # (Kubernetes restarts a crashing pod itself, with its own back-off.)
+        if now - inst.ready_since < STABLE_AFTER and not self.runtime.self_healing:
+            backoff = inst.start_failed(now)
+            log.warning("%s: replica %s exited with status %d %.1fs after it became ready: "
+                        "a failed start (%d in a row)%s (see %s)", inst.name, replica.endpoint,
+                        code, now - inst.ready_since, inst.failures_in_a_row,
+                        f"; no start for {backoff:g}s (crash back-off)" if backoff else "",
+                        self.runtime.log_path(inst.spec))
+        else:
+            inst.failures_in_a_row = 0
+            log.warning("%s: replica %s exited with status %d while serving (see %s)",
+                        inst.name, replica.endpoint, code, self.runtime.log_path(inst.spec))
         if not inst.replicas:
             inst.state = SLEEPING
             inst.ready_since = 0.0
@@ -458,11 +485,14 @@ class Scaler:
         else:
             self.sync_instances(config.instances())
         # The operator may have fixed what made a service crash: try it again.
-        backed_off = [inst for inst in self.instances.values() if inst.backoff_until]
+        backed_off = [inst for inst in self.instances.values() if inst.failures_in_a_row]
         for inst in backed_off:
             inst.end_backoff()
         if backed_off:
             self.publish(*backed_off)
+            for inst in backed_off:
+                if not inst.spec.environment.sleeps:
+                    self.request_activation(inst.key)  # always on: started now, not later
         after = set(self.instances)
         return {"added": sorted("/".join(k) for k in after - before),
                 "removed": sorted("/".join(k) for k in before - after),
@@ -511,6 +541,8 @@ class Scaler:
                 await self.runtime.stop(old, inst.spec.service.stop_grace)
         log.info("%s: version %s (was %s)", inst.name, version, previous,
                  extra=event(inst.spec, "deployed", version=version, previous=previous))
+        if not inst.spec.environment.sleeps and not inst.replicas:
+            self.request_activation(inst.key)  # always on, down (crash back-off): start it
         return {"environment": environment, "service": service, "version": version,
                 "previous": previous, "changed": True}
 
@@ -618,6 +650,7 @@ class Scaler:
                 return
             inst.state = SLEEPING
             inst.ready_since = 0.0
+            inst.failures_in_a_row = 0  # it ran until it was idle: a good start
             self.publish(inst)
             self._on_scale(inst, "down")
             log.info("%s is asleep after %.1f s idle", inst.name, idle_for,
@@ -664,7 +697,7 @@ class Scaler:
                     "idle_timeout": inst.spec.environment.idle_timeout,
                     "url": f"http://{inst.host}{port}/",
                     "error": inst.error,
-                    "failures_in_a_row": inst.failures_in_a_row,
+                    "failures_in_a_row": inst.failed_starts(now),
                     # Rounded up: 0 only once it is really over.
                     "backoff_seconds": math.ceil(inst.backoff_left(now) * 10) / 10,
                     "log": self.runtime.log_path(inst.spec),

@@ -6,6 +6,7 @@ data and no I/O, so the data plane never depends on the control plane's code.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Literal
@@ -22,6 +23,9 @@ FAILED = "failed"  # the last activation failed; held requests get 503 at once
 # Every API key wakegate makes starts with this, so that a proxy knows a key
 # when it sees one, on any route, and never forwards it.
 API_KEY_PREFIX = "wg_"
+
+
+KEY_ID = re.compile(r"[0-9a-f]{12}")  # what key_id() gives
 
 
 def key_id(digest: bytes) -> str:
@@ -224,9 +228,6 @@ class Route:
     # failure from an old one it saw before it started waiting.
     failures: int = 0
     error: str | None = None
-    # Monotonic-clock second at which the endpoints became ready (0 if never);
-    # the proxy retries refused connects shortly after a wake.
-    ready_since: float = 0.0
     wake_strategy: str = "hold"
     # Monotonic-clock second until which the instance is in crash back-off (0:
     # not): no start is tried, and requests get 503 with the time left.
@@ -260,8 +261,7 @@ EMPTY_TABLE = RouteTable.build(0, [])
 # --- the route table on the wire (`wakegate controller` → `wakegate proxy`) ---
 #
 # JSON-ready dicts, decoded strictly: a proxy must never apply a table it only
-# half understood. `ready_since` and `backoff_until` are readings of the sender's
-# monotonic clock;
+# half understood. `backoff_until` is a reading of the sender's monotonic clock;
 # the message that carries the routes also carries the sender's `now`, and the
 # receiver shifts it into its own clock (clocks differ between processes).
 
@@ -286,7 +286,6 @@ def route_to_wire(route: Route) -> dict[str, object]:
         "version": route.version,
         "failures": route.failures,
         "error": route.error,
-        "ready_since": route.ready_since,
         "wake_strategy": route.wake_strategy,
         "backoff_until": route.backoff_until,
     }
@@ -329,8 +328,7 @@ def route_from_wire(data: object, clock_shift: float = 0.0, where: str = "route"
         raise WireError(f"{where}.key_hashes: must be hexadecimal SHA-256 digests") from None
     if any(len(h) != 32 for h in key_hashes):
         raise WireError(f"{where}.key_hashes: must be SHA-256 digests (32 bytes)")
-    ready_since = float(get("ready_since", (int, float)))  # type: ignore[arg-type]
-    backoff_until = float(get("backoff_until", (int, float), optional=True) or 0.0)  # type: ignore[arg-type]
+    backoff_until = float(get("backoff_until", (int, float)))  # type: ignore[arg-type]
     wake_strategy = get("wake_strategy", str)
     if wake_strategy not in WAKE_STRATEGIES:
         raise WireError(f"{where}.wake_strategy: unknown strategy {wake_strategy!r}")
@@ -349,7 +347,6 @@ def route_from_wire(data: object, clock_shift: float = 0.0, where: str = "route"
         version=str(get("version", str)),
         failures=int(get("failures", int)),  # type: ignore[call-overload]
         error=None if (error := get("error", str, optional=True)) is None else str(error),
-        ready_since=ready_since + clock_shift if ready_since else 0.0,
         wake_strategy=str(wake_strategy),
         backoff_until=backoff_until + clock_shift if backoff_until else 0.0,
     )

@@ -101,11 +101,8 @@ class _Worker:
 class Workers:
     """Workers `first`..`first + count - 1`, started by `start`, supervised until `stop`."""
 
-    def __init__(self, argv: Argv, count: int, env: dict[str, str] | None = None,
-                 first: int = 2) -> None:
-        """`env`: the children's environment (None: this process's)."""
+    def __init__(self, argv: Argv, count: int, first: int = 2) -> None:
         self._workers = [_Worker(i, argv(i)) for i in range(first, first + count)]
-        self._env = env
         self._changed = asyncio.Event()
         self._stopping = asyncio.Event()
         # Restarts begin only once the parent is up; before, a death fails the start.
@@ -178,7 +175,6 @@ class Workers:
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE,  # the stage lines; its log goes to our stderr
             preexec_fn=preexec,
-            env=self._env,
         )
         worker.started = time.monotonic()
         if self._stopping.is_set():

@@ -11,7 +11,7 @@ from multidict import CIMultiDictProxy
 from controller.spec import API_KEY_PREFIX, Route
 
 API_KEY_HEADER = "X-API-Key"
-BEARER = "bearer "
+BEARER = "bearer"
 
 # Why the check failed, as the `reason` label of wakegate_auth_failures_total.
 MISSING = "missing"
@@ -21,14 +21,25 @@ QUERY_STRING = "query_string"
 _QUERY_KEY_NAMES = ("api_key=", "apikey=", "api-key=", "key=", "token=", "access_token=")
 
 
+def bearer_token(value: str) -> str | None:
+    """The token of `Authorization: Bearer <token>` (any whitespace after the scheme)."""
+    scheme, _, token = value.strip().partition(" ")
+    if not token and "\t" in scheme:
+        scheme, _, token = scheme.partition("\t")
+    if scheme.lower() != BEARER or not token.strip():
+        return None
+    return token.strip()
+
+
 def presented_key(headers: Mapping[str, str]) -> tuple[str | None, bool]:
     """The key the client sent and whether it came in Authorization (vs X-API-Key)."""
     key = headers.get(API_KEY_HEADER)
     if key:
         return key.strip(), False
     auth = headers.get("Authorization")
-    if auth and auth[:7].lower() == BEARER:
-        return auth[7:].strip(), True
+    token = bearer_token(auth) if auth else None
+    if token is not None:
+        return token, True
     return None, False
 
 
@@ -40,7 +51,8 @@ def is_wakegate_bearer(value: str | bytes) -> bool:
     """`Authorization: Bearer wg_...`: a wakegate API key, not the service's own credential."""
     if isinstance(value, bytes):
         value = value.decode("latin-1")
-    return value[:7].lower() == BEARER and value[7:].lstrip().startswith(API_KEY_PREFIX)
+    token = bearer_token(value)
+    return token is not None and token.startswith(API_KEY_PREFIX)
 
 
 def credential_headers(headers: CIMultiDictProxy[str]) -> frozenset[str]:
@@ -82,8 +94,8 @@ def check(route: Route, headers: Mapping[str, str],
         # The key may have been sent both ways at once: Authorization then
         # carries a secret too and must not reach the upstream either.
         auth = headers.get("Authorization")
-        if auth and auth[:7].lower() == BEARER and \
-                key_matches(auth[7:].strip(), route.key_hashes) is not None:
+        token = bearer_token(auth) if auth else None
+        if token is not None and key_matches(token, route.key_hashes) is not None:
             return None, True, matched
     return None, in_authorization, matched
 

@@ -29,7 +29,7 @@ from .activator import ActivationFailed, Activator, HoldTimeout, QueueFull, Rout
 from .activity import ActivityTracker
 from .errors import error_response, no_route, request_timeout, unauthorized, unavailable
 from .fastpath import FastConnection, UpstreamPool
-from .forward import Forwarder, NeedsWake, UpstreamError
+from .forward import Forwarder, NeedsWake, UpstreamError, declared_length
 from .headers import TrustedProxies, upstream_request_headers
 from .link import ControlLink
 from .metrics import ProxyMetrics
@@ -50,6 +50,8 @@ log = logging.getLogger("wakegate.proxy")
 _HTTP_1 = (HttpVersion10, HttpVersion11)
 _AUTHORIZATION = frozenset(("authorization",))
 _EXPECT = frozenset(("expect",))  # answered here: the upstream gets the body at once
+_CONTINUED = "wakegate.continued"  # request[...]: `100 Continue` was sent (or not needed)
+CLOSE_AT_ONCE = "wakegate.close"  # request[...]: close the connection once it is answered
 _ADMIN_PATHS = frozenset(("/healthz", "/readyz", "/metrics"))
 RETRY_AFTER_QUEUE_FULL = 2
 RETRY_AFTER_FAILED = 1  # the next request tries a new start at once
@@ -77,7 +79,9 @@ class Proxy:
         # without the endpoints seen refusing connections (refusals.py).
         self._given: RouteTable = EMPTY_TABLE
         self.table: RouteTable = EMPTY_TABLE
-        self.refusals = RefusedEndpoints(self._apply_view, settings.connect_timeout)
+        # `connected`: split mode's link knows whether the controller answers.
+        self.refusals = RefusedEndpoints(self._apply_view, settings.connect_timeout,
+                                         lambda: bool(getattr(link, "connected", True)))
         self.activity = ActivityTracker()
         self.metrics = ProxyMetrics(self._in_flight_counts, self._held_counts)
         self.activator = Activator(link, self.metrics)
@@ -174,6 +178,13 @@ class Proxy:
 
     async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
         started = time.monotonic()
+        # The fast path hands over a request it sent once already, whose upstream
+        # died on it: it may wake the instance once, never twice. The mark is for
+        # the first request of the connection only, however it is answered.
+        protocol = request.protocol
+        sent_once = getattr(protocol, "replayed", False)
+        if sent_once:
+            protocol.replayed = False  # type: ignore[attr-defined]
         if request.version not in _HTTP_1:
             return _wrong_version(request)
         hosts = request.headers.getall("Host", ())
@@ -192,16 +203,25 @@ class Proxy:
             # Only the path (and query) of the target is used, and only the routed
             # instance's endpoints are connected to, whatever the target says.
             target = upstream_target(request.method, request.raw_path, route.host)
-            response = await self._serve(request, route, target, started)
+            response = await self._serve(request, route, target, started, sent_once)
         except TargetRefused as refused:
             response = error_response(
                 refused.status, refused.code, refused.message, route,
                 {"Allow": ALLOWED_METHODS} if refused.status == 405 else None)
+            # Where such a request's body ends is not agreed on (an upstream or another
+            # proxy ignores a CONNECT's Content-Length): nothing after it is believed.
+            response.force_close()
+            request[CLOSE_AT_ONCE] = True
         except asyncio.CancelledError:
             # The client went away (nginx's 499).
             self.request_done(route, 499, time.monotonic() - started, request.method,
                               request.path, request.remote or "", False)
             raise
+        if "Expect" in request.headers and not request.get(_CONTINUED):
+            # Refused before `100 Continue`: the client will not send its body, so
+            # what would come next on this connection is not a request. Close it.
+            response.force_close()
+            request[CLOSE_AT_ONCE] = True
         self.request_done(route, response.status, time.monotonic() - started, request.method,
                           request.path, request.remote or "",
                           response.headers.get("X-Wakegate-Cold-Start") == "true")
@@ -215,7 +235,8 @@ class Proxy:
             self.request_log.write(route, status, seconds, method, path, client, cold)
 
     async def _serve(
-        self, request: web.BaseRequest, route: Route, target: str, started: float
+        self, request: web.BaseRequest, route: Route, target: str, started: float,
+        sent_once: bool = False,
     ) -> web.StreamResponse:
         # wakegate's own credentials never reach a service, on any route (a
         # private key sent to a public host is not the public service's business).
@@ -246,12 +267,9 @@ class Proxy:
             activity.in_flight += 1
         try:
             extra: dict[str, str] | None = None
-            # The fast path hands over a request its upstream died on after it was
-            # sent: such a request wakes the instance once, never twice.
-            protocol = request.protocol
-            rewoken = getattr(protocol, "replayed", False)
-            if rewoken:
-                protocol.replayed = False  # type: ignore[attr-defined]
+            # A request wakes an instance again at most once after it reached one
+            # (NeedsWake below): never a crash loop for a request that kills it.
+            rewoken = False
             if not route.endpoints:
                 if route.backoff_until:
                     _refuse_in_backoff(route)
@@ -259,6 +277,7 @@ class Proxy:
                     self.link.activate(route.key)
                     return waking_page(route)
                 route, extra = await self._hold(route, started, ignored)
+                rewoken = sent_once  # this wake was its one more
             headers = upstream_request_headers(
                 request.headers,
                 peer=request.remote,
@@ -312,8 +331,7 @@ class Proxy:
             return error_response(
                 417, "expectation_failed",
                 f"wakegate only understands `Expect: 100-continue`, not {expect[:40]!r}.", route)
-        length = request.content_length
-        if length is not None and length > self.settings.max_body_size:
+        if declared_length(request) > self.settings.max_body_size:
             # Refused before the client sends it.
             return error_response(
                 413, "body_too_large",
@@ -321,6 +339,7 @@ class Proxy:
         if request.version == HttpVersion11:
             await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
             request.writer.output_size = 0  # not part of the answer's size
+        request[_CONTINUED] = True
         return None
 
     def _release_gate(self, key: tuple[str, str]) -> asyncio.Semaphore:
@@ -511,6 +530,10 @@ class _ProxyRequestHandler(RequestHandler):
         try:
             resp, reset = await super().finish_response(request, resp, start_time)
             self._kept_alive = bool(resp.keep_alive)
+            if request.get(CLOSE_AT_ONCE):
+                # Answered before a body the client holds back (`Expect`): aiohttp
+                # would wait `lingering_time` for it. Closed once the answer is out.
+                self.force_close()
             return resp, reset
         finally:
             self._handling = False
@@ -555,6 +578,7 @@ class _ProxyRequestHandler(RequestHandler):
             status, code, text = 431, "headers_too_large", "The request headers are too large."
         elif isinstance(exc, BadStatusLine) and "HTTP version" in str(exc):
             status, code, text = _VERSION_NOT_SUPPORTED
+            request._cache["version"] = HttpVersion11  # as _wrong_version: said as HTTP/1.1
         elif status == 400:
             code, text = "bad_request", "The request is not valid HTTP/1.1."
         elif status == 504:

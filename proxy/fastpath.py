@@ -11,12 +11,15 @@ streamed back as it arrives, its framing (Content-Length, chunked, or until
 close) followed only to know where it ends.
 
 Everything else - a request to hold, a private instance, a WebSocket, a
-chunked or large body, anything malformed, an admin path, an upstream that
-refuses the connection - is handed to the aiohttp server (`proxy.app`) by
-switching the connection's protocol, with the bytes not yet consumed. It
-gives the status table's answers, holds, retries and wakes. A request is
-handed over only before anything of it was sent upstream, so nothing is
-sent twice from here.
+chunked or large body, `Expect`, a wakegate key, a target that is not a plain
+path, anything malformed, an admin path, an upstream that refuses the
+connection - is handed to the aiohttp server (`proxy.app`) by switching the
+connection's protocol, with the bytes not yet consumed. It gives the status
+table's answers, holds, retries and wakes. A request is handed over before
+anything of it was sent upstream, with one exception: an idempotent request
+without a body whose replica went away under it (reset, then gone when tried
+again on a new connection) is handed over marked `replayed`, so that the
+aiohttp path sends it once more at most (it may wake the instance once).
 """
 
 from __future__ import annotations
@@ -25,12 +28,12 @@ import asyncio
 import re
 import time
 from collections.abc import Callable
-from http import HTTPStatus
 from typing import TYPE_CHECKING, Any
 
 from .access import is_wakegate_bearer
-from .errors import error_body, request_timeout
+from .errors import raw_error, request_timeout
 from .headers import CLIENT_FORWARDED, HOP_BY_HOP
+from .refusals import accepts
 from .routing import normalize_host
 
 if TYPE_CHECKING:
@@ -43,6 +46,11 @@ _MAX_RESPONSE_HEAD = 64 * 1024
 _MAX_IDLE_PER_ENDPOINT = 256
 _PAUSE_CLIENT_AT = 256 * 1024  # pipelined bytes buffered while a request is in flight
 _IDEMPOTENT = frozenset((b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"))
+# The methods served here; any other (CONNECT above all: an upstream ignores its
+# Content-Length, and would take the body for a next request) goes to the aiohttp
+# path, which refuses or forwards it by the request-target rules.
+_FAST_METHODS = frozenset((b"GET", b"HEAD", b"POST", b"PUT", b"PATCH", b"DELETE",
+                           b"OPTIONS"))
 _HOP = frozenset(name.encode() for name in HOP_BY_HOP)
 # Kept on the way back: the framing we pass through unchanged.
 _HOP_DOWN = _HOP - {b"transfer-encoding"}
@@ -54,6 +62,10 @@ _HEX = re.compile(rb"[0-9A-Fa-f]{1,15}")
 # Never dropped because Connection names them: the framing (and the Host) would
 # then differ between what we parse and what the other side reads (smuggling).
 _FRAMING = frozenset((b"content-length", b"transfer-encoding", b"host"))
+
+# Request fields that send a request to the aiohttp path: framing it must parse,
+# upgrades, `Expect` (100-continue), and wakegate's own key (X-API-Key).
+_HANDED_OFF_FIELDS = frozenset((b"transfer-encoding", b"upgrade", b"expect", b"x-api-key"))
 
 # Response body framing.
 _NONE, _LENGTH, _CHUNKED, _UNTIL_CLOSE = range(4)
@@ -399,10 +411,11 @@ class FastConnection(asyncio.Protocol):
         # request-target rules (targets.py) to every other form: `//x` and
         # `/\x` paths, absolute-form, authority-form, `*`, fragments, bytes
         # beyond ASCII (which it refuses).
-        if (not target.startswith(b"/") or target[1:2] in (b"/", b"\\")
-                or b"#" in target or not target.isascii()):
+        if (method not in _FAST_METHODS or not target.startswith(b"/")
+                or target[1:2] in (b"/", b"\\") or b"#" in target or not target.isascii()
+                or b"\t" in lines[0]):
             return False
-        if _CONTROL.search(head.replace(b"\r\n", b"\t")) or not _TOKEN.fullmatch(method):
+        if _CONTROL.search(head.replace(b"\r\n", b"\t")):
             return False
         host: bytes | None = None
         length = -1  # no Content-Length
@@ -424,10 +437,14 @@ class FastConnection(asyncio.Protocol):
                 # Any second one goes to the aiohttp path (400 if they differ). This
                 # was `if length`, which let "0" then "40" through: we sent 40 bytes
                 # of body, the upstream read 0 and took the rest as a second request.
-                if length >= 0 or not value.isdigit():
+                if length >= 0 or not value.isdigit() or len(value) > 18:
                     return False
                 length = int(value)
-            elif lname in (b"transfer-encoding", b"upgrade", b"expect"):
+            elif lname in _HANDED_OFF_FIELDS:
+                return False
+            elif lname == b"authorization" and is_wakegate_bearer(value):
+                # A wakegate key sent to a public host: stripped by the aiohttp path, the
+                # one place that decides which credentials never reach a service.
                 return False
             elif lname == b"connection":
                 for token in value.lower().split(b","):
@@ -488,12 +505,10 @@ class FastConnection(asyncio.Protocol):
         for lname, value, line in fields:
             if lname in _HOP or lname in listed:
                 continue
-            # wakegate's own API key never reaches a service (access.credential_headers).
-            if lname == b"x-api-key" or (lname == b"authorization" and is_wakegate_bearer(value)):
-                continue
-            if lname in _CLIENT_FORWARDED:
+            if lname in _CLIENT_FORWARDED or (b"_" in lname and
+                                              lname.replace(b"_", b"-") in _CLIENT_FORWARDED):
                 if not trusted:
-                    continue
+                    continue  # as headers.is_client_forwarded
                 if lname == b"x-forwarded-for":
                     prior.append(value)
                     continue
@@ -758,15 +773,27 @@ class FastConnection(asyncio.Protocol):
             self._connecting = asyncio.ensure_future(self._connect_and_send(endpoint, False))
             return
         if self._on_fresh and up is not None:
-            # Even a new connection broke before an answer: that replica is going
-            # away (its controller may have died, taking it along). Out of the
-            # table; the aiohttp path tries the next one or holds the request.
-            self._proxy.endpoint_refused(self._route, up.endpoint)
-            self._undo_count()
-            self._hand_off(replayed=True)
+            # Even a new connection broke before an answer: is the replica gone?
+            self._connecting = asyncio.ensure_future(self._after_fresh_reset(up.endpoint))
             return
         self._error(502, "upstream_reset", "The service closed the connection without "
                                            "answering.")
+
+    async def _after_fresh_reset(self, endpoint: str) -> None:
+        """The retry on a new connection broke too: 502 if the replica still listens (it
+        is this request it breaks on), else it is gone (its controller may have died,
+        taking it along): out of the table, and the aiohttp path tries the next one or
+        holds the request while the instance wakes."""
+        alive = await accepts(endpoint, self._proxy.settings.connect_timeout)
+        if self._route is None or self._transport is None:
+            return  # the client left meanwhile
+        if alive:
+            self._error(502, "upstream_reset", "The service closed the connection without "
+                                               "answering.")
+            return
+        self._proxy.endpoint_refused(self._route, endpoint)
+        self._undo_count()
+        self._hand_off(replayed=True)
 
     def _bad_upstream(self) -> None:
         if self._up is not None:
@@ -824,10 +851,7 @@ class FastConnection(asyncio.Protocol):
         self._close_after = True
         self._finish(status)
         if transport is not None:
-            body = error_body(code, message, route)
-            transport.write(b"HTTP/1.1 %d %s\r\nContent-Type: application/json\r\n"
-                            b"Content-Length: %d\r\nConnection: close\r\n\r\n"
-                            % (status, HTTPStatus(status).phrase.encode(), len(body)) + body)
+            transport.write(raw_error(status, code, message, route))
             transport.close()
 
     def _cut(self) -> None:

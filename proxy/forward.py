@@ -23,6 +23,7 @@ from yarl import URL
 from controller.spec import ProxySettings, Route
 
 from .headers import WEBSOCKET_HANDSHAKE, downstream_response_headers
+from .refusals import accepts
 from .targets import split_target
 
 # Responses up to this size are read whole and sent in one write.
@@ -151,10 +152,12 @@ class Forwarder:
                 await session.close()
 
     def pick(self, route: Route, attempt: int) -> str:
+        """Round robin; `attempt` 1, 2, ...: the endpoints after the one attempt 0 took."""
         n = self._rr.get(route.key, 0)
         if attempt == 0:
             self._rr[route.key] = n + 1
-        return route.endpoints[(n + attempt) % len(route.endpoints)]
+            return route.endpoints[n % len(route.endpoints)]
+        return route.endpoints[(n - 1 + attempt) % len(route.endpoints)]
 
     async def forward(
         self,
@@ -221,19 +224,26 @@ class Forwarder:
                 # Reset before answering. A pooled keep-alive connection the
                 # upstream just closed looks the same: an idempotent, body-less
                 # request is tried again on a new connection. If even that one
-                # breaks (or is refused), the replica is going away: it is taken
+                # breaks and nothing listens there any more, the replica is gone
+                # (its controller may have died, taking it along): it is taken
                 # out, and the request goes to the next one or is held while the
-                # instance wakes. Each replica is tried once, and `Proxy._serve`
-                # lets a request wake an instance again only once: a request that
-                # kills its service is never replayed into a crash loop.
+                # instance wakes. `Proxy._serve` lets a request wake an instance
+                # again only once: a request that kills its service is never
+                # replayed into a crash loop.
                 if replayable:
-                    if fresh:
-                        refused(route, endpoint)
-                        route = _next_route(current, route, endpoint)
-                        attempt = 0
-                    else:
+                    if not fresh:
                         fresh = True
                         attempt += 1
+                        continue
+                    if await accepts(endpoint, self._settings.connect_timeout):
+                        # It listens: it is this request it breaks on. Not sent again.
+                        raise UpstreamError(
+                            502, "upstream_reset",
+                            "The service closed the connection without answering.",
+                        ) from None
+                    refused(route, endpoint)
+                    route = _next_route(current, route, endpoint)
+                    attempt = 0
                     continue
                 raise UpstreamError(
                     502, "upstream_reset",
@@ -263,8 +273,7 @@ class Forwarder:
         if not request.body_exists:
             return None
         limit = self._settings.max_body_size
-        length = request.content_length
-        if length is not None and length > limit:
+        if declared_length(request) > limit:
             raise _too_large(limit)
         return _limited(request.content, limit, guard)
 
@@ -332,6 +341,12 @@ class Forwarder:
             for p in request.headers.get("Sec-WebSocket-Protocol", "").split(",")
             if p.strip()
         ]
+        if not web.WebSocketResponse().can_prepare(request).ok:
+            # Checked before anything is opened upstream: a broken handshake is the
+            # client's, answered 400 here.
+            raise UpstreamError(400, "bad_request",
+                                "The WebSocket handshake is not valid (Sec-WebSocket-Key, "
+                                "Sec-WebSocket-Version 13, GET).")
         for name in WEBSOCKET_HANDSHAKE:
             headers.popall(name, None)
         path, query = split_target(target)
@@ -366,9 +381,21 @@ class Forwarder:
             await _pump_both_ways(ws, up)
         finally:
             await up.close()
-            if not ws.closed:
+            if ws.prepared and not ws.closed:
                 await ws.close()
         return ws
+
+
+def declared_length(request: web.BaseRequest) -> int:
+    """The Content-Length the client declared (0 if none), never more than 10**18.
+
+    aiohttp's `content_length` is int() of the header, which refuses more than
+    4300 digits with a ValueError: a client must not be able to cause that.
+    """
+    raw = request.headers.get("Content-Length", "").strip()
+    if not raw.isdigit():
+        return 0  # none (a malformed one never gets past the parser)
+    return int(raw) if len(raw) <= 18 else 10**18
 
 
 def upstream_url(endpoint: str, path: str, query: str) -> URL:

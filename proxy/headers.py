@@ -21,10 +21,20 @@ HOP_BY_HOP = frozenset(
         "upgrade",
     )
 )
-# What a client says about where a request came from: believed only from a
-# trusted proxy, else replaced.
+# What a client says about where a request came from (or which URL it asked
+# for, as proxies in front of a service say it): believed only from a trusted
+# proxy, else removed (the first three are then set by wakegate).
 CLIENT_FORWARDED = ("X-Forwarded-For", "X-Forwarded-Proto", "X-Forwarded-Host", "X-Real-IP",
-                    "Forwarded")
+                    "Forwarded", "X-Forwarded-Port", "X-Forwarded-Prefix", "X-Forwarded-Server",
+                    "X-Client-IP", "True-Client-IP", "X-Original-URL", "X-Rewrite-URL")
+_CLIENT_FORWARDED = frozenset(name.lower() for name in CLIENT_FORWARDED)
+
+
+def is_client_forwarded(lname: str) -> bool:
+    """One of CLIENT_FORWARDED, also as `X_Forwarded_For`: CGI and WSGI servers turn both
+    `-` and `_` into `_`, so a service would take the one for the other."""
+    return lname in _CLIENT_FORWARDED or ("_" in lname and
+                                          lname.replace("_", "-") in _CLIENT_FORWARDED)
 # Set by the WebSocket client itself when it opens the upstream side.
 WEBSOCKET_HANDSHAKE = frozenset(
     ("sec-websocket-key", "sec-websocket-version", "sec-websocket-extensions",
@@ -81,6 +91,8 @@ def upstream_request_headers(
         lname = name.lower()
         if lname in HOP_BY_HOP or lname in listed or lname in drop:
             continue
+        if not trusted and is_client_forwarded(lname):
+            continue  # an untrusted client's claims about where it came from
         out.add(name, value)
     if trusted:
         prior = ", ".join(incoming.getall("X-Forwarded-For", ()))
@@ -88,9 +100,6 @@ def upstream_request_headers(
         out.setdefault("X-Forwarded-Proto", scheme)
         out.setdefault("X-Forwarded-Host", incoming.get("Host", ""))
     else:
-        # An untrusted client's claims about where it came from are replaced.
-        for name in CLIENT_FORWARDED:
-            out.popall(name, None)
         out["X-Forwarded-For"] = peer or ""
         out["X-Forwarded-Proto"] = scheme
         out["X-Forwarded-Host"] = incoming.get("Host", "")

@@ -15,7 +15,9 @@ that nothing listens there, and nothing of the request reached anyone, so:
   was only slow to listen), and the mark is dropped when the controller's
   table no longer lists that endpoint (the controller replaced the replica).
 
-The probes only ever connect to endpoints the controller's table lists.
+The probes only ever connect to endpoints the controller's table lists, and
+only bring one back while that controller answers: a table from a controller
+that died may name a port that another instance's new replica has taken.
 """
 
 from __future__ import annotations
@@ -39,9 +41,12 @@ PROBE_MAX = 1.0
 class RefusedEndpoints:
     """The marks, their probes, and the view of a table without the marked endpoints."""
 
-    def __init__(self, changed: Callable[[], None], connect_timeout: float) -> None:
+    def __init__(self, changed: Callable[[], None], connect_timeout: float,
+                 trusted: Callable[[], bool] = lambda: True) -> None:
+        """`trusted`: whether the table comes from a controller that answers now."""
         self._changed = changed
         self._connect_timeout = connect_timeout
+        self._trusted = trusted
         self._marks: dict[Key, dict[str, asyncio.Task[None]]] = {}
         self._table = EMPTY_TABLE  # the controller's, as last seen
 
@@ -85,20 +90,15 @@ class RefusedEndpoints:
         return RouteTable(table.version, MappingProxyType(by_host), MappingProxyType(by_key))
 
     async def _probe(self, key: Key, endpoint: str) -> None:
-        host, _, port = endpoint.rpartition(":")
         delay = PROBE_FIRST
         while True:
             await asyncio.sleep(delay)
             delay = min(delay * 2, PROBE_MAX)
-            try:
-                _, writer = await asyncio.wait_for(
-                    asyncio.open_connection(host.strip("[]"), int(port)), self._connect_timeout)
-            except (OSError, TimeoutError):
-                continue
-            writer.close()
-            with contextlib.suppress(OSError):
-                await writer.wait_closed()
-            break
+            # Only while the controller answers: with a table that may be stale (its
+            # controller died and took the replicas along) the port may already be
+            # another instance's new replica's. Its next table says what is where.
+            if self._trusted() and await accepts(endpoint, self._connect_timeout):
+                break
         marks = self._marks.get(key)
         if marks is not None and marks.get(endpoint) is asyncio.current_task():
             del marks[endpoint]
@@ -112,3 +112,17 @@ class RefusedEndpoints:
             for task in marks.values():
                 task.cancel()
         self._marks.clear()
+
+
+async def accepts(endpoint: str, timeout: float) -> bool:
+    """Whether something accepts a TCP connection at `endpoint` ("host:port"); nothing is sent."""
+    host, _, port = endpoint.rpartition(":")
+    try:
+        _, writer = await asyncio.wait_for(
+            asyncio.open_connection(host.strip("[]"), int(port)), timeout)
+    except (OSError, TimeoutError):
+        return False
+    writer.close()
+    with contextlib.suppress(OSError):
+        await writer.wait_closed()
+    return True

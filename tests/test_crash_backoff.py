@@ -107,3 +107,45 @@ async def test_apply_ends_the_back_off(wakegate: Any) -> None:
     status = json.loads(wg.cli("status", "--json", check=True).stdout)
     broken = next(r for r in status if r["service"] == "broken")
     assert broken["failures_in_a_row"] == 1 and broken["backoff_seconds"] == 0, broken
+
+
+async def test_a_replica_that_dies_right_after_it_is_ready_is_a_failed_start(
+    wakegate: Any,
+) -> None:
+    """GET /crash makes the example exit at once: ready, then gone, twice (the request is
+    sent once more to a new replica, never a third time) is two failed starts in a row."""
+    wg = wakegate({
+        "environments": {"demo": {"crash_backoff": {"after": 2, "first": f"{FIRST:g}s"}}},
+        "services": {"hello": hello_service(environments=["demo"])},
+    })
+    host = "hello.demo.localhost"
+    async with aiohttp.ClientSession() as http:
+        crashed = await fetch(http, wg.base, host, "/crash")
+        assert crashed.status == 502, crashed
+        assert wg.log_of("demo", "hello").count("--- wakegate: starting") == 2
+        state = wg.status()[("demo", "hello")]
+        assert state["failures_in_a_row"] == 2 and state["backoff_seconds"] > 0, state
+        assert_backed_off(await fetch(http, wg.base, host), FIRST)
+        assert wg.log_of("demo", "hello").count("--- wakegate: starting") == 2
+
+
+async def test_an_always_on_instance_in_back_off_starts_at_once_after_apply(
+    wakegate: Any,
+) -> None:
+    broken = hello_service(environments=["staging"], env={"HELLO_EXIT_AT_START": "3"})
+    wg = wakegate({
+        "environments": {"staging": {"crash_backoff": {"after": 1, "first": "1m",
+                                                       "max": "2m"}}},
+        "services": {"hello": broken},
+    })
+    state = wg.status()[("staging", "hello")]
+    assert state["backoff_seconds"] > 50, state  # its first start failed: 1 min of back-off
+    # The operator fixes it: apply starts it now, not when the minute is over.
+    wg.config["services"]["hello"] = hello_service(environments=["staging"])
+    wg.write_config()
+    wg.cli("apply", check=True)
+    wait_until(lambda: wg.status()[("staging", "hello")]["state"] == "ready", 15.0,
+               "the fixed always-on instance to start")
+    async with aiohttp.ClientSession() as http:
+        answer = await fetch(http, wg.base, "hello.staging.localhost")
+        assert answer.status == 200, answer

@@ -269,12 +269,25 @@ async def test_a_client_that_stops_reading_does_not_stall_anyone_else(fast: Wake
     await assert_serves(fast)
 
 
-async def test_reset_before_answering_is_a_502(fast: Wakegate) -> None:
-    assert_error(await exchange(fast, request("POST", "/reset", body=b"payload")), 502,
+async def seen(wg: Wakegate, path: str) -> int:
+    """How many requests for `path` the service has received."""
+    return int((await exchange(wg, request("GET", f"/seen?path={path}"))).json()["count"])
+
+
+@pytest.mark.parametrize("path", ["fast", "aiohttp"])
+async def test_reset_before_answering_is_a_502(gates: dict[str, Wakegate], path: str) -> None:
+    wg = gates[path]
+    before = await seen(wg, "/reset")
+    assert_error(await exchange(wg, request("POST", "/reset", body=b"payload")), 502,
                  "upstream_reset")
-    # Idempotent and body-less: sent once more, then the same answer.
-    assert_error(await exchange(fast, request("GET", "/reset")), 502, "upstream_reset")
-    await assert_serves(fast)
+    assert await seen(wg, "/reset") == before + 1, "a POST must never be sent twice"
+    # Idempotent and body-less: sent once more on a new connection; the service still
+    # listens, so it is this request it breaks on: the same answer, no third try.
+    assert_error(await exchange(wg, request("GET", "/reset")), 502, "upstream_reset")
+    assert await seen(wg, "/reset") == before + 3
+    assert wg.state(ENV, SERVICE) == "ready"  # nothing was taken for gone
+    assert "refused a connection" not in wg.stderr()
+    await assert_serves(wg)
 
 
 async def test_garbage_from_the_upstream_is_a_502(fast: Wakegate) -> None:

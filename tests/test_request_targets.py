@@ -56,20 +56,36 @@ def wg(request: pytest.FixtureRequest, gates: dict[str, Wakegate]) -> Wakegate:
     return gates[request.param]
 
 
-@contextlib.asynccontextmanager
-async def sink() -> AsyncIterator[tuple[int, list[bytes]]]:
-    """A listener no request may ever reach: (its port, what each connection sent)."""
-    seen: list[bytes] = []
+class Sink(asyncio.Protocol):
+    """A listener no request may ever reach; it counts every connection it accepts."""
 
-    async def took(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        with contextlib.suppress(Exception):
-            seen.append(await asyncio.wait_for(reader.read(1024), 1.0))
-        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nsink!")
+    def __init__(self) -> None:
+        self.peers: list[Any] = []
+        self.changed = asyncio.Event()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.peers.append(transport.get_extra_info("peername"))
+        self.changed.set()
+        transport.close()
+
+    async def accepted_all_until_now(self, port: int) -> list[Any]:
+        """Every connection made to it so far: a last one of our own is accepted after
+        them (the kernel's accept queue is in order), so it is waited for, no more."""
+        _, writer = await asyncio.open_connection("127.0.0.1", port)
+        mine = writer.get_extra_info("sockname")
+        while mine not in self.peers:
+            self.changed.clear()
+            await asyncio.wait_for(self.changed.wait(), IO_DEADLINE)
         writer.close()
+        return [peer for peer in self.peers if peer != mine]
 
-    server = await asyncio.start_server(took, "127.0.0.1", 0)
+
+@contextlib.asynccontextmanager
+async def sink() -> AsyncIterator[tuple[int, Sink]]:
+    protocol = Sink()
+    server = await asyncio.get_running_loop().create_server(lambda: protocol, "127.0.0.1", 0)
     try:
-        yield server.sockets[0].getsockname()[1], seen
+        yield server.sockets[0].getsockname()[1], protocol
     finally:
         server.close()
         await server.wait_closed()
@@ -89,7 +105,7 @@ def echoed(resp: Resp) -> dict[str, Any]:
 
 
 async def test_no_target_makes_the_proxy_connect_anywhere_but_the_route(wg: Wakegate) -> None:
-    async with sink() as (port, seen):
+    async with sink() as (port, listener):
         at = f"127.0.0.1:{port}"
         refused = [
             # A tunnel to anywhere, on a public and on a private host.
@@ -126,8 +142,8 @@ async def test_no_target_makes_the_proxy_connect_anywhere_but_the_route(wg: Wake
         got = echoed(await exchange(wg, request("GET", f"HTTP://{PUBLIC.upper()}/echo?x",
                                                 PUBLIC)))
         assert got["target"] == "/echo?x", got
-        await asyncio.sleep(0)  # let the sink's accept callbacks run, if anything connected
-        assert seen == [], f"something reached the sink: {seen}"
+        reached = await listener.accepted_all_until_now(port)
+        assert reached == [], f"the proxy connected to the sink: {reached}"
     stderr = wg.stderr()
     assert "Traceback" not in stderr and "error handling request" not in stderr, stderr[-3000:]
 
@@ -216,11 +232,16 @@ async def test_expect_100_continue(wg: Wakegate) -> None:
     got = echoed(resp)
     assert got["body"] == body.decode() and "expect" not in {n.lower() for n, _ in
                                                              got["headers"]}, got
-    # Without the key of a private host: 401 at once, never 100, no body needed.
+    # Without the key of a private host: 401 at once, never 100, no body needed; and
+    # the connection is closed (what the client sends next is not a request).
     private = head.replace(PUBLIC.encode(), PRIVATE.encode())
     conn, first = await send_head_expecting(wg, private)
-    conn.close()
-    assert first.startswith(b"HTTP/1.1 401 "), first
+    try:
+        assert first.startswith(b"HTTP/1.1 401 "), first
+        await asyncio.wait_for(conn.reader.read(), IO_DEADLINE)  # the JSON body, then EOF
+        assert conn.reader.at_eof()
+    finally:
+        conn.close()
     # A body over the limit: 413 before it is sent.
     big = (f"POST /echo HTTP/1.1\r\nHost: {PUBLIC}\r\nExpect: 100-continue\r\n"
            f"Content-Length: {MAX_BODY + 1}\r\n\r\n").encode()
@@ -232,3 +253,73 @@ async def test_expect_100_continue(wg: Wakegate) -> None:
     conn, first = await send_head_expecting(wg, odd)
     conn.close()
     assert first.startswith(b"HTTP/1.1 417 "), first
+
+
+# --- what an attacker tried (each once a 500, a traceback or a smuggled request) ---
+
+
+async def test_connect_with_a_body_smuggles_nothing(wg: Wakegate) -> None:
+    """An upstream ignores a CONNECT's Content-Length and would take the body for a second
+    request, which nobody checked: refused, and the connection closed after the 405."""
+    smuggled = f"GET /smuggled/echo HTTP/1.1\r\nHost: {PUBLIC}\r\n\r\n".encode()
+    before = (await exchange(wg, request("GET", "/seen?path=/smuggled/echo"))).json()
+    data = (f"CONNECT /x HTTP/1.1\r\nHost: {PUBLIC}\r\nContent-Length: {len(smuggled)}"
+            "\r\n\r\n").encode() + smuggled
+    conn = await Conn.open(wg)
+    try:
+        await conn.send(data)
+        resp = await conn.response()
+        assert_json_error(resp, 405, "method_not_allowed")
+        assert await conn.closed_by_server()
+    finally:
+        conn.close()
+    after = (await exchange(wg, request("GET", "/seen?path=/smuggled/echo"))).json()
+    assert after == before, "the CONNECT's body reached the service as a request"
+
+
+async def test_a_content_length_of_thousands_of_digits_is_an_answer_not_a_crash(
+    wg: Wakegate,
+) -> None:
+    for length in ("0" * 4400 + "5", "1" * 5000):
+        data = (f"POST /echo HTTP/1.1\r\nHost: {PUBLIC}\r\nContent-Length: {length}\r\n\r\n"
+                "hello").encode()
+        resp = await exchange(wg, data)
+        assert resp.status in (400, 413) and resp.header("Content-Type") == "application/json", \
+            resp
+    assert "Traceback" not in wg.stderr()
+
+
+async def test_a_broken_websocket_handshake_is_a_400(wg: Wakegate) -> None:
+    for extra in ((), (("Sec-WebSocket-Key", "short"), ("Sec-WebSocket-Version", "13"))):
+        data = request("GET", "/ws", PUBLIC, (("Connection", "Upgrade"),
+                                              ("Upgrade", "websocket"), *extra))
+        assert_json_error(await exchange(wg, data), 400, "bad_request")
+    assert "Traceback" not in wg.stderr()
+
+
+@pytest.mark.parametrize("host", [f"{PUBLIC}\u00a0", f"{PUBLIC}\u2003", f"{PUBLIC}..",
+                                  "RAW.STAGING.LOCALHOST\u212a"])
+async def test_a_host_is_matched_as_ascii_only(wg: Wakegate, host: str) -> None:
+    data = f"GET / HTTP/1.1\r\nHost: {host}\r\n\r\n".encode()
+    resp = await exchange(wg, data)
+    assert_json_error(resp, 404, "no_route")
+
+
+async def test_forwarding_claims_of_an_untrusted_client_never_reach_the_service(
+    wg: Wakegate,
+) -> None:
+    claims = (("X_Forwarded_For", "6.6.6.6"), ("X-Client-IP", "6.6.6.6"),
+              ("X-Forwarded-Port", "1"), ("X-Original-URL", "/admin"),
+              ("True-Client-IP", "6.6.6.6"), ("Authorization", "Bearer\twg_a_key_with_a_tab"))
+    got = echoed(await exchange(wg, request("GET", "/echo", PUBLIC, claims)))
+    names = {name.lower() for name, _ in got["headers"]}
+    for name, _ in claims:
+        assert name.lower() not in names, got
+    assert ["X-Forwarded-For", "127.0.0.1"] in got["headers"], got
+
+
+async def test_a_method_wakegate_does_not_serve_fast_gets_the_same_answer_on_both(
+    gates: dict[str, Wakegate],
+) -> None:
+    answers = [await exchange(gates[path], request("FOO", "/echo", PUBLIC)) for path in PATHS]
+    assert answers[0].status == answers[1].status, answers

@@ -305,7 +305,7 @@ def sample_route(**overrides: Any) -> Route:
         "access": "api_key", "state": READY, "endpoints": ("127.0.0.1:1234",),
         "key_hashes": (b"\x01" * 32,), "hold_timeout": 60.0, "hold_queue_size": 1000,
         "ignore_paths": ("/healthz",), "ignore_user_agents": ("kube-probe",),
-        "version": "1.0.0", "failures": 2, "error": "boom", "ready_since": 100.0,
+        "version": "1.0.0", "failures": 2, "error": "boom", "backoff_until": 100.0,
     }
     fields.update(overrides)
     return Route(**fields)
@@ -316,9 +316,10 @@ def test_route_table_wire_round_trip_and_refusals() -> None:
     wire = json.loads(json.dumps(routes_to_wire(RouteTable.build(7, [route]))))
     table = table_from_wire(3, wire, clock_shift=50.0)
     assert table.version == 3
-    assert table.by_host["hello.demo.localhost"] == sample_route(ready_since=150.0)
-    never_ready = route_to_wire(sample_route(ready_since=0.0))
-    assert table_from_wire(1, [never_ready], 50.0).by_key[KEY].ready_since == 0.0
+    # A reading of the sender's monotonic clock, moved into the receiver's.
+    assert table.by_host["hello.demo.localhost"] == sample_route(backoff_until=150.0)
+    no_backoff = route_to_wire(sample_route(backoff_until=0.0))
+    assert table_from_wire(1, [no_backoff], 50.0).by_key[KEY].backoff_until == 0.0
     broken: list[tuple[Any, str]] = [
         ({}, "routes: must be a list"),
         ([{**wire[0], "state": "dancing"}], "state"),

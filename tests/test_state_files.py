@@ -87,10 +87,11 @@ BAD_FILES: dict[str, tuple[str, str, list[str]]] = {
         "keys.json",
         json.dumps({"private/hello": [{"sha256": SHA.upper(), "created": 1700000000},
                                       {"sha256": SHA[:-1], "created": 1700000000}]}),
+        # Never a whole digest in a message: its first 12 characters.
         ['private/hello[0].sha256: must be a SHA-256 digest: 64 lowercase hex digits, got '
-         f'string "{SHA.upper()}"',
+         f'a string of 64 characters, "{SHA.upper()[:12]}..."',
          'private/hello[1].sha256: must be a SHA-256 digest: 64 lowercase hex digits, got '
-         f'string "{SHA[:-1]}"'],
+         f'a string of 63 characters, "{SHA[:12]}..."'],
     ),
     "unknown_field": (
         "keys.json",

@@ -12,6 +12,7 @@ Paths (the request's body, if any, is read by its Content-Length or chunked):
     /reset           closes the connection without answering
     /garbage         answers with a line that is not HTTP
     /slow?ms=N       waits N ms, then 200
+    /seen?path=P     200, JSON {"count": n}: how many requests for path P came in
     anything else    200 "ok"
 HEAD gets the same head as GET, without the body.
 """
@@ -22,6 +23,9 @@ import argparse
 import asyncio
 import json
 import urllib.parse
+from collections import Counter
+
+SEEN: Counter[str] = Counter()  # requests by path, for /seen
 
 
 def _response(status: str, headers: list[tuple[str, str]], body: bytes = b"") -> bytes:
@@ -57,6 +61,7 @@ async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> N
             url = urllib.parse.urlsplit(target)
             query = dict(urllib.parse.parse_qsl(url.query))
             head_only = method == "HEAD"
+            SEEN[url.path] += 1
             if url.path == "/reset":
                 writer.close()
                 return
@@ -66,7 +71,11 @@ async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> N
                 return
             if url.path == "/slow":
                 await asyncio.sleep(int(query.get("ms", "1000")) / 1000)
-            if url.path.endswith("/echo"):
+            if url.path == "/seen":
+                payload = json.dumps({"count": SEEN[query.get("path", "")]}).encode()
+                out = _response("200 OK", [("Content-Type", "application/json"),
+                                           ("Content-Length", str(len(payload)))], payload)
+            elif url.path.endswith("/echo"):
                 payload = json.dumps({"method": method, "target": target, "headers": headers,
                                       "body": body.decode("latin-1")}).encode()
                 out = _response("200 OK", [("Content-Type", "application/json"),

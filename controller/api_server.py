@@ -1,0 +1,56 @@
+"""The controller API's HTTP server: aiohttp's, with requests it cannot parse answered in JSON.
+
+aiohttp answers a malformed request (a bad header byte, two Host headers) in
+text/plain with the offending bytes echoed, and logs a traceback at ERROR
+with those bytes, which may be an Authorization header. Here such a request
+gets a JSON 400 (as every answer of this API), nothing of it is echoed, and
+the log has one debug line: it is client input, not wakegate's fault.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+
+from aiohttp import web
+from aiohttp.web_protocol import RequestHandler
+
+log = logging.getLogger("wakegate.api")
+
+
+class _JsonErrors(RequestHandler):
+    def handle_error(
+        self,
+        request: web.BaseRequest,
+        status: int = 500,
+        exc: BaseException | None = None,
+        message: str | None = None,
+    ) -> web.StreamResponse:
+        if status >= 500:
+            log.error("error handling a controller API request", exc_info=exc)
+            code, text = "internal_error", "The controller failed on this call; its log says why."
+        else:
+            log.debug("refused a malformed request from %s (%s)", request.remote,
+                      type(exc).__name__ if exc is not None else status)
+            code, text = "bad_request", "The request is not valid HTTP/1.1."
+        response = web.Response(
+            status=status, content_type="application/json",
+            body=json.dumps({"error": code, "message": text}).encode() + b"\n")
+        response.force_close()
+        return response
+
+
+class _JsonErrorsServer(web.Server):
+    def __call__(self) -> RequestHandler:
+        return _JsonErrors(self, loop=self._loop, **self._kwargs)
+
+
+class ApiRunner(web.AppRunner):
+    """An AppRunner whose connections answer parse errors with `_JsonErrors`."""
+
+    async def _make_server(self) -> web.Server:
+        server = await super()._make_server()
+        # The Application builds a plain web.Server (aiohttp has no switch for the
+        # handler class); this one differs only in the handler it makes.
+        server.__class__ = _JsonErrorsServer
+        return server
