@@ -4,7 +4,8 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN     = $(VENV)/bin
 CONFIG ?= examples/wakegate.yaml
-PYTEST_ARGS ?=
+# Two test processes: most of a test's time is waiting on the processes it runs.
+PYTEST_ARGS ?= -n 2
 BENCH_ARGS ?=
 
 .PHONY: run test lint bench clean

@@ -469,6 +469,18 @@ class Split:
     def live_proxies(self) -> list[dict[str, Any]]:
         return list(self.controller.api("/v1/proxies")["proxies"])
 
+    def wait_tables_current(self, timeout: float = 10.0) -> None:
+        """Until every running proxy has reported the controller's current route table
+        (a proxy applies each table on its own watch: moments apart, under load more)."""
+        def current() -> bool:
+            answer = self.controller.api("/v1/proxies")
+            tables = [p["table"] for p in answer["proxies"]]
+            running = sum(1 for p in self.proxies if p.proc is not None)
+            return len(tables) >= running and all(
+                t == {"epoch": answer["epoch"], "version": answer["version"]} for t in tables)
+
+        wait_until(current, timeout, "every proxy to have the current route table")
+
     def metric_total(self, name: str, **labels: str) -> float:
         """The sum of one sample over every running proxy."""
         return sum(p.metric(name, **labels) or 0.0 for p in self.proxies if p.proc)

@@ -123,8 +123,10 @@ async def test_a_replica_that_dies_right_after_it_is_ready_is_a_failed_start(
         crashed = await fetch(http, wg.base, host, "/crash")
         assert crashed.status == 502, crashed
         assert wg.log_of("demo", "hello").count("--- wakegate: starting") == 2
-        state = wg.status()[("demo", "hello")]
-        assert state["failures_in_a_row"] == 2 and state["backoff_seconds"] > 0, state
+        # The controller sees the second exit a moment after the proxy saw the reset.
+        state = wait_until(lambda: (s := wg.status()[("demo", "hello")])["failures_in_a_row"]
+                           == 2 and s, 5.0, "the second early exit to count")
+        assert state["backoff_seconds"] > 0, state
         assert_backed_off(await fetch(http, wg.base, host), FIRST)
         assert wg.log_of("demo", "hello").count("--- wakegate: starting") == 2
 

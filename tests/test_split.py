@@ -345,6 +345,7 @@ async def test_cold_start_through_a_then_warm_through_b(split: Start) -> None:
     async with session() as http:
         first = await get(http, a)
         assert first.status == 200 and first.cold, first
+        await asyncio.to_thread(sp.wait_tables_current)
         second = await get(http, b)
         assert second.status == 200, second
         assert not second.cold, "B had the new table: no hold"
@@ -541,6 +542,7 @@ async def test_request_held_while_the_controller_is_down_is_answered_when_it_is_
         answer = await asyncio.wait_for(held, 20.0)
         assert answer.status == 200 and answer.cold, answer
         assert time.monotonic() - started < 20.0
+        await asyncio.to_thread(sp.wait_tables_current)  # B's watch backs off up to 1 s
         warm = await get(http, b)
         assert warm.status == 200 and not warm.cold, warm
         assert warm.body["pid"] == answer.body["pid"]
