@@ -311,7 +311,12 @@ async def _serve_controller(
             if children is not None:
                 # First, while the API still takes their last reports.
                 await children.stop()
-            await scaler.shutdown()
+            try:
+                # Bounded: whatever hangs (an API server that stopped answering), the
+                # process exits, and kill_now() below stops what is left.
+                await asyncio.wait_for(scaler.shutdown(), _shutdown_deadline(config))
+            except TimeoutError:
+                log.error("the runtime did not stop in time; stopping what is left at once")
             if proxy is not None:
                 await proxy.close()
             if api is not None:
@@ -320,6 +325,12 @@ async def _serve_controller(
                 await api_runner.cleanup()
         finally:
             kill_now()
+
+
+def _shutdown_deadline(config: Config) -> float:
+    """How long stopping may take: every service's stop_grace, and some."""
+    grace = max((svc.stop_grace for svc in config.services.values()), default=10.0)
+    return grace + 10.0
 
 
 def cmd_proxy(args: argparse.Namespace) -> None:

@@ -152,7 +152,9 @@ class LeaderElector:
             return
         self.is_leader = False
         s = self._s
-        with contextlib.suppress(Exception):
+        # Best effort, and bounded: a slow API server must not keep this controller
+        # from exiting (its successor then waits for the Lease to expire instead).
+        with contextlib.suppress(Exception), asyncio.timeout(s.renew_deadline):
             lease = await call(self._api.read_namespaced_lease, s.lease_name, s.lease_namespace)
             spec = lease.get("spec") or {}
             if spec.get("holderIdentity") != self.identity:

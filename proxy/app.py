@@ -27,6 +27,7 @@ from controller.spec import EMPTY_TABLE, ProxySettings, Route, RouteTable
 from . import access
 from .activator import ActivationFailed, Activator, HoldTimeout, QueueFull, RouteGone
 from .activity import ActivityTracker
+from .deadline import Deadline
 from .errors import error_response, no_route, request_timeout, unauthorized, unavailable
 from .fastpath import FastConnection, UpstreamPool
 from .forward import Forwarder, NeedsWake, UpstreamError, declared_length
@@ -489,9 +490,9 @@ class _ProxyRequestHandler(RequestHandler):
     def __init__(self, manager: web.Server, *, header_timeout: float, **kwargs: Any) -> None:
         super().__init__(manager, **kwargs)
         self._header_timeout = header_timeout
-        self._head_deadline = 0.0  # 0: no head awaited (a request is handled, or idle)
-        self._head_due = 0.0  # when _head_timer fires
-        self._head_timer: asyncio.TimerHandle | None = None
+        # When the head awaited must be whole (`at` 0: none awaited: a request is
+        # handled, or the connection idles and aiohttp's keep-alive timer has it).
+        self._head_deadline = Deadline(self._head_timeout)
         self._handling = False
         self._kept_alive = True  # the last answer kept the connection alive
 
@@ -504,12 +505,10 @@ class _ProxyRequestHandler(RequestHandler):
 
     def connection_lost(self, exc: BaseException | None) -> None:
         super().connection_lost(exc)
-        if self._head_timer is not None:
-            self._head_timer.cancel()
-            self._head_timer = None
+        self._head_deadline.cancel()
 
     def data_received(self, data: bytes) -> None:
-        if not self._head_deadline and not self._handling and data:
+        if not self._head_deadline.at and not self._handling and data:
             # The first byte of the next head on a kept-alive connection: it is not
             # idle any more, so aiohttp's keep-alive timer stops and the header
             # clock starts. (keep_alive(True) also says "keep alive": only after an
@@ -522,7 +521,7 @@ class _ProxyRequestHandler(RequestHandler):
     def request_started(self) -> None:
         """A request's head is whole and its handler runs: no timer closes it now."""
         self._handling = True
-        self._head_deadline = 0.0
+        self._head_deadline.clear()
 
     async def finish_response(
         self, request: web.BaseRequest, resp: web.StreamResponse, start_time: float | None
@@ -540,26 +539,12 @@ class _ProxyRequestHandler(RequestHandler):
             self.answered = True
 
     def _await_head(self) -> None:
-        deadline = time.monotonic() + self._header_timeout
-        self._head_deadline = deadline
-        if self._head_timer is None or deadline < self._head_due:
-            self._arm_head_timer(deadline)
-
-    def _arm_head_timer(self, deadline: float) -> None:
-        if self._head_timer is not None:
-            self._head_timer.cancel()
-        self._head_due = deadline
-        self._head_timer = asyncio.get_running_loop().call_later(
-            max(deadline - time.monotonic(), 0.0), self._head_timeout)
+        self._head_deadline.set(time.monotonic() + self._header_timeout)
 
     def _head_timeout(self) -> None:
-        self._head_timer = None
         transport = self.transport
-        if transport is None or self._handling or not self._head_deadline:
-            return  # closed, or no head awaited: the next one arms it again
-        if time.monotonic() < self._head_deadline:
-            self._arm_head_timer(self._head_deadline)  # the deadline moved on since
-            return
+        if transport is None or self._handling:
+            return  # closed, or a request is handled: the next head sets it again
         if not self.answered:
             transport.write(request_timeout(self._header_timeout))
         self.force_close()

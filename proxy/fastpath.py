@@ -31,6 +31,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from .access import is_wakegate_bearer
+from .deadline import Deadline
 from .errors import raw_error, request_timeout
 from .headers import CLIENT_FORWARDED, HOP_BY_HOP
 from .refusals import accepts
@@ -240,16 +241,13 @@ class FastConnection(asyncio.Protocol):
         self._paused = False
         self._writing_paused = False  # the client is not reading: upstream reading is paused
         self._connecting: asyncio.Task[None] | None = None  # a new upstream connection
-        # The client timeouts (proxy.header_timeout, proxy.keepalive_timeout): ONE
-        # timer per connection, due at `_client_due`, and the deadline in force;
-        # requests only move the deadline and the timer re-arms itself when it
-        # fires early, so the warm path creates and cancels no timer per request.
+        # The client timeouts (proxy.header_timeout, proxy.keepalive_timeout): one
+        # deadline per connection that requests only move (deadline.py), so the
+        # warm path creates and cancels no timer per request.
         settings = proxy.settings
         self._header_timeout = settings.header_timeout
         self._keepalive_timeout = settings.keepalive_timeout
-        self._client_timer: asyncio.TimerHandle | None = None
-        self._client_due = 0.0
-        self._client_deadline = 0.0
+        self._client_deadline = Deadline(self._client_timeout)
         self._head_timed = True  # the clock of the head now awaited runs (the first: from accept)
         self._served = False  # the connection has had an answer: a timeout closes it without 408
 
@@ -260,7 +258,7 @@ class FastConnection(asyncio.Protocol):
         peer = transport.get_extra_info("peername")
         self._peer = peer[0] if peer else ""
         self._proxy.fast_connections.add(self)
-        self._arm_client_timer(time.monotonic() + self._header_timeout)
+        self._client_deadline.set(time.monotonic() + self._header_timeout)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._proxy.fast_connections.discard(self)
@@ -273,9 +271,7 @@ class FastConnection(asyncio.Protocol):
                 self._up = None
             self._finish(499)
         self._transport = None
-        if self._client_timer is not None:
-            self._client_timer.cancel()
-            self._client_timer = None
+        self._client_deadline.cancel()
 
     def data_received(self, data: bytes) -> None:
         self._buf += data
@@ -311,31 +307,15 @@ class FastConnection(asyncio.Protocol):
         if self._transport is not None:
             self._transport.abort()
 
-    def _arm_client_timer(self, deadline: float) -> None:
-        """`deadline` is now in force; the timer is (re)armed only if it would fire after it."""
-        self._client_deadline = deadline
-        timer = self._client_timer
-        if timer is None or deadline < self._client_due:
-            if timer is not None:
-                timer.cancel()
-            self._client_due = deadline
-            self._client_timer = asyncio.get_running_loop().call_later(
-                max(deadline - time.monotonic(), 0.0), self._client_timeout)
-
     def _client_timeout(self) -> None:
-        """The client timer is due: close a connection whose head is late or that idles."""
-        self._client_timer = None
+        """The client deadline passed: close a connection whose head is late or that idles."""
         transport = self._transport
         if transport is None or self._route is not None:
-            return  # closed or handed off; or a request in flight: _finish arms it again
+            return  # closed or handed off; or a request in flight: _finish sets it again
         if self._writing_paused:
             # The client has not read the last answer yet: it is still being
             # delivered, not idle (aiohttp, likewise, is still finishing its response).
-            self._arm_client_timer(time.monotonic() + self._keepalive_timeout)
-            return
-        if time.monotonic() < self._client_deadline:
-            # Armed for an earlier deadline that requests since moved on.
-            self._arm_client_timer(self._client_deadline)
+            self._client_deadline.set(time.monotonic() + self._keepalive_timeout)
             return
         if self._buf.find(b"\r\n\r\n") >= 0:
             # A whole head whose body is still coming (_start waits for it): the
@@ -360,10 +340,8 @@ class FastConnection(asyncio.Protocol):
             return
         self._proxy.fast_connections.discard(self)
         self._transport = None
-        if self._client_timer is not None:
-            # From now on the aiohttp path times this connection (_ProxyRequestHandler).
-            self._client_timer.cancel()
-            self._client_timer = None
+        # From now on the aiohttp path times this connection (_ProxyRequestHandler).
+        self._client_deadline.cancel()
         slow = self._slow_protocol()
         if self._served:
             slow.answered = True  # type: ignore[attr-defined]  # a late head gets no 408
@@ -394,7 +372,7 @@ class FastConnection(asyncio.Protocol):
                 # The first bytes of a next head, not whole yet: its clock starts now
                 # (a head that comes whole at once, the usual case, never gets here).
                 self._head_timed = True
-                self._arm_client_timer(time.monotonic() + self._header_timeout)
+                self._client_deadline.set(time.monotonic() + self._header_timeout)
             return
         if end > self._proxy.settings.max_header_size or not self._start(bytes(buf[:end]),
                                                                          end + 4):
@@ -886,7 +864,4 @@ class FastConnection(asyncio.Protocol):
         # the timer is still armed for an earlier deadline and re-arms itself then.
         self._served = True
         self._head_timed = False
-        deadline = now + self._keepalive_timeout
-        self._client_deadline = deadline
-        if self._client_timer is None or deadline < self._client_due:
-            self._arm_client_timer(deadline)
+        self._client_deadline.set(now + self._keepalive_timeout)

@@ -317,6 +317,18 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 
 
 @pytest.fixture
+def cluster(tmp_path: Path) -> Iterator[Any]:
+    """A fake Kubernetes cluster (tests/kube/) for this test; closed at the end."""
+    from .kube_cluster import Cluster
+
+    c = Cluster(tmp_path / "kube", start_delay=0.05)
+    try:
+        yield c
+    finally:
+        c.close()
+
+
+@pytest.fixture
 def wakegate(_wakegate_up: Callable[..., Wakegate]) -> Callable[..., Wakegate]:
     """Start a wakegate with a config dict; stopped (and checked for leftovers) at the end."""
     return _wakegate_up

@@ -26,6 +26,17 @@ IO_DEADLINE = 5.0  # any single read on a test socket
 
 
 PATHS = ("fast", "aiohttp")  # WAKEGATE_FAST_PATH=1 and =0
+RAW = Path(__file__).resolve().parent / "upstreams" / "raw_http.py"
+
+
+def raw_service(*environments: str) -> dict[str, Any]:
+    """tests/upstreams/raw_http.py as a service of a test config."""
+    return {
+        "command": f"{{python}} {RAW} --port {{port}}",
+        "readiness": {"tcp": True},
+        "environments": list(environments),
+        "stop_grace": "1s",
+    }
 
 
 @contextlib.contextmanager

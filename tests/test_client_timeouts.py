@@ -18,15 +18,13 @@ import contextlib
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from .conftest import Wakegate
-from .raw_client import HOST, PATHS, Conn, Resp, both_paths, request
+from .raw_client import HOST, PATHS, Conn, Resp, both_paths, raw_service, request
 
-RAW = Path(__file__).resolve().parent / "upstreams" / "raw_http.py"
 ENV = "staging"  # public and always on
 SERVICE = "raw"  # at raw_client.HOST, raw.staging.localhost
 HEADER_TIMEOUT = 0.4
@@ -39,12 +37,7 @@ SLACK = 1.0  # nor later than its duration + SLACK (a loaded machine)
 def timeouts_config() -> dict[str, Any]:
     return {
         "environments": {ENV: {"min_replicas": 1, "max_replicas": 1}},
-        "services": {SERVICE: {
-            "command": f"{{python}} {RAW} --port {{port}}",
-            "readiness": {"tcp": True},
-            "environments": [ENV],
-            "stop_grace": "1s",
-        }},
+        "services": {SERVICE: raw_service(ENV)},
         "proxy": {
             "header_timeout": f"{int(HEADER_TIMEOUT * 1000)}ms",
             "keepalive_timeout": f"{int(KEEPALIVE_TIMEOUT * 1000)}ms",

@@ -14,12 +14,10 @@ from __future__ import annotations
 import asyncio
 import signal
 from collections import Counter
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import aiohttp
-import pytest
 
 from .client import Answer, fetch
 from .conftest import Split, Wakegate, hello_service
@@ -133,14 +131,6 @@ async def test_local_runtime_every_request_succeeds_across_controller_kills(
     assert deployment.state("demo", "hello") == "ready"
     assert deployment.status()[("staging", "hello")]["replicas"] == 2
 
-
-@pytest.fixture
-def cluster(tmp_path: Path) -> Iterator[Cluster]:
-    c = Cluster(tmp_path / "kube", start_delay=0.05)
-    try:
-        yield c
-    finally:
-        c.close()
 
 
 async def test_kubernetes_runtime_every_request_succeeds_across_controller_kills(

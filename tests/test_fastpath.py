@@ -28,9 +28,8 @@ import aiohttp
 import pytest
 
 from .conftest import Wakegate, wait_until
-from .raw_client import IO_DEADLINE, Conn, Resp, both_paths, exchange, request
+from .raw_client import IO_DEADLINE, Conn, Resp, both_paths, exchange, raw_service, request
 
-RAW = Path(__file__).resolve().parent / "upstreams" / "raw_http.py"
 ENV = "staging"  # public and always on
 SERVICE = "raw"
 HOST = f"{SERVICE}.{ENV}.localhost"
@@ -42,12 +41,7 @@ BIG_BLOCK = bytes(range(256)) * 256  # raw_http's /big repeats this
 def raw_config() -> dict[str, Any]:
     return {
         "environments": {ENV: {"min_replicas": 1, "max_replicas": 1}},
-        "services": {SERVICE: {
-            "command": f"{{python}} {RAW} --port {{port}}",
-            "readiness": {"tcp": True},
-            "environments": [ENV],
-            "stop_grace": "1s",
-        }},
+        "services": {SERVICE: raw_service(ENV)},
         "proxy": {
             "read_timeout": f"{int(READ_TIMEOUT * 1000)}ms",
             "connect_timeout": "2s",

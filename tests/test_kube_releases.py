@@ -9,12 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import signal
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import aiohttp
-import pytest
 
 from .client import fetch, switch_under_load
 from .conftest import Wakegate, wait_until
@@ -23,14 +21,6 @@ from .kube_cluster import Cluster
 Start = Callable[..., Wakegate]
 NS = "hello-prod"
 
-
-@pytest.fixture
-def cluster(tmp_path: Path) -> Iterator[Cluster]:
-    c = Cluster(tmp_path / "kube", start_delay=0.05)
-    try:
-        yield c
-    finally:
-        c.close()
 
 
 def production(cluster: Cluster, scale_down_delay: str = "30s") -> dict[str, Any]:

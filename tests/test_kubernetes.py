@@ -15,12 +15,10 @@ import hashlib
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import aiohttp
-import pytest
 import yaml
 
 from .client import fetch
@@ -29,16 +27,7 @@ from .kube_cluster import Cluster
 
 Start = Callable[..., Wakegate]
 
-START_DELAY = 0.05
 
-
-@pytest.fixture
-def cluster(tmp_path: Path) -> Iterator[Cluster]:
-    c = Cluster(tmp_path / "kube", start_delay=START_DELAY)
-    try:
-        yield c
-    finally:
-        c.close()
 
 
 def kube_config(cluster: Cluster, **environments: Any) -> dict[str, Any]:

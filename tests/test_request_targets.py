@@ -17,15 +17,13 @@ import asyncio
 import contextlib
 import json
 from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from .conftest import Wakegate
-from .raw_client import IO_DEADLINE, PATHS, Conn, Resp, both_paths, exchange, request
+from .raw_client import IO_DEADLINE, PATHS, Conn, Resp, both_paths, exchange, raw_service, request
 
-RAW = Path(__file__).resolve().parent / "upstreams" / "raw_http.py"
 PUBLIC = "raw.staging.localhost"
 PRIVATE = "raw.private.localhost"
 MAX_BODY = 4096
@@ -34,12 +32,7 @@ MAX_BODY = 4096
 def targets_config() -> dict[str, Any]:
     return {
         "environments": {"staging": {"min_replicas": 1, "max_replicas": 1}, "private": {}},
-        "services": {"raw": {
-            "command": f"{{python}} {RAW} --port {{port}}",
-            "readiness": {"tcp": True},
-            "environments": ["staging", "private"],
-            "stop_grace": "1s",
-        }},
+        "services": {"raw": raw_service("staging", "private")},
         "proxy": {"max_body_size": MAX_BODY},
     }
 
