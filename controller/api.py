@@ -477,6 +477,9 @@ class ControllerAPI:
     async def list_keys(self, request: web.Request) -> web.Response:
         """`GET /v1/keys[?service=S]`: every key's id, instance, creation and last use."""
         service = request.query.get("service")
+        if service is not None and service not in {svc for _, svc in self.scaler.instances}:
+            return _error(404, "unknown_service", f"There is no service {service!r}.",
+                          service=service)
         keys = self.scaler.keys
         uses = dict(self._remote_key_uses)
         if self._local_key_uses is not None:
@@ -485,9 +488,6 @@ class ControllerAPI:
         keys.note_used(uses)
         rows = [dataclasses.asdict(info) for info in keys.list()
                 if service is None or info.service == service]
-        if service is not None and service not in {svc for _, svc in self.scaler.instances}:
-            return _error(404, "unknown_service", f"There is no service {service!r}.",
-                          service=service)
         rows.sort(key=lambda row: (row["environment"], row["service"], row["created"]))
         return web.json_response({"keys": rows})
 

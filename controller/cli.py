@@ -47,13 +47,11 @@ def _load(path: str) -> Config:
     try:
         return load_config(path)
     except ConfigError as exc:
-        for problem in exc.problems:
-            print(problem, file=sys.stderr)
-        sys.exit(EXIT_USAGE)
+        _exit_with(exc.problems)
 
 
 def _exit_with(problems: list[str]) -> NoReturn:
-    """Print the problems, one a line as `_load` does, and exit 2."""
+    """Print the problems (`file: path: problem`), one a line, and exit 2."""
     for problem in problems:
         print(problem, file=sys.stderr)
     sys.exit(EXIT_USAGE)

@@ -30,7 +30,7 @@ from .activity import ActivityTracker
 from .deadline import Deadline
 from .errors import error_response, no_route, request_timeout, unauthorized, unavailable
 from .fastpath import FastConnection, UpstreamPool
-from .forward import Forwarder, NeedsWake, UpstreamError, declared_length
+from .forward import Forwarder, NeedsWake, UpstreamError, declared_length, too_large
 from .headers import TrustedProxies, upstream_request_headers
 from .link import ControlLink
 from .metrics import ProxyMetrics
@@ -333,10 +333,8 @@ class Proxy:
                 417, "expectation_failed",
                 f"wakegate only understands `Expect: 100-continue`, not {expect[:40]!r}.", route)
         if declared_length(request) > self.settings.max_body_size:
-            # Refused before the client sends it.
-            return error_response(
-                413, "body_too_large",
-                f"The request body is larger than {self.settings.max_body_size} bytes.", route)
+            refused = too_large(self.settings.max_body_size)  # before the client sends it
+            return error_response(refused.status, refused.code, refused.message, route)
         if request.version == HttpVersion11:
             await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
             request.writer.output_size = 0  # not part of the answer's size

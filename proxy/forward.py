@@ -220,7 +220,7 @@ class Forwarder:
             except aiohttp.ClientConnectionError as exc:
                 # The body stream's own limit surfaces wrapped by the client.
                 if isinstance(exc.__cause__, BodyTooLarge) or guard.overflowed:
-                    raise _too_large(self._settings.max_body_size) from None
+                    raise too_large(self._settings.max_body_size) from None
                 # Reset before answering. A pooled keep-alive connection the
                 # upstream just closed looks the same: an idempotent, body-less
                 # request is tried again on a new connection. If even that one
@@ -266,7 +266,7 @@ class Forwarder:
                 return await self._respond(request, upstream, extra)
             except UpstreamError:
                 if guard.overflowed:
-                    raise _too_large(self._settings.max_body_size) from None
+                    raise too_large(self._settings.max_body_size) from None
                 raise
 
     def _body(self, request: web.BaseRequest, guard: _BodyGuard) -> AsyncIterator[bytes] | None:
@@ -274,7 +274,7 @@ class Forwarder:
             return None
         limit = self._settings.max_body_size
         if declared_length(request) > limit:
-            raise _too_large(limit)
+            raise too_large(limit)
         return _limited(request.content, limit, guard)
 
     async def _respond(
@@ -431,7 +431,7 @@ async def _limited(
         yield chunk
 
 
-def _too_large(limit: int) -> UpstreamError:
+def too_large(limit: int) -> UpstreamError:
     return UpstreamError(413, "body_too_large", f"The request body is larger than {limit} bytes.")
 
 
