@@ -1,19 +1,24 @@
-"""Starting what the warm path is measured through: the backend, nginx, HAProxy, wakegate.
+"""Starting what the warm path is measured through: the backend, nginx, HAProxy, wakegate,
+Caddy, and two Python reference proxies (bench/pipe.py, bench/httptools_proxy.py).
 
 Each start function registers its process on an ExitStack, so that every
-process is stopped by its pid when the scenario ends, however it ends.
+process is stopped by its pid when the scenario ends, however it ends. Each
+target also says which processes do its proxying (`Target.counted`): the
+warm scenario counts their CPU time, and only theirs.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
 import subprocess
 import sys
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench import backend
+from bench import backend, cpu
 from bench.tools import (
     REPO,
     Skip,
@@ -39,6 +44,11 @@ class Target:
     port: int
     pid: int
     note: str = ""
+    # The processes that proxy, found when asked; default: `pid` and its descendants.
+    counts: Callable[[], list[cpu.Counted]] | None = None
+
+    def counted(self) -> list[cpu.Counted]:
+        return self.counts() if self.counts is not None else cpu.tree(self.pid)
 
 
 def _stopped(stack: contextlib.ExitStack, proc: subprocess.Popen[Any]) -> None:
@@ -53,7 +63,9 @@ def start_backend(stack: contextlib.ExitStack, workdir: Path) -> Target:
     _stopped(stack, proc)
     wait_http(port, proc=proc, log=workdir / "backend.log")
     kind = "nginx, 1 worker" if find_tool("nginx") else "asyncio (nginx is not installed)"
-    return Target("direct", port, proc.pid, f"{kind}, {len(backend.BODY)}-byte body")
+    # bench.backend execs nginx, so the pid is nginx's master (its worker is a child).
+    return Target("direct", port, proc.pid, f"{kind}, {len(backend.BODY)}-byte body",
+                  lambda: cpu.tree(proc.pid, "the backend itself, no proxy"))
 
 
 def start_nginx_proxy(stack: contextlib.ExitStack, workdir: Path, upstream: int) -> Target:
@@ -129,23 +141,92 @@ def backend_service(workdir: Path, **extra: Any) -> dict[str, Any]:
     }
 
 
+@contextlib.contextmanager
+def _environ(extra: dict[str, str]) -> Iterator[None]:
+    """`extra` in os.environ while a child is started (it inherits it), then as before."""
+    saved = {k: os.environ.get(k) for k in extra}
+    os.environ.update(extra)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
 def start_wakegate(stack: contextlib.ExitStack, workdir: Path, workers: int = 1,
-                   config: dict[str, Any] | None = None) -> Target:
+                   config: dict[str, Any] | None = None, name: str | None = None,
+                   args: list[str] | None = None, env: dict[str, str] | None = None,
+                   note: str = "") -> Target:
     """`wakegate up` with the backend as an always-on staging instance.
 
     With workers > 1 it passes `--workers N`; a wakegate that refuses the
-    option is a Skip that says why.
+    option is a Skip that says why. `args` are more options of `wakegate up`
+    (one it refuses is a Skip too), `env` more environment for it.
+
+    The counted processes: `wakegate up` itself (the controller and proxy
+    worker 1 share it) and its `wakegate proxy` worker children, told from
+    the backend (its other child, a service replica) by their command lines.
     """
+    name = name or f"wakegate-w{workers}"
     if config is None:
         config = {"environments": {"staging": {}},
                   "services": {"be": {**backend_service(workdir), "environments": ["staging"]}}}
-    args = ["--workers", str(workers)] if workers > 1 else []
+    argv = (["--workers", str(workers)] if workers > 1 else []) + (args or [])
     try:
-        wg = stack.enter_context(wakegate(workdir / f"wakegate-w{workers}", config, args))
+        with _environ(env or {}):
+            wg = stack.enter_context(wakegate(workdir / name, config, argv))
     except RuntimeError as exc:
-        if workers > 1:
-            raise Skip(f"`wakegate up --workers {workers}` refused: {exc}") from None
+        if argv:
+            raise Skip(f"`wakegate up {' '.join(argv)}` refused: {exc}") from None
         raise
     wait_http(wg.proxy_port, HOST, proc=wg.proc)
-    return Target(f"wakegate-w{workers}", wg.proxy_port, wg.proc.pid,
-                  f"{workers} worker{'s' if workers > 1 else ''}")
+    pid = wg.proc.pid
+    note = note or f"{workers} worker{'s' if workers > 1 else ''}"
+    return Target(name, wg.proxy_port, pid, note, lambda: cpu.wakegate(pid))
+
+
+def start_python_proxy(stack: contextlib.ExitStack, workdir: Path, name: str, module: str,
+                       upstream: int, note: str) -> Target:
+    """One of the reference proxies of bench/ (pipe, httptools_proxy): one process."""
+    port = free_port()
+    log = workdir / f"{name}.log"
+    proc = spawn([sys.executable, "-m", module, "--port", str(port), "--upstream-port",
+                  str(upstream)], log)
+    _stopped(stack, proc)
+    wait_http(port, HOST, proc=proc, log=log)
+    return Target(name, port, proc.pid, note)
+
+
+def start_caddy(stack: contextlib.ExitStack, workdir: Path, upstream: int) -> Target:
+    """Caddy 2 as a reverse proxy (plain HTTP, no admin endpoint), if a caddy binary exists.
+
+    GOMAXPROCS=1, so that it runs Go code on one core like the others run one worker.
+    """
+    caddy = find_tool("caddy")
+    if caddy is None:
+        raise Skip("caddy is not installed (the bench does not install it)")
+    home = workdir / "caddy"
+    home.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    conf = home / "Caddyfile"
+    conf.write_text(f"""{{
+    admin off
+    auto_https off
+    persist_config off
+}}
+http://:{port} {{
+    bind 127.0.0.1
+    reverse_proxy 127.0.0.1:{upstream}
+}}
+""")
+    # Its data and config directories in the workdir, not in the user's home.
+    env = {**os.environ, "GOMAXPROCS": "1", "HOME": str(home),
+           "XDG_DATA_HOME": str(home / "data"), "XDG_CONFIG_HOME": str(home / "config")}
+    log = workdir / "caddy.log"
+    proc = spawn([caddy, "run", "--config", str(conf), "--adapter", "caddyfile"], log, env=env)
+    _stopped(stack, proc)
+    wait_http(port, HOST, proc=proc, log=log)
+    return Target("caddy", port, proc.pid, "GOMAXPROCS=1, reverse_proxy")

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.coldstart import REPO, Wakegate, _free_port
+from bench.cpu import cmdline, is_wakegate_proxy
 
 RESULTS = REPO / "bench" / "results"
 # nginx and haproxy live in sbin, which is not on every user's PATH.
@@ -186,12 +187,12 @@ def wakegate_pids(root: int) -> list[int]:
     while todo:
         pid = todo.pop()
         try:
-            with open(f"/proc/{pid}/cmdline", "rb") as f:
-                cmdline = f.read()
+            argv = cmdline(pid)
         except OSError:
             continue
-        # Worker processes of wakegate run its code; replicas run the service's command.
-        if b"controller.cli" in cmdline or b"wakegate" in cmdline.split(b"\0")[0]:
+        # Worker processes of wakegate run its code; replicas run the service's command
+        # (nginx rewrites its own: "nginx: master process ... -p /tmp/wakegate-bench-...").
+        if is_wakegate_proxy(argv):
             found.append(pid)
             todo.extend(children.get(pid, []))
     return found

@@ -4,14 +4,10 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-from collections.abc import Mapping
 
-from multidict import CIMultiDictProxy
+from controller.spec import Route
 
-from controller.spec import API_KEY_PREFIX, Route
-
-API_KEY_HEADER = "X-API-Key"
-BEARER = "bearer"
+from .policy import API_KEY_FIELD, Fields, bearer_token
 
 # Why the check failed, as the `reason` label of wakegate_auth_failures_total.
 MISSING = "missing"
@@ -21,56 +17,29 @@ QUERY_STRING = "query_string"
 _QUERY_KEY_NAMES = ("api_key=", "apikey=", "api-key=", "key=", "token=", "access_token=")
 
 
-def bearer_token(value: str) -> str | None:
-    """The token of `Authorization: Bearer <token>` (any whitespace after the scheme)."""
-    scheme, _, token = value.strip().partition(" ")
-    if not token and "\t" in scheme:
-        scheme, _, token = scheme.partition("\t")
-    if scheme.lower() != BEARER or not token.strip():
-        return None
-    return token.strip()
+def _first(fields: Fields, lname: bytes) -> bytes | None:
+    for name, value in fields:
+        if name.lower() == lname:
+            return value
+    return None
 
 
-def presented_key(headers: Mapping[str, str]) -> tuple[str | None, bool]:
+def presented_key(fields: Fields) -> tuple[bytes | None, bool]:
     """The key the client sent and whether it came in Authorization (vs X-API-Key)."""
-    key = headers.get(API_KEY_HEADER)
-    if key:
+    key = _first(fields, API_KEY_FIELD)
+    if key and key.strip():
         return key.strip(), False
-    auth = headers.get("Authorization")
+    auth = _first(fields, b"authorization")
     token = bearer_token(auth) if auth else None
     if token is not None:
         return token, True
     return None, False
 
 
-_NO_CREDENTIALS = frozenset(("x-api-key",))
-_CREDENTIALS = frozenset(("x-api-key", "authorization"))
-
-
-def is_wakegate_bearer(value: str | bytes) -> bool:
-    """`Authorization: Bearer wg_...`: a wakegate API key, not the service's own credential."""
-    if isinstance(value, bytes):
-        value = value.decode("latin-1")
-    token = bearer_token(value)
-    return token is not None and token.startswith(API_KEY_PREFIX)
-
-
-def credential_headers(headers: CIMultiDictProxy[str]) -> frozenset[str]:
-    """The (lower-case) names of the headers that carry a wakegate key, on any route.
-
-    X-API-Key is wakegate's own header; Authorization only when it carries a
-    bearer token with wakegate's key prefix (else it is the service's own).
-    """
-    for value in headers.getall("Authorization", ()):
-        if is_wakegate_bearer(value):
-            return _CREDENTIALS
-    return _NO_CREDENTIALS
-
-
-def key_matches(key: str, hashes: tuple[bytes, ...]) -> bytes | None:
+def key_matches(key: bytes, hashes: tuple[bytes, ...]) -> bytes | None:
     """The stored digest `key` matches, or None; constant time in the key and over all
     stored hashes: no early exit."""
-    digest = hashlib.sha256(key.encode("utf-8", "surrogateescape")).digest()
+    digest = hashlib.sha256(key).digest()
     found = None
     for stored in hashes:
         if hmac.compare_digest(digest, stored):
@@ -78,11 +47,11 @@ def key_matches(key: str, hashes: tuple[bytes, ...]) -> bytes | None:
     return found
 
 
-def check(route: Route, headers: Mapping[str, str],
+def check(route: Route, fields: Fields,
           query: str) -> tuple[str | None, bool, bytes | None]:
     """(failure reason or None, whether Authorization carries a key to strip, the digest of
-    the key that matched)."""
-    key, in_authorization = presented_key(headers)
+    the key that matched). `fields`: the request's header fields as parsed (bytes)."""
+    key, in_authorization = presented_key(fields)
     if key is None:
         if query and any(name in query.lower() for name in _QUERY_KEY_NAMES):
             return QUERY_STRING, False, None
@@ -93,7 +62,7 @@ def check(route: Route, headers: Mapping[str, str],
     if not in_authorization:
         # The key may have been sent both ways at once: Authorization then
         # carries a secret too and must not reach the upstream either.
-        auth = headers.get("Authorization")
+        auth = _first(fields, b"authorization")
         token = bearer_token(auth) if auth else None
         if token is not None and key_matches(token, route.key_hashes) is not None:
             return None, True, matched

@@ -20,20 +20,21 @@ from urllib.parse import unquote
 from aiohttp import HttpVersion10, HttpVersion11, web
 from aiohttp.http_exceptions import BadHttpMessage, BadStatusLine, LineTooLong
 from aiohttp.web_protocol import RequestHandler
+from multidict import CIMultiDict
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from controller.spec import EMPTY_TABLE, ProxySettings, Route, RouteTable
 
-from . import access
+from . import access, ignore, policy
 from .activator import ActivationFailed, Activator, HoldTimeout, QueueFull, RouteGone
 from .activity import ActivityTracker
 from .deadline import Deadline
 from .errors import error_response, no_route, request_timeout, unauthorized, unavailable
-from .fastpath import FastConnection, UpstreamPool
+from .fastpath import FastConnection
 from .forward import Forwarder, NeedsWake, UpstreamError, declared_length, too_large
-from .headers import TrustedProxies, upstream_request_headers
 from .link import ControlLink
 from .metrics import ProxyMetrics
+from .policy import TrustedProxies
 from .refusals import RefusedEndpoints
 from .request_log import RequestLog
 from .routing import normalize_host
@@ -44,13 +45,14 @@ from .targets import (
     split_target,
     upstream_target,
 )
+from .upstreams import UpstreamPool
 from .waking_page import waking_page, wants_page
 
 log = logging.getLogger("wakegate.proxy")
 
 _HTTP_1 = (HttpVersion10, HttpVersion11)
-_AUTHORIZATION = frozenset(("authorization",))
-_EXPECT = frozenset(("expect",))  # answered here: the upstream gets the body at once
+_AUTHORIZATION = frozenset((b"authorization",))
+_EXPECT = frozenset((b"expect",))  # answered here: the upstream gets the body at once
 _CONTINUED = "wakegate.continued"  # request[...]: `100 Continue` was sent (or not needed)
 CLOSE_AT_ONCE = "wakegate.close"  # request[...]: close the connection once it is answered
 _ADMIN_PATHS = frozenset(("/healthz", "/readyz", "/metrics"))
@@ -188,6 +190,15 @@ class Proxy:
             protocol.replayed = False  # type: ignore[attr-defined]
         if request.version not in _HTTP_1:
             return _wrong_version(request)
+        if request.version == HttpVersion10 and "Transfer-Encoding" in request.headers:
+            # HTTP/1.0 has no transfer codings: where such a body ends is not agreed
+            # on (RFC 9112 §6.1), so nothing after it on the connection is believed.
+            response = error_response(
+                400, "bad_request", "Transfer-Encoding is not part of HTTP/1.0: send the "
+                "request as HTTP/1.1, or with a Content-Length.")
+            response.force_close()
+            request[CLOSE_AT_ONCE] = True
+            return response
         hosts = request.headers.getall("Host", ())
         if len(hosts) != 1:
             if not hosts and request.path in _ADMIN_PATHS:
@@ -241,9 +252,10 @@ class Proxy:
     ) -> web.StreamResponse:
         # wakegate's own credentials never reach a service, on any route (a
         # private key sent to a public host is not the public service's business).
-        drop = access.credential_headers(request.headers)
+        fields = request.raw_headers
+        drop: frozenset[bytes] = frozenset()
         if route.access == "api_key":
-            reason, in_authorization, matched = access.check(route, request.headers,
+            reason, in_authorization, matched = access.check(route, fields,
                                                              request.query_string)
             if reason is not None:
                 self.metrics.of(route.key).auth_failed(reason)
@@ -261,6 +273,14 @@ class Proxy:
             refused = await self._expect_continue(request, route, expect)
             if refused is not None:
                 return refused
+        try:
+            headers = CIMultiDict(policy.as_text(policy.request_fields(
+                fields, peer=request.remote or "", trusted=request.remote in self.trusted,
+                scheme=request.scheme, drop=drop)))
+        except UnicodeDecodeError:
+            return error_response(
+                400, "bad_header", "A header value is neither ASCII nor UTF-8: wakegate "
+                "cannot pass it on unchanged. Send it encoded (e.g. RFC 8187).", route)
         path = unquote(split_target(target)[0], errors="surrogateescape")
         ignored = self.is_ignored(route, path, request.headers.get("User-Agent", ""))
         activity = None if ignored else self.activity.of(route.key)
@@ -279,13 +299,6 @@ class Proxy:
                     return waking_page(route)
                 route, extra = await self._hold(route, started, ignored)
                 rewoken = sent_once  # this wake was its one more
-            headers = upstream_request_headers(
-                request.headers,
-                peer=request.remote,
-                trusted=request.remote in self.trusted,
-                scheme=request.scheme,
-                drop=drop,
-            )
             is_websocket = request.headers.get("Upgrade", "").lower() == "websocket"
             key = route.key
             while True:
@@ -396,19 +409,8 @@ class Proxy:
     @staticmethod
     def is_ignored(route: Route, path: str, agent: str) -> bool:
         """A request that neither wakes the instance nor counts as its activity."""
-        if route.ignore_paths:
-            for pattern in route.ignore_paths:
-                if pattern.endswith("*"):
-                    if path.startswith(pattern[:-1]):
-                        return True
-                elif path == pattern:
-                    return True
-        if route.ignore_user_agents and agent:
-            agent = agent.lower()
-            for needle in route.ignore_user_agents:
-                if needle.lower() in agent:
-                    return True
-        return False
+        compiled = ignore.rules(route.ignore_paths, route.ignore_user_agents)
+        return compiled is not None and compiled.match(path, agent)
 
     def _admin(self, request: web.BaseRequest) -> web.Response:
         """/healthz, /readyz and /metrics: never touch an instance nor count as activity."""

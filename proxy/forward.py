@@ -22,13 +22,12 @@ from yarl import URL
 
 from controller.spec import ProxySettings, Route
 
-from .headers import WEBSOCKET_HANDSHAKE, downstream_response_headers
+from . import policy
 from .refusals import accepts
 from .targets import split_target
 
 # Responses up to this size are read whole and sent in one write.
 _BUFFER_LIMIT = 64 * 1024
-_IDEMPOTENT = frozenset(("GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"))
 
 
 # Told each endpoint that refused a connection (Proxy.endpoint_refused).
@@ -43,6 +42,11 @@ class UpstreamError(Exception):
         self.status = status
         self.code = code
         self.message = message
+
+    @classmethod
+    def of(cls, failure: tuple[int, str, str]) -> UpstreamError:
+        """One of policy's upstream failures (RESET, INVALID, timed_out(...))."""
+        return cls(*failure)
 
 
 class NeedsWake(Exception):
@@ -153,6 +157,8 @@ class Forwarder:
 
     def pick(self, route: Route, attempt: int) -> str:
         """Round robin; `attempt` 1, 2, ...: the endpoints after the one attempt 0 took."""
+        if len(route.endpoints) == 1:
+            return route.endpoints[0]
         n = self._rr.get(route.key, 0)
         if attempt == 0:
             self._rr[route.key] = n + 1
@@ -189,7 +195,7 @@ class Forwarder:
         assert self._session is not None
         guard = _BodyGuard()
         body = self._body(request, guard)
-        replayable = body is None and request.method in _IDEMPOTENT
+        replayable = body is None and request.method in policy.IDEMPOTENT_METHODS
         fresh = False  # the next try goes on a new connection
         path, query = split_target(target)
         attempt = 0
@@ -211,12 +217,8 @@ class Forwarder:
                 attempt = 0
                 continue
             except TimeoutError:
-                raise UpstreamError(
-                    504, "upstream_timeout",
-                    "The service did not answer in time "
-                    f"(connect {self._settings.connect_timeout:g}s, "
-                    f"read {self._settings.read_timeout:g}s).",
-                ) from None
+                raise UpstreamError.of(policy.timed_out(self._settings.connect_timeout,
+                                                        self._settings.read_timeout)) from None
             except aiohttp.ClientConnectionError as exc:
                 # The body stream's own limit surfaces wrapped by the client.
                 if isinstance(exc.__cause__, BodyTooLarge) or guard.overflowed:
@@ -237,27 +239,19 @@ class Forwarder:
                         continue
                     if await accepts(endpoint, self._settings.connect_timeout):
                         # It listens: it is this request it breaks on. Not sent again.
-                        raise UpstreamError(
-                            502, "upstream_reset",
-                            "The service closed the connection without answering.",
-                        ) from None
+                        raise UpstreamError.of(policy.RESET) from None
                     refused(route, endpoint)
                     route = _next_route(current, route, endpoint)
                     attempt = 0
                     continue
-                raise UpstreamError(
-                    502, "upstream_reset",
-                    "The service closed the connection without answering.",
-                ) from None
+                raise UpstreamError.of(policy.RESET) from None
             except aiohttp.ClientPayloadError:
                 raise UpstreamError(
                     400, "bad_request_body", "The request body ended before its declared length."
                 ) from None
             except aiohttp.ClientResponseError:
                 # What came back is not HTTP ("Bad status line", a broken head).
-                raise UpstreamError(
-                    502, "upstream_invalid", "The service answered with a malformed response."
-                ) from None
+                raise UpstreamError.of(policy.INVALID) from None
             slot.release()  # answered: the next held request may go
             guard.upstream = upstream
             if guard.overflowed:
@@ -284,7 +278,14 @@ class Forwarder:
         extra: dict[str, str] | None,
     ) -> web.StreamResponse:
         try:
-            headers = downstream_response_headers(upstream.headers)
+            try:
+                passed = policy.response_fields(upstream.raw_headers)[0]
+            except ValueError:
+                raise UpstreamError.of(policy.INVALID) from None
+            # aiohttp frames the body itself (its Content-Length or chunked).
+            headers = CIMultiDict(policy.as_text(
+                (field for field in passed if field[0].lower() != b"content-length"),
+                strict=False))
             if extra:
                 headers.update(extra)
             length = upstream.content_length
@@ -293,13 +294,10 @@ class Forwarder:
                 try:
                     data = await upstream.read()
                 except TimeoutError:
-                    raise UpstreamError(
-                        504, "upstream_timeout", "The service did not finish its answer in time."
-                    ) from None
+                    raise UpstreamError.of(policy.timed_out(
+                        None, self._settings.read_timeout)) from None
                 except aiohttp.ClientError:
-                    raise UpstreamError(
-                        502, "upstream_reset", "The service broke off its answer."
-                    ) from None
+                    raise UpstreamError.of(policy.BROKE_OFF) from None
                 return web.Response(
                     status=upstream.status, reason=upstream.reason, body=data, headers=headers
                 )
@@ -347,7 +345,7 @@ class Forwarder:
             raise UpstreamError(400, "bad_request",
                                 "The WebSocket handshake is not valid (Sec-WebSocket-Key, "
                                 "Sec-WebSocket-Version 13, GET).")
-        for name in WEBSOCKET_HANDSHAKE:
+        for name in policy.WEBSOCKET_HANDSHAKE:
             headers.popall(name, None)
         path, query = split_target(target)
         while True:
@@ -368,8 +366,8 @@ class Forwarder:
                 refused(route, endpoint)
                 route = _next_route(current, route, endpoint)
             except TimeoutError:
-                raise UpstreamError(504, "upstream_timeout",
-                                    "The service did not answer in time.") from None
+                raise UpstreamError.of(policy.timed_out(
+                    self._settings.connect_timeout, self._settings.read_timeout)) from None
         ws = web.WebSocketResponse(
             protocols=(up.protocol,) if up.protocol else (), autoping=True, max_msg_size=0,
             heartbeat=None,

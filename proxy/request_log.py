@@ -6,8 +6,9 @@ address). Never a header, a key or a query. The lines have the layout of
 every other log line of the process (`--log-format text|json`, see
 controller/logs.py), but are built and written here rather than through the
 logging module: at thousands of requests a second its records cost as much
-as the forwarding itself. Lines are written in batches, at most 50 ms late,
-and flushed when the proxy stops; `--request-log off` turns them off.
+as the forwarding itself. The hot path only appends a tuple; lines are
+formatted and written in batches, at most 50 ms (or 1024 lines) late, and
+flushed when the proxy stops; `--request-log off` turns them off.
 """
 
 from __future__ import annotations
@@ -23,7 +24,20 @@ from controller.spec import Route
 
 _LOGGER = "wakegate.requests"
 _FLUSH_AFTER = 0.05  # seconds
-_FLUSH_AT = 64 * 1024  # characters
+_FLUSH_AT = 1024  # lines
+
+# One request, as the hot path records it: (time.time(), route, status, seconds,
+# method, path, client, cold). Formatted only in flush(), in batches.
+_Entry = tuple[float, Route, int, float, "str | bytes", "str | bytes", str, bool]
+
+
+def _text(value: str | bytes) -> str:
+    if isinstance(value, bytes):
+        value = value.decode("latin-1")
+    if not value.isprintable():
+        # A decoded %0a or %1b must not start a forged line or drive a terminal.
+        value = value.encode("unicode_escape").decode("ascii")
+    return value
 
 
 class RequestLog:
@@ -34,48 +48,19 @@ class RequestLog:
         self._tag = f" [worker {worker} pid {os.getpid()}]" if worker is not None else ""
         self._json_tag = f', "worker": {worker}, "pid": {os.getpid()}' if worker is not None \
             else ""
-        self._pending: list[str] = []
-        self._size = 0
+        self._pending: list[_Entry] = []
         self._flush_handle: asyncio.TimerHandle | None = None
         self._second = -1
         self._stamp = ""
-
-    def _time(self, now: float) -> str:
-        second = int(now)
-        if second != self._second:
-            self._second = second
-            self._stamp = (time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)) if self._json
-                           else time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(now)))
-        millis = int(now * 1000) % 1000
-        return f"{self._stamp}.{millis:03d}Z" if self._json else f"{self._stamp},{millis:03d}"
+        self._millis = -1
+        self._millis_stamp = ""
 
     def write(self, route: Route, status: int, seconds: float, method: str | bytes,
               path: str | bytes, client: str, cold: bool) -> None:
-        if isinstance(method, bytes):
-            method = method.decode("latin-1")
-        if isinstance(path, bytes):
-            path = path.decode("latin-1")
-        if not path.isprintable():
-            # A decoded %0a or %1b must not start a forged line or drive a terminal.
-            path = path.encode("unicode_escape").decode("ascii")
-        stamp = self._time(time.time())
-        env, svc = route.environment, route.service
-        ms = seconds * 1000
-        cold_text = " cold" if cold else ""
-        if self._json:
-            message = json.dumps(f"{method} {path} {env}/{svc} {status} {ms:.2f}ms{cold_text}")
-            line = (f'{{"time": "{stamp}", "level": "info", "logger": "{_LOGGER}", '
-                    f'"message": {message}{self._json_tag}, "environment": "{env}", '
-                    f'"service": "{svc}", "method": {json.dumps(method)}, '
-                    f'"path": {json.dumps(path)}, "status": {status}, '
-                    f'"duration_ms": {ms:.2f}, "cold_start": {"true" if cold else "false"}, '
-                    f'"client": {json.dumps(client)}}}\n')
-        else:
-            line = (f"{stamp} INFO {_LOGGER}{self._tag}: {method} {path} {env}/{svc} {status} "
-                    f"{ms:.2f}ms{cold_text} client={client}\n")
-        self._pending.append(line)
-        self._size += len(line)
-        if self._size >= _FLUSH_AT:
+        """Record one request: a tuple now, a line at the next flush (the hot path pays
+        for the append only)."""
+        self._pending.append((time.time(), route, status, seconds, method, path, client, cold))
+        if len(self._pending) >= _FLUSH_AT:
             self.flush()
         elif self._flush_handle is None:
             try:
@@ -85,13 +70,46 @@ class RequestLog:
                 return
             self._flush_handle = loop.call_later(_FLUSH_AFTER, self.flush)
 
+    def _time(self, now: float) -> str:
+        millis = int(now * 1000)
+        if millis == self._millis:
+            return self._millis_stamp  # a batch holds many requests of one millisecond
+        second = millis // 1000
+        if second != self._second:
+            self._second = second
+            self._stamp = (time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)) if self._json
+                           else time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(now)))
+        self._millis = millis
+        self._millis_stamp = (f"{self._stamp}.{millis % 1000:03d}Z" if self._json
+                              else f"{self._stamp},{millis % 1000:03d}")
+        return self._millis_stamp
+
+    def _line(self, entry: _Entry) -> str:
+        now, route, status, seconds, method, path, client, cold = entry
+        method, path = _text(method), _text(path)
+        stamp = self._time(now)
+        env, svc = route.environment, route.service
+        ms = seconds * 1000
+        cold_text = " cold" if cold else ""
+        if self._json:
+            message = json.dumps(f"{method} {path} {env}/{svc} {status} {ms:.2f}ms{cold_text}")
+            return (f'{{"time": "{stamp}", "level": "info", "logger": "{_LOGGER}", '
+                    f'"message": {message}{self._json_tag}, "environment": "{env}", '
+                    f'"service": "{svc}", "method": {json.dumps(method)}, '
+                    f'"path": {json.dumps(path)}, "status": {status}, '
+                    f'"duration_ms": {ms:.2f}, "cold_start": {"true" if cold else "false"}, '
+                    f'"client": {json.dumps(client)}}}\n')
+        return (f"{stamp} INFO {_LOGGER}{self._tag}: {method} {path} {env}/{svc} {status} "
+                f"{ms:.2f}ms{cold_text} client={client}\n")
+
     def flush(self) -> None:
         if self._flush_handle is not None:
             self._flush_handle.cancel()
             self._flush_handle = None
         if not self._pending:
             return
-        data, self._pending, self._size = "".join(self._pending), [], 0
+        pending, self._pending = self._pending, []
+        data = "".join([self._line(entry) for entry in pending])
         stream = self._stream or sys.stderr
         try:
             stream.write(data)

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from bench import hold, openloop, report, routes, sleep_accuracy, warm
+from bench import cpu, hold, openloop, report, routes, sleep_accuracy, warm
 from bench.tools import (
     REPO,
     find_tool,
@@ -168,29 +168,69 @@ def test_open_loop_counts_refused_requests_as_errors(isolated: Path) -> None:
 # --- the scenarios ---
 
 
-def test_warm_scenario_compares_every_target(isolated: Path) -> None:
+def _pids(described: list[str]) -> list[int]:
+    return [int(d.rsplit("(pid ", 1)[1].rstrip(")")) for d in described]
+
+
+def test_warm_scenario_compares_every_target(isolated: Path,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: dict[int, str] = {}  # every counted process, while it ran: pid -> its command line
+    snapshot = cpu.snapshot
+
+    def watched(counted: list[cpu.Counted]) -> dict[int, int]:
+        for c in counted:
+            seen[c.pid] = " ".join(cpu.cmdline(c.pid))
+        return snapshot(counted)
+
+    monkeypatch.setattr(cpu, "snapshot", watched)
     result = warm.run([1, 2], seconds=1, rounds=1, warmup=0, rate=200, openloop_seconds=0.5,
                       openloop_rounds=1, openloop_connections=4)
     targets, skipped = result["targets"], result["skipped"]
-    assert {"direct", "wakegate-w1"} <= set(targets), result
-    for name in ("nginx", "haproxy", "wakegate-w2"):
+    assert {"direct", "pipe", "httptools", "wakegate-w1", "wakegate-w1-nolog",
+            "wakegate-w1-aiohttp"} <= set(targets), result
+    for name in ("nginx", "haproxy", "caddy", "wakegate-w2"):
         # Either measured, or skipped with a reason (a missing tool, an option not there).
         assert (name in targets) != bool(skipped.get(name)), (name, result)
     for name, target in targets.items():
         opened = target["open_loop"]
         assert opened["completed"] == opened["scheduled"] == 100, (name, opened)
         assert opened["errors"] == 0, (name, opened)
+        pids = _pids(target["cpu_counted"])
+        assert pids, (name, target)
         if find_tool("wrk"):
             closed = target["closed_loop"]
             assert closed["rps"] > 0 and closed["errors"] == 0, (name, closed)
+            assert closed["cpu_us_per_request"] > 0 and closed["cpu_s"] > 0, (name, closed)
+            # The counted processes were there when measured (their /proc entries were read).
+            assert set(map(int, closed["cpu_s_by_pid"])) == set(pids) <= set(seen), (name, seen)
+    for name in ("pipe", "httptools"):  # the references answer like the backend: 200, no error
+        assert targets[name]["open_loop"]["statuses"] == {"200": 100}, targets[name]
+    # wakegate: itself and its proxy workers, never the backend it runs as a service.
+    for name, target in targets.items():
+        if name.startswith("wakegate"):
+            workers = 2 if name == "wakegate-w2" else 1
+            assert len(target["cpu_counted"]) == workers, (name, target["cpu_counted"])
+            assert target["cpu_not_counted"], (name, target)  # the backend, a child of it
+            assert all("nginx" not in seen[pid] and "bench.backend" not in seen[pid]
+                       for pid in _pids(target["cpu_counted"]) if pid in seen), (name, seen)
+    if "nginx" in targets:  # its master and its one worker
+        assert len(targets["nginx"]["cpu_counted"]) == 2, targets["nginx"]
     if find_tool("wrk"):
         ratio = result["ratios"]["throughput"]["wakegate-w1/direct"]
         assert ratio == round(targets["wakegate-w1"]["closed_loop"]["rps"]
                               / targets["direct"]["closed_loop"]["rps"], 3)
+        if "nginx" in targets:
+            cpu_ratio = result["ratios"]["cpu_per_request"]["wakegate-w1/nginx"]
+            assert cpu_ratio == round(targets["wakegate-w1"]["closed_loop"]["cpu_us_per_request"]
+                                      / targets["nginx"]["closed_loop"]["cpu_us_per_request"], 3)
+            assert result["bar"]["cpu_ratio"] == cpu_ratio
+            assert result["bar"]["pass"] in (True, False)
     else:
         assert "closed loop" in skipped
     assert "wakegate-w1" in result["ratios"]["added_p50_ms"]
-    assert "| wakegate-w1 (1 worker) |" in report.warm_table(result)
+    table = report.warm_table(result)
+    assert "| wakegate-w1 (1 worker) |" in table
+    assert "CPU µs/req" in table and "Bar of issue 12" in table
 
 
 def test_hold_scenario_answers_every_held_request(isolated: Path) -> None:
