@@ -136,6 +136,7 @@ class Proxy:
             handler_cancellation=True,  # a held client that leaves is removed at once
             max_line_size=self.settings.max_header_size,
             max_field_size=self.settings.max_header_size,
+            max_headers=policy.MAX_FIELDS,  # the fast path hands more to this parser
             access_log=None,
             # aiohttp's own idle timer closes an idle keep-alive connection; the
             # header timeout (with its 408) is _ProxyRequestHandler's.

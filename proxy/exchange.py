@@ -44,7 +44,7 @@ _LAST_CHUNK = b"0\r\n\r\n"
 class Exchange:
     __slots__ = ("_chunked", "_connecting", "_failure", "_on_fresh", "_out", "_retry_ok",
                  "_written", "answered", "close_after", "conn", "consumed", "counted", "ended",
-                 "head_only", "keep_alive", "method", "path", "request", "route", "started",
+                 "head_only", "method", "path", "request", "route", "started",
                  "status", "until_close", "up")
 
     def __init__(self, conn: FastConnection, route: Route, method: bytes, path: bytes,
@@ -55,7 +55,6 @@ class Exchange:
         self.path = path
         self.request = request  # the head and body as sent upstream
         self.consumed = consumed  # bytes of the client's buffer this request took
-        self.keep_alive = keep_alive  # llhttp: the client keeps the connection after it
         self.close_after = not keep_alive  # close the client connection once answered
         self.counted = counted  # the InstanceActivity it counts in (None: ignored)
         self.head_only = method == b"HEAD"
@@ -136,8 +135,7 @@ class Exchange:
 
     # --- the answer, as llhttp reads it (upstreams.Reader) ---
 
-    def response_head(self, status: int, reason: bytes, fields: policy.Fields,
-                      keep_alive: bool) -> None:
+    def response_head(self, status: int, reason: bytes, fields: policy.Fields) -> None:
         try:
             passed, length, chunked = policy.response_fields(fields)
         except ValueError:
@@ -145,12 +143,17 @@ class Exchange:
             return
         self.status = status
         self.answered = True
-        head = [b"HTTP/1.1 %d %s\r\n" % (status, reason), policy.render(passed)]
+        head = [b"HTTP/1.1 %d %s\r\n" % (status, policy.reason_phrase(status, reason)),
+                policy.render(passed)]
         if self.head_only or status in (204, 304):
             # No body follows, whatever the head says of its length; llhttp does not
             # know this answer is to HEAD: the connection reads its next one afresh.
             assert self.up is not None
             self.up.end_answer()
+            if self.head_only and (length or chunked):
+                # A service that answers HEAD as GET sends the body anyway, maybe
+                # late: on a pooled connection it would be the next client's answer.
+                self.up.no_reuse()
         elif chunked:
             self._chunked = True
             head.append(_CHUNKED_LINE)

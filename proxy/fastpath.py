@@ -280,7 +280,7 @@ class FastConnection(asyncio.Protocol):
                 # A blank line llhttp does not take for the end; or a target the
                 # aiohttp path refuses (or forwards) by the request-target rules, and
                 # may refuse before the head is whole.
-                self._hand_off()  # a blank line llhttp does not take for the end
+                self._hand_off()
             elif not self._head_timed:
                 # The first bytes of a next head, not whole yet: its clock starts now
                 # (a head that comes whole at once, the usual case, never gets here).
@@ -334,7 +334,7 @@ class FastConnection(asyncio.Protocol):
                 agent = value
             elif lname in _HANDED_OFF_FIELDS:
                 return None
-        if host is None or length > self._max_body:
+        if host is None or length > self._max_body or len(fields) > policy.MAX_FIELDS:
             return None
         proxy = self.proxy
         table = proxy.table

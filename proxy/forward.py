@@ -202,7 +202,10 @@ class Forwarder:
         while True:
             endpoint = self.pick(route, attempt)
             url = upstream_url(endpoint, path, query)
-            session = self._fresh if fresh else self._session
+            # HEAD goes on a connection of its own: a service that answers HEAD as GET
+            # sends the body anyway, maybe late, and on a pooled connection it would be
+            # the next request's answer (aiohttp pools it as soon as the head is read).
+            session = self._fresh if fresh or request.method == "HEAD" else self._session
             assert session is not None
             try:
                 upstream = await session.request(
@@ -288,6 +291,9 @@ class Forwarder:
                 strict=False))
             if extra:
                 headers.update(extra)
+            reason = policy.reason_phrase(
+                upstream.status, (upstream.reason or "").encode("utf-8", "surrogateescape")
+            ).decode("utf-8", "replace")
             length = upstream.content_length
             no_body = request.method == "HEAD" or upstream.status in (204, 304)
             if not no_body and length is not None and length <= _BUFFER_LIMIT:
@@ -298,11 +304,9 @@ class Forwarder:
                         None, self._settings.read_timeout)) from None
                 except aiohttp.ClientError:
                     raise UpstreamError.of(policy.BROKE_OFF) from None
-                return web.Response(
-                    status=upstream.status, reason=upstream.reason, body=data, headers=headers
-                )
-            resp = web.StreamResponse(status=upstream.status, reason=upstream.reason,
-                                      headers=headers)
+                return web.Response(status=upstream.status, reason=reason, body=data,
+                                    headers=headers)
+            resp = web.StreamResponse(status=upstream.status, reason=reason, headers=headers)
             if length is not None:
                 resp.content_length = length
             await resp.prepare(request)

@@ -24,7 +24,9 @@ decided here only:
 from __future__ import annotations
 
 import ipaddress
+import re
 from collections.abc import Iterable, Sequence
+from http import HTTPStatus
 
 from controller.spec import API_KEY_PREFIX
 
@@ -58,6 +60,10 @@ SINGLE_FIELDS = frozenset((
     b"content-length", b"content-location", b"content-range", b"content-type", b"etag",
     b"host", b"max-forwards", b"server", b"transfer-encoding", b"user-agent",
 ))
+
+# The most header fields a request may have: aiohttp's parser refuses more (431),
+# and the fast path hands such a request to it. One number for both (app.py).
+MAX_FIELDS = 128
 
 API_KEY_FIELD = b"x-api-key"
 _BEARER = b"bearer"
@@ -199,6 +205,21 @@ def response_fields(fields: Fields) -> tuple[list[tuple[bytes, bytes]], int | No
     if listed:
         out = [field for field in out if field[0].lower() not in listed]
     return out, length, bool(codings)
+
+
+_CONTROL = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
+
+
+def reason_phrase(status: int, reason: bytes) -> bytes:
+    """The reason phrase to pass on: the service's, unless it holds control bytes (a
+    terminal escape, a NUL: llhttp lets them through, aiohttp's writer refuses them),
+    then the standard one for the status."""
+    if not _CONTROL.search(reason):
+        return reason
+    try:
+        return HTTPStatus(status).phrase.encode()
+    except ValueError:
+        return b""
 
 
 def render(fields: Iterable[tuple[bytes, bytes]]) -> bytes:

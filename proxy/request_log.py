@@ -26,9 +26,11 @@ _LOGGER = "wakegate.requests"
 _FLUSH_AFTER = 0.05  # seconds
 _FLUSH_AT = 1024  # lines
 
-# One request, as the hot path records it: (time.time(), route, status, seconds,
-# method, path, client, cold). Formatted only in flush(), in batches.
-_Entry = tuple[float, Route, int, float, "str | bytes", "str | bytes", str, bool]
+# One request, as the hot path records it: (time.time(), environment, service, status,
+# seconds, method, path, client, cold). Formatted only in flush(), in batches. Only
+# atoms (no Route): the garbage collector stops tracking such a tuple at once, so a
+# batch waiting to be written never makes the older generations grow.
+_Entry = tuple[float, str, str, int, float, "str | bytes", "str | bytes", str, bool]
 
 
 def _text(value: str | bytes) -> str:
@@ -59,7 +61,8 @@ class RequestLog:
               path: str | bytes, client: str, cold: bool) -> None:
         """Record one request: a tuple now, a line at the next flush (the hot path pays
         for the append only)."""
-        self._pending.append((time.time(), route, status, seconds, method, path, client, cold))
+        self._pending.append((time.time(), route.environment, route.service, status, seconds,
+                              method, path, client, cold))
         if len(self._pending) >= _FLUSH_AT:
             self.flush()
         elif self._flush_handle is None:
@@ -85,10 +88,9 @@ class RequestLog:
         return self._millis_stamp
 
     def _line(self, entry: _Entry) -> str:
-        now, route, status, seconds, method, path, client, cold = entry
+        now, env, svc, status, seconds, method, path, client, cold = entry
         method, path = _text(method), _text(path)
         stamp = self._time(now)
-        env, svc = route.environment, route.service
         ms = seconds * 1000
         cold_text = " cold" if cold else ""
         if self._json:

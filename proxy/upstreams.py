@@ -23,8 +23,7 @@ MAX_IDLE_PER_ENDPOINT = 256
 class Reader(Protocol):
     """What an exchange does with the answer its connection reads."""
 
-    def response_head(self, status: int, reason: bytes, fields: Fields,
-                      keep_alive: bool) -> None: ...
+    def response_head(self, status: int, reason: bytes, fields: Fields) -> None: ...
     def response_body(self, data: bytes) -> None: ...
     def response_read(self) -> None: ...
     def response_invalid(self) -> None: ...
@@ -51,6 +50,10 @@ class UpstreamConnection(asyncio.Protocol):
     @property
     def reusable(self) -> bool:
         return self.complete and self.keep_alive and not self._overrun and not self.closed
+
+    def no_reuse(self) -> None:
+        """Close once this answer ends (a HEAD answer that announced a body)."""
+        self._overrun = True
 
     def next_answer(self, fresh_parser: bool) -> None:
         """Ready for the next exchange; `fresh_parser` after an answer to HEAD, whose
@@ -80,17 +83,21 @@ class UpstreamConnection(asyncio.Protocol):
     def on_headers_complete(self) -> None:
         status = self._parser.get_status_code()
         if status < 200:
-            # 1xx (101 never gets here: llhttp stops on it, an error): the answer follows.
+            # 1xx: informational, the answer follows. (101, an upgrade nobody asked for,
+            # gets here too: llhttp then stops with an error, a malformed answer.)
             self._informational = True
             return
         if self.owner is None or self.complete:
             self._overrun = True
             return
         self.keep_alive = self._parser.should_keep_alive()
-        self.owner.response_head(status, self._reason, self._fields, self.keep_alive)
+        self.owner.response_head(status, self._reason, self._fields)
 
     def on_body(self, data: bytes) -> None:
-        if self.owner is None or self.complete:
+        if self.owner is None or self.complete or self._informational:
+            # Bytes beyond the answer; or a body on a 1xx (llhttp reads one for 1xx
+            # other than 100-103), which must never reach the client ahead of the
+            # real status line: the connection is not reused.
             self._overrun = True
             return
         self.owner.response_body(data)
