@@ -150,9 +150,7 @@ class Exchange:
             # know this answer is to HEAD: the connection reads its next one afresh.
             assert self.up is not None
             self.up.end_answer()
-            if self.head_only and (length or chunked):
-                # A service that answers HEAD as GET sends the body anyway, maybe
-                # late: on a pooled connection it would be the next client's answer.
+            if self.head_only and not policy.head_answer_reusable(length, chunked):
                 self.up.no_reuse()
         elif chunked:
             self._chunked = True

@@ -202,10 +202,7 @@ class Forwarder:
         while True:
             endpoint = self.pick(route, attempt)
             url = upstream_url(endpoint, path, query)
-            # HEAD goes on a connection of its own: a service that answers HEAD as GET
-            # sends the body anyway, maybe late, and on a pooled connection it would be
-            # the next request's answer (aiohttp pools it as soon as the head is read).
-            session = self._fresh if fresh or request.method == "HEAD" else self._session
+            session = self._fresh if fresh else self._session
             assert session is not None
             try:
                 upstream = await session.request(
@@ -296,6 +293,9 @@ class Forwarder:
             ).decode("utf-8", "replace")
             length = upstream.content_length
             no_body = request.method == "HEAD" or upstream.status in (204, 304)
+            if request.method == "HEAD" and not policy.head_answer_reusable(
+                    length, "Transfer-Encoding" in upstream.headers):
+                _unpool(upstream)
             if not no_body and length is not None and length <= _BUFFER_LIMIT:
                 try:
                     data = await upstream.read()
@@ -435,6 +435,19 @@ async def _limited(
 
 def too_large(limit: int) -> UpstreamError:
     return UpstreamError(413, "body_too_large", f"The request body is larger than {limit} bytes.")
+
+
+def _unpool(upstream: aiohttp.ClientResponse) -> None:
+    """Close the connection of an answer aiohttp has already put back in its pool.
+
+    aiohttp pools the connection of an answer without a body (HEAD) as soon as
+    its head is read, before `session.request` returns (with no await in
+    between, so no other request took it yet); its pool skips a closed one.
+    Relies on aiohttp 3.14's ClientResponse._protocol (pinned in pyproject)."""
+    protocol = getattr(upstream, "_protocol", None)
+    transport = getattr(protocol, "transport", None)
+    if transport is not None:
+        transport.close()
 
 
 def _cut(request: web.BaseRequest) -> None:

@@ -210,6 +210,13 @@ def response_fields(fields: Fields) -> tuple[list[tuple[bytes, bytes]], int | No
 _CONTROL = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
 
 
+def head_answer_reusable(length: int | None, chunked: bool) -> bool:
+    """Whether the connection of an answer to HEAD may be pooled: not when the answer
+    announces a body. A service that answers HEAD as GET sends that body anyway, maybe
+    late, and on a pooled connection it would be read as the next request's answer."""
+    return not length and not chunked
+
+
 def reason_phrase(status: int, reason: bytes) -> bytes:
     """The reason phrase to pass on: the service's, unless it holds control bytes (a
     terminal escape, a NUL: llhttp lets them through, aiohttp's writer refuses them),
