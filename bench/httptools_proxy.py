@@ -14,12 +14,13 @@ Usage: python -m bench.httptools_proxy --port P --upstream-port U [--host 127.0.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 from collections import deque
+from collections.abc import Callable
 
 import httptools
-import uvloop
+
+from bench import reference
 
 HOP_BY_HOP = frozenset({b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer",
                         b"transfer-encoding", b"upgrade"})
@@ -270,22 +271,12 @@ class Pool:
             upstream.send(client, request)
 
 
-async def serve(host: str, port: int, upstream: tuple[str, int]) -> None:
-    pool = Pool(*upstream)
-    server = await asyncio.get_running_loop().create_server(lambda: Client(pool), host, port,
-                                                            backlog=4096)
-    async with server:
-        await server.serve_forever()
-
-
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, required=True)
-    parser.add_argument("--upstream-host", default="127.0.0.1")
-    parser.add_argument("--upstream-port", type=int, required=True)
-    args = parser.parse_args()
-    uvloop.run(serve(args.host, args.port, (args.upstream_host, args.upstream_port)))
+    def protocol_for(upstream: reference.Upstream) -> Callable[[], asyncio.Protocol]:
+        pool = Pool(*upstream)
+        return lambda: Client(pool)
+
+    reference.main(__doc__.split("\n")[0], protocol_for)
 
 
 if __name__ == "__main__":

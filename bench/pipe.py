@@ -11,10 +11,9 @@ Usage: python -m bench.pipe --port P --upstream-port U [--host 127.0.0.1]
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 
-import uvloop
+from bench import reference
 
 _connecting: set[asyncio.Task[None]] = set()
 
@@ -92,21 +91,8 @@ class Client(_Side):
         self.join(up)
 
 
-async def serve(host: str, port: int, upstream: tuple[str, int]) -> None:
-    loop = asyncio.get_running_loop()
-    server = await loop.create_server(lambda: Client(upstream), host, port, backlog=4096)
-    async with server:
-        await server.serve_forever()
-
-
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, required=True)
-    parser.add_argument("--upstream-host", default="127.0.0.1")
-    parser.add_argument("--upstream-port", type=int, required=True)
-    args = parser.parse_args()
-    uvloop.run(serve(args.host, args.port, (args.upstream_host, args.upstream_port)))
+    reference.main(__doc__.split("\n")[0], lambda upstream: lambda: Client(upstream))
 
 
 if __name__ == "__main__":

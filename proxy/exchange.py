@@ -36,14 +36,15 @@ if TYPE_CHECKING:
     from .fastpath import FastConnection
 
 DONE, FAILED, CUT, LEFT, HANDED_OFF = range(5)
+_IDEMPOTENT = frozenset(method.encode() for method in policy.IDEMPOTENT_METHODS)
 _CHUNKED_LINE = b"Transfer-Encoding: chunked\r\n"
 _CLOSE_LINE = b"Connection: close\r\n"
 _LAST_CHUNK = b"0\r\n\r\n"
 
 
 class Exchange:
-    __slots__ = ("_chunked", "_connecting", "_failure", "_on_fresh", "_out", "_retry_ok",
-                 "_written", "answered", "close_after", "conn", "consumed", "counted", "ended",
+    __slots__ = ("_answered", "_chunked", "_connecting", "_on_fresh", "_out", "_retry_ok",
+                 "close_after", "conn", "consumed", "counted", "ended", "failure",
                  "head_only", "method", "path", "request", "route", "started",
                  "status", "until_close", "up")
 
@@ -64,18 +65,20 @@ class Exchange:
         self._on_fresh = False  # on the new connection of that one retry
         self.started = time.monotonic()
         self.status = 0
-        self.answered = False  # the upstream's head was read: no status-table answer now
-        self._written = False  # something of the answer went out to the client
+        self._answered = False  # something of the answer went out: no status-table one now
         self.ended = False
         self.until_close = False
         self._chunked = False
         self._out: list[bytes] = []  # what this read of the upstream sends to the client
-        self._failure: tuple[int, str, str] | None = None
+        self.failure: tuple[int, str, str] | None = None  # the status-table answer (FAILED)
         self.up: UpstreamConnection | None = None
         self._connecting: asyncio.Future[None] | None = None
 
-    def start(self, retry_ok: bool) -> None:
-        self._retry_ok = retry_ok
+    def start(self, body: bytes) -> None:
+        """Send the request (its head is self.request) with `body`."""
+        if body:
+            self.request += body
+        self._retry_ok = not body and self.method in _IDEMPOTENT
         if self.counted is not None:
             self.counted.in_flight += 1
         proxy = self.conn.proxy
@@ -142,7 +145,6 @@ class Exchange:
             self.response_invalid()
             return
         self.status = status
-        self.answered = True
         head = [b"HTTP/1.1 %d %s\r\n" % (status, policy.reason_phrase(status, reason)),
                 policy.render(passed)]
         if self.head_only or status in (204, 304):
@@ -181,7 +183,7 @@ class Exchange:
             if transport is not None:
                 transport.write(b"".join(self._out))
             self._out.clear()
-            self._written = True
+            self._answered = True
         if complete:
             self.end(DONE)
         elif not self.ended:
@@ -190,7 +192,7 @@ class Exchange:
     def response_invalid(self) -> None:
         """llhttp refused the answer (or its framing is one we do not pass on)."""
         self._out.clear()
-        if self._written:
+        if self._answered:
             self.end(CUT)
         else:
             self.fail(policy.INVALID)  # nothing of it went out: the client gets a 502
@@ -202,7 +204,7 @@ class Exchange:
             up.owner = None
         if self.ended:
             return
-        if self.answered:
+        if self._answered:
             if self.until_close:
                 self.end(DONE)  # the close is the end of this answer
             else:
@@ -240,14 +242,14 @@ class Exchange:
 
     def timed_out(self) -> None:
         """No byte from the upstream for read_timeout."""
-        if self._written:
+        if self._answered:
             self.end(CUT)
         else:
             self.fail(policy.timed_out(None, self.conn.read_timeout))
 
     def fail(self, failure: tuple[int, str, str]) -> None:
         """An answer of the status table, before anything of the upstream's went out."""
-        self._failure = failure
+        self.failure = failure
         self.end(FAILED, failure[0])
 
     # --- the end ---
@@ -270,8 +272,10 @@ class Exchange:
                 self.conn.proxy.upstreams.give_back(up)
             else:
                 up.close()
-        if self._connecting is not None and not self._connecting.done():
-            self._connecting.cancel()
+        connecting = self._connecting
+        if connecting is not None and not connecting.done() and \
+                connecting is not asyncio.current_task():
+            connecting.cancel()  # the client left while a connect was under way
         self._connecting = None
         now = time.monotonic()
         counted = self.counted
@@ -285,4 +289,4 @@ class Exchange:
             conn.proxy.request_done(self.route, 499 if how == LEFT else status or self.status,
                                     now - self.started, self.method, self.path, conn.peer,
                                     False)
-        conn.exchange_ended(self, how, self._failure, replayed, now)
+        conn.exchange_ended(self, how, replayed, now)

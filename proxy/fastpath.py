@@ -41,6 +41,7 @@ from .deadline import Deadline
 from .errors import raw_error, request_timeout
 from .exchange import CUT, DONE, FAILED, HANDED_OFF, LEFT, Exchange
 from .routing import normalize_host
+from .targets import ALLOWED_METHODS
 
 if TYPE_CHECKING:
     from controller.spec import Route, RouteTable
@@ -52,8 +53,7 @@ _PAUSE_CLIENT_AT = 256 * 1024  # pipelined bytes buffered while a request is in 
 # The methods served here; any other (CONNECT above all: an upstream ignores its
 # Content-Length, and would take the body for a next request) goes to the aiohttp
 # path, which refuses or forwards it by the request-target rules.
-FAST_METHODS = frozenset((b"GET", b"HEAD", b"POST", b"PUT", b"PATCH", b"DELETE", b"OPTIONS"))
-_IDEMPOTENT = frozenset(method.encode() for method in policy.IDEMPOTENT_METHODS)
+FAST_METHODS = frozenset(method.encode() for method in ALLOWED_METHODS.split(", "))
 # Request fields that send a request to the aiohttp path: framing it must read
 # (chunked), upgrades, and `Expect` (100-continue).
 _HANDED_OFF_FIELDS = frozenset((b"transfer-encoding", b"upgrade", b"expect"))
@@ -84,12 +84,13 @@ class FastConnection(asyncio.Protocol):
         self._fed = 0
         self._url = b""
         self._fields: list[tuple[bytes, bytes]] = []
-        self._head_end = 0  # _buf offset of the body; 0 while the head is incomplete
+        self._head_read = False  # llhttp has seen the end of the head
+        self._head_end = 0  # _buf offset of the body, once the head is read
         self._message_done = False
         self._keep_alive = True
         self._method = b""
         self._version = ""
-        self._admitted: tuple[Exchange, int] | None = None  # head read, body awaited
+        self._admitted: Exchange | None = None  # head read, body awaited
         settings = proxy.settings
         self.read_timeout = settings.read_timeout
         self._max_head = settings.max_header_size
@@ -115,7 +116,7 @@ class FastConnection(asyncio.Protocol):
         self._fields.append((name, value))
 
     def on_headers_complete(self) -> None:
-        self._head_end = -1  # set to the offset by _read_head, which fed the blank line
+        self._head_read = True
         # Asked now: llhttp forgets them once the message is complete.
         parser = self._parser
         self._keep_alive = parser.should_keep_alive()
@@ -229,9 +230,10 @@ class FastConnection(asyncio.Protocol):
             return
         if self._admitted is None and not self._read_head():
             return
-        assert self._admitted is not None
-        exchange, total = self._admitted
+        exchange = self._admitted
+        assert exchange is not None
         buf = self._buf
+        total = exchange.consumed
         if len(buf) < total:
             return  # the body is still coming
         body = bytes(buf[self._head_end:total]) if total > self._head_end else b""
@@ -245,13 +247,11 @@ class FastConnection(asyncio.Protocol):
             self._hand_off()  # llhttp expects more than the length we read: not ours
             return
         self._admitted = None
-        self._message_done = False
+        self._head_read = self._message_done = False
         self._url = b""
         self._fields = []
-        if body:
-            exchange.request += body
         self._exchange = exchange
-        exchange.start(retry_ok=not body and exchange.method in _IDEMPOTENT)
+        exchange.start(body)
 
     def _read_head(self) -> bool:
         """Feed llhttp the head at the start of _buf; True once it is read and admitted
@@ -275,7 +275,7 @@ class FastConnection(asyncio.Protocol):
                 self._hand_off()  # malformed, or an upgrade: the aiohttp path decides
                 return False
             self._fed = stop
-        if self._head_end != -1:  # llhttp has not seen the end of the head
+        if not self._head_read:
             if end >= 0 or self._url[:1] not in (b"", b"/"):
                 # A blank line llhttp does not take for the end; or a target the
                 # aiohttp path refuses (or forwards) by the request-target rules, and
@@ -291,16 +291,14 @@ class FastConnection(asyncio.Protocol):
             self._hand_off()  # llhttp ended the head before the blank line: not ours
             return False
         self._head_end = stop
-        admitted = self._admit(stop)
-        if admitted is None:
+        self._admitted = self._admit(stop)
+        if self._admitted is None:
             self._hand_off()
             return False
-        self._admitted = admitted
         return True
 
-    def _admit(self, head_len: int) -> tuple[Exchange, int] | None:
-        """The exchange for the head llhttp read, and the request's whole length; None if
-        the aiohttp path must serve it."""
+    def _admit(self, head_len: int) -> Exchange | None:
+        """The exchange for the head llhttp read; None if the aiohttp path must serve it."""
         method = self._method
         url = self._url
         # HTTP/1.1 only, known methods, plain origin-form targets. The aiohttp path
@@ -357,15 +355,12 @@ class FastConnection(asyncio.Protocol):
         upstream_fields = policy.request_fields(fields, peer=self.peer, trusted=self._trusted,
                                                 scheme="http")
         head = b"%s %s HTTP/1.1\r\n%s\r\n" % (method, url, policy.render(upstream_fields))
-        exchange = Exchange(self, route, method, path, head, head_len + length,
-                            self._keep_alive, counted)
-        return exchange, head_len + length
+        return Exchange(self, route, method, path, head, head_len + length,
+                        self._keep_alive, counted)
 
     # --- the end of an exchange (Exchange.end) ---
 
-    def exchange_ended(self, exchange: Exchange, how: int,
-                       failure: tuple[int, str, str] | None, replayed: bool,
-                       now: float) -> None:
+    def exchange_ended(self, exchange: Exchange, how: int, replayed: bool, now: float) -> None:
         self._exchange = None
         self.upstream_deadline.clear()
         transport = self.transport
@@ -375,8 +370,8 @@ class FastConnection(asyncio.Protocol):
         if transport is None:
             return  # LEFT
         if how == FAILED:
-            assert failure is not None
-            transport.write(raw_error(*failure, exchange.route))
+            assert exchange.failure is not None
+            transport.write(raw_error(*exchange.failure, exchange.route))
             transport.close()
             return
         if how == CUT:

@@ -26,17 +26,24 @@ IO_DEADLINE = 5.0  # any single read on a test socket
 
 
 PATHS = ("fast", "aiohttp")  # WAKEGATE_FAST_PATH=1 and =0
-RAW = Path(__file__).resolve().parent / "upstreams" / "raw_http.py"
+UPSTREAMS = Path(__file__).resolve().parent / "upstreams"
+RAW = UPSTREAMS / "raw_http.py"
 
 
-def raw_service(*environments: str) -> dict[str, Any]:
-    """tests/upstreams/raw_http.py as a service of a test config."""
+def upstream_service(script: Path, *environments: str) -> dict[str, Any]:
+    """A script of tests/upstreams (run as `script --port PORT`) as a service of a test
+    config: always answering on TCP, stopped quickly."""
     return {
-        "command": f"{{python}} {RAW} --port {{port}}",
+        "command": f"{{python}} {script} --port {{port}}",
         "readiness": {"tcp": True},
         "environments": list(environments),
         "stop_grace": "1s",
     }
+
+
+def raw_service(*environments: str) -> dict[str, Any]:
+    """tests/upstreams/raw_http.py as a service of a test config."""
+    return upstream_service(RAW, *environments)
 
 
 @contextlib.contextmanager

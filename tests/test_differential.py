@@ -57,7 +57,6 @@ import base64
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -65,9 +64,9 @@ from hypothesis import HealthCheck, Phase, assume, given, settings
 from hypothesis import strategies as st
 
 from .conftest import Wakegate
-from .raw_client import both_paths
+from .raw_client import UPSTREAMS, both_paths, upstream_service
 
-RECORDER = Path(__file__).resolve().parent / "upstreams" / "recorder.py"
+RECORDER = UPSTREAMS / "recorder.py"
 PUBLIC = "rec.staging.localhost"
 OTHER = "other.staging.localhost"
 PRIVATE = "rec.private.localhost"
@@ -84,12 +83,7 @@ MAX_EXAMPLES = 300
 
 
 def recorder(*environments: str) -> dict[str, Any]:
-    return {
-        "command": f"{{python}} {RECORDER} --port {{port}}",
-        "readiness": {"tcp": True},
-        "environments": list(environments),
-        "stop_grace": "1s",
-    }
+    return upstream_service(RECORDER, *environments)
 
 
 def differential_config() -> dict[str, Any]:
