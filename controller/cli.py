@@ -332,7 +332,7 @@ def _shutdown_deadline(config: Config) -> float:
 
 
 def cmd_proxy(args: argparse.Namespace) -> None:
-    from .config import parse_duration
+    from .units import parse_duration
 
     # The proxy's settings (timeouts, sizes, trusted proxies) come from the
     # config file when there is one; the controller sends only the routes.

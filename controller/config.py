@@ -72,21 +72,21 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import ipaddress
-import json
-import math
 import os
 import re
 import shlex
 import string
 import urllib.parse
 from collections.abc import Callable, Iterable, Sequence
-from fractions import Fraction
 from types import MappingProxyType
 from typing import Any, TypeVar
 
 import yaml
 
 from controller import spec
+from controller.units import is_number as _is_number
+from controller.units import parse_duration, parse_size
+from controller.units import show as _show
 
 __all__ = ["ConfigError", "load_config", "parse_duration", "parse_size", "parse_version"]
 
@@ -164,21 +164,6 @@ _DNS_LABEL = re.compile(r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?")
 _VERSION = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 _ENV_VAR = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _PORT = re.compile(r"[0-9]{1,5}")
-_DURATION = re.compile(r"\s*([0-9]+(?:\.[0-9]*)?|\.[0-9]+)\s*(ms|s|m|h)?\s*")
-_SIZE = re.compile(r"\s*([0-9]+(?:\.[0-9]+)?)\s*(b|kb|kib|mb|mib|gb|gib)?\s*", re.IGNORECASE)
-
-_UNIT_SECONDS = {None: 1.0, "ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
-_UNIT_BYTES = {
-    None: 1,
-    "b": 1,
-    "kb": 1000,
-    "kib": 1024,
-    "mb": 1000**2,
-    "mib": 1024**2,
-    "gb": 1000**3,
-    "gib": 1024**3,
-}
-
 # Defaults come from spec.py so that there is one place to change them.
 _PROXY_DEFAULTS = spec.ProxySettings()
 _CONTROLLER_DEFAULTS = spec.ControllerSettings()
@@ -189,8 +174,6 @@ _SERVICE_DEFAULTS = {
     if f.default is not dataclasses.MISSING
 }
 
-_DURATION_HINT = "use a number of seconds or a value like 150ms, 30s, 15m, 1h"
-_SIZE_HINT = "use a number of bytes or a value like 512, 10KB, 10KiB, 64MiB, 1GiB"
 _ADDRESS_HINT = 'use "host:port" (e.g. "127.0.0.1:8080") or "[v6]:port" (e.g. "[::1]:8080")'
 
 
@@ -203,50 +186,6 @@ class ConfigError(Exception):
 
 
 # --- public helpers -----------------------------------------------------------------
-
-
-def parse_duration(value: object) -> float:
-    """Seconds from a number of seconds or a string such as "150ms", "1.5s", "15m", "1h".
-
-    Raises ValueError with a sentence a person can act on.
-    """
-    seconds: float | None = None
-    if _is_number(value):
-        try:
-            seconds = float(value)  # type: ignore[arg-type]
-        except OverflowError:  # a YAML integer too large for a float
-            seconds = None
-    elif isinstance(value, str):
-        match = _DURATION.fullmatch(value)
-        if match:
-            seconds = float(match[1]) * _UNIT_SECONDS[match[2]]
-    if seconds is None or not math.isfinite(seconds):
-        raise ValueError(f"bad duration {_show(value)}: {_DURATION_HINT}")
-    if seconds < 0:
-        raise ValueError(f"bad duration {_show(value)}: a duration cannot be negative")
-    return seconds
-
-
-def parse_size(value: object) -> int:
-    """Bytes from an integer or a string such as "512", "10KB" (1000), "10KiB" (1024), "64MiB".
-
-    Raises ValueError with a sentence a person can act on.
-    """
-    amount: Fraction | None = None
-    if _is_number(value) and (not isinstance(value, float) or value.is_integer()):
-        amount = Fraction(value)  # type: ignore[arg-type]
-    elif isinstance(value, str):
-        match = _SIZE.fullmatch(value)
-        if match:
-            unit = match[2].lower() if match[2] else None
-            amount = Fraction(match[1]) * _UNIT_BYTES[unit]
-    if amount is None:
-        raise ValueError(f"bad size {_show(value)}: {_SIZE_HINT}")
-    if amount < 0:
-        raise ValueError(f"bad size {_show(value)}: a size cannot be negative")
-    if amount.denominator != 1:
-        raise ValueError(f"bad size {_show(value)}: it is not a whole number of bytes")
-    return int(amount)
 
 
 def load_config(path: str | os.PathLike[str], raw: bytes | None = None) -> spec.Config:
@@ -321,27 +260,10 @@ def _type_name(value: object) -> str:
     return type(value).__name__  # e.g. a date: YAML reads 2024-01-01 as one
 
 
-def _show(value: object) -> str:
-    """A value as it would appear in YAML, short enough for a one-line message."""
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    text = value if isinstance(value, str) else str(value)
-    if len(text) > 60:  # keep every problem on one readable line
-        text = text[:57] + "..."
-    return json.dumps(text, ensure_ascii=False) if isinstance(value, str) else text
-
-
 def _describe(value: object) -> str:
     if value is None or isinstance(value, dict | list):
         return _type_name(value)
     return f"{_type_name(value)} {_show(value)}"
-
-
-def _is_number(value: object) -> bool:
-    # bool is an int subclass in Python, but `true` is never meant as a number.
-    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 def _suggest(word: str, options: Iterable[str]) -> str:

@@ -34,9 +34,9 @@ from typing import TYPE_CHECKING, Any
 
 from kubernetes_asyncio import client as k8s
 
-from ..config import parse_duration
 from ..leader import LeaderElector
 from ..spec import KIND_DEFAULTS, KINDS, Config, Environment, InstanceSpec, Service
+from ..units import parse_duration
 from .base import StartFailed
 from .kube_client import (
     VERSION_ANNOTATION,
