@@ -28,11 +28,10 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Protocol
 
+from .model import ActivitySource, Key
 from .spec import KEY_ID
 
-Key = tuple[str, str]
 Clock = Callable[[], float]
-ActivitySource = Callable[[Key], tuple[int, float]]
 
 # A report never holds longer than this, whatever a proxy asks: a proxy's
 # report interval is at most 20 s and a report holds for 3 of them, so an
@@ -162,7 +161,7 @@ class ActivityReports:
 
 
 class Drains(Protocol):
-    """The route feed's side of a drain (controller/api.py's RouteFeed)."""
+    """The route feed's side of a drain (controller/api/route_feed.py)."""
 
     def drain(self, key: Key) -> tuple[str, int] | None:
         """Publish `key` without endpoints; the (epoch, version) that does it, None if not READY."""

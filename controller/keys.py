@@ -110,6 +110,14 @@ class KeyStore:
         self._write()
         return key
 
+    async def create_async(self, environment: str, service: str) -> str:
+        """`create`, as the key-store port has it (Kubernetes writes a Secret: it awaits)."""
+        return self.create(environment, service)
+
+    async def revoke_async(self, ident: str) -> tuple[str, str] | None:
+        """`revoke`, as the key-store port has it."""
+        return self.revoke(ident)
+
     def list(self) -> list[KeyInfo]:
         infos = []
         for name, entries in self._keys.items():

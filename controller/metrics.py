@@ -8,7 +8,8 @@ from collections.abc import Iterator
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from .scaler import Instance, Scaler
+from .model import Instance
+from .scaler import Scaler
 
 _LABELS = ["environment", "service"]
 

@@ -1,5 +1,11 @@
-"""Blue/green releases of production instances, on any runtime.
+"""The version commands, on any runtime: deploy, promote, and production's blue/green releases.
 
+Below the scaler: the commands act on the model and through the ports
+(runtimes/base.py), and make a change known through the scaler's `publish`
+(`StateMachine`), so neither imports the other's internals.
+
+Outside production a deploy replaces the instance's replicas in place (new
+ones first) and `promote` copies the private version to the demo instance.
 A production instance has two colours. The live one serves the production
 host: it is the instance's replicas and version. The other colour is either a
 *preview* (deployed, reachable at `{service}.prerelease.{domain}`, not yet
@@ -10,7 +16,7 @@ rollback is instant.
 Promote and rollback swap the colours in one route-table version, so every
 proxy switches at once. Where the colours are kept is the runtime's
 (`ColourStore`): the local runtime writes `state_dir/releases.json`
-atomically (`LocalColours`); the Kubernetes runtime keeps them on the
+atomically (runtimes/local/colours.py); the Kubernetes runtime keeps them on the
 `<service>-blue`/`<service>-green` Deployments. Either way the switch is
 recorded before traffic moves, and a restarted controller never leaves
 production without a live colour.
@@ -26,29 +32,29 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
-from .config import parse_version
 from .events import event
-from .runtimes.base import ReplicaLike
-from .statefile import Problems, describe, fields, instances, read_state, show, write_json_atomic
-
-if TYPE_CHECKING:
-    from .scaler import Instance, Scaler
-
+from .model import (
+    PREVIEW,
+    PREVIOUS,
+    PROMOTE,
+    READY,
+    ROLLBACK,
+    SLEEPING,
+    Instance,
+    Key,
+    OtherColour,
+    Release,
+    Replica,
+    other_colour,
+)
+from .runtimes.base import Runtime
+from .versions import VersionStore
 
 log = logging.getLogger("wakegate.releases")
-
-COLOURS = ("blue", "green")
-PREVIEW = "preview"
-PREVIOUS = "previous"
-PROMOTE = "promote"
-ROLLBACK = "rollback"
-RELEASES_FILE = "releases.json"  # under state_dir, local runtime
 
 
 class ReleaseConflict(Exception):
@@ -59,149 +65,37 @@ class ReleaseRefused(Exception):
     """The release command cannot be done now; nothing was changed."""
 
 
-def other_colour(colour: str) -> str:
-    return COLOURS[1 - COLOURS.index(colour)]
+class DeployRefused(Exception):
+    """The deploy cannot be done as asked; nothing was changed."""
 
 
-@dataclass
-class OtherColour:
-    colour: str
-    version: str
-    role: str  # PREVIEW or PREVIOUS
-    replicas: list[ReplicaLike] = field(default_factory=list)
-    scale_down_at: float | None = None  # monotonic
-    scale_down: asyncio.Task[None] | None = None
+class StateMachine(Protocol):
+    """What the commands need of the scaler: the instances, and how a change is made known."""
 
+    instances: dict[Key, Instance]
 
-@dataclass
-class Release:
-    live: str = "blue"
-    other: OtherColour | None = None
-    last: str | None = None  # PROMOTE or ROLLBACK: the switch that made `live` live
-    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    def publish(self) -> None:
+        """Every proxy gets a route table with the change, now."""
 
-
-class ColourStore(Protocol):
-    """Where a runtime keeps production's two colours, and how it runs the idle one."""
-
-    def refused(self, inst: Instance) -> str | None:
-        """Why this instance cannot have blue/green releases, or None."""
-
-    def load(self, inst: Instance) -> Release:
-        """The instance's release as last recorded (a controller restart resumes from it)."""
-
-    def save(self, inst: Instance, release: Release) -> None:
-        """Record the release after a change made in memory (no await: atomic for the loop)."""
-
-    async def start(self, inst: Instance, colour: str, version: str, size: int,
-                    running: list[ReplicaLike]) -> list[ReplicaLike]:
-        """`version` on `colour` with `size` ready replicas (`running` already are)."""
-
-    async def stop(self, inst: Instance, colour: str, replicas: list[ReplicaLike],
-                   grace: float) -> None:
-        """Scale `colour` to nothing."""
-
-    async def switch(self, inst: Instance, release: Release, live: str, verb: str) -> None:
-        """Record `live` as the live colour, before traffic moves; raise and nothing moved."""
-
-
-def check_releases(problems: Problems, data: Any) -> None:
-    """releases.json's schema: {"<environment>/<service>": {"live": colour, "last": verb or
-    null, "other": null or {"version": version, "role": role}}}; last and other may be left
-    out (null)."""
-    for name, saved in instances(problems, data, "a release"):
-        saved = fields(problems, name, saved, ("live",), ("last", "other"))
-        if saved is None:
-            continue
-        # A colour read wrong would put the wrong version live at the next switch.
-        if "live" in saved and saved["live"] not in COLOURS:
-            problems.add(f"{name}.live", f"{show(saved['live'])} is not a colour: blue or green")
-        if saved.get("last") not in (PROMOTE, ROLLBACK, None):
-            problems.add(f"{name}.last", f'must be "{PROMOTE}", "{ROLLBACK}" or null, got '
-                         f"{describe(saved['last'])}")
-        other = saved.get("other")
-        if other is None:
-            continue
-        other = fields(problems, f"{name}.other", other, ("version", "role"))
-        if other is None:
-            continue
-        if "version" in other:
-            try:
-                parse_version(other["version"])
-            except ValueError as exc:
-                problems.add(f"{name}.other.version", str(exc))
-        if "role" in other and other["role"] not in (PREVIEW, PREVIOUS):
-            problems.add(f"{name}.other.role", f'must be "{PREVIEW}" or "{PREVIOUS}", got '
-                         f"{describe(other['role'])}")
-
-
-class LocalColours:
-    """The local runtime's colours: processes, and `state_dir/releases.json`.
-
-    A preview's processes die with the controller; after a restart it shows
-    with no replicas and `deploy` starts it again. A releases.json that is not
-    valid raises StateFileError here and is never written.
-    """
-
-    def __init__(self, scaler: Scaler) -> None:
-        self._scaler = scaler
-        self.path = os.path.join(scaler.config.state_dir, RELEASES_FILE)
-        self._saved: dict[str, Any] = read_state(self.path, check_releases, {})
-
-    def refused(self, inst: Instance) -> str | None:
-        return None
-
-    def load(self, inst: Instance) -> Release:
-        saved = self._saved.get("/".join(inst.key))
-        if saved is None:
-            return Release()  # blue is live until the first switch
-        release = Release(live=saved["live"], last=saved.get("last"))
-        other = saved.get("other")
-        if other is not None:
-            release.other = OtherColour(other_colour(release.live), other["version"],
-                                        other["role"])
-        return release
-
-    def save(self, inst: Instance, release: Release) -> None:
-        other = release.other
-        data = dict(self._saved)
-        data["/".join(inst.key)] = {
-            "live": release.live, "last": release.last,
-            "other": None if other is None else {"version": other.version, "role": other.role},
-        }
-        write_json_atomic(self.path, data)
-        self._saved = data
-
-    async def start(self, inst: Instance, colour: str, version: str, size: int,
-                    running: list[ReplicaLike]) -> list[ReplicaLike]:
-        more = await self._scaler.runtime.start(inst.spec, version, size - len(running))
-        return [*running, *more]
-
-    async def stop(self, inst: Instance, colour: str, replicas: list[ReplicaLike],
-                   grace: float) -> None:
-        if replicas:
-            await self._scaler.runtime.stop(replicas, grace)
-
-    async def switch(self, inst: Instance, release: Release, live: str, verb: str) -> None:
-        # The state after the swap, on disk before anything moves in memory.
-        after = Release(live=live, last=verb,
-                        other=OtherColour(release.live, inst.version, PREVIOUS))
-        self.save(inst, after)
+    def request_activation(self, key: Key) -> None:
+        """Start the instance (again) if it has no replicas."""
 
 
 class Releases:
-    def __init__(self, scaler: Scaler, colours: ColourStore) -> None:
-        self._scaler = scaler
-        self.colours = colours
-        self.by_key: dict[tuple[str, str], Release] = {}
+    """Versions: deploy anywhere, promote private → demo, and production's blue/green."""
+
+    def __init__(self, machine: StateMachine, runtime: Runtime, versions: VersionStore) -> None:
+        self._machine = machine
+        self._runtime = runtime
+        self.colours = runtime.colours
+        self._versions = versions
 
     # --- state ---
 
     def of(self, inst: Instance) -> Release:
-        release = self.by_key.get(inst.key)
+        release = inst.release
         if release is None:
-            release = self.colours.load(inst)
-            self.by_key[inst.key] = release
+            release = inst.release = self.colours.load(inst)
             other = release.other
             if other is not None and other.scale_down_at is not None:
                 # Recorded by a controller that is gone: its scale-down is ours now.
@@ -209,37 +103,41 @@ class Releases:
         return release
 
     def forget(self, inst: Instance) -> None:
-        release = self.by_key.pop(inst.key, None)
-        if release is not None and release.other is not None and release.other.scale_down:
-            release.other.scale_down.cancel()
+        """The instance is gone (or the controller stops): no scale-down of its colours."""
+        other = inst.release.other if inst.release is not None else None
+        if other is not None and other.scale_down is not None:
+            other.scale_down.cancel()
 
-    def preview_endpoints(self, inst: Instance) -> tuple[str, ...] | None:
-        """What the prerelease host reaches: a ready preview, else None (the live colour)."""
-        other = self.of(inst).other
-        if other is not None and other.role == PREVIEW and other.replicas:
-            return tuple(r.endpoint for r in other.replicas)
-        return None
-
-    def preview_version(self, inst: Instance) -> str | None:
-        other = self.of(inst).other
-        return other.version if other is not None and other.role == PREVIEW else None
-
-    def replica_appeared(self, inst: Instance, colour: str, replica: ReplicaLike) -> None:
+    def replica_appeared(self, inst: Instance, colour: str, replica: Replica) -> None:
         """A ready replica of the other colour the runtime found (Kubernetes)."""
         other = self.of(inst).other
         if other is not None and other.colour == colour and replica not in other.replicas:
             other.replicas.append(replica)
-            self._scaler.publish(inst)
+            self._machine.publish()
 
-    def replica_exited(self, inst: Instance, replica: ReplicaLike) -> bool:
+    def replica_exited(self, inst: Instance, replica: Replica) -> bool:
         """A replica of the other colour died; True if it was one."""
-        release = self.by_key.get(inst.key)
-        other = release.other if release is not None else None
+        other = inst.release.other if inst.release is not None else None
         if other is None or replica not in other.replicas:
             return False
         other.replicas.remove(replica)
-        self._scaler.publish(inst)
+        self._machine.publish()
         return True
+
+    # --- instances by kind ---
+
+    def _of_kind(self, service: str, kind: str) -> Instance | None:
+        """The service's instance in an environment of that kind; LookupError if no service."""
+        found = [i for i in self._machine.instances.values() if i.spec.service.name == service]
+        if not found:
+            raise LookupError(f"there is no service {service}")
+        return next((i for i in found if i.spec.environment.kind == kind), None)
+
+    def production_instance(self, service: str) -> Instance:
+        inst = self._of_kind(service, "production")
+        if inst is None:
+            raise ReleaseRefused(f"{service} does not run in a production environment")
+        return inst
 
     # --- commands ---
 
@@ -256,7 +154,61 @@ class Releases:
         async with release.lock:
             yield release
 
-    async def deploy(self, inst: Instance, version: str) -> dict[str, Any]:
+    async def deploy(self, environment: str, service: str, version: str) -> dict[str, Any]:
+        """Make an instance run `version`; safe to repeat.
+
+        Production: the new version goes to the idle colour (a preview) and
+        goes live with a promote. Elsewhere a sleeping instance stays asleep
+        and wakes with it; a running one gets new replicas of it first, and
+        only once they are ready does the route switch and the old ones stop,
+        so nothing is refused meanwhile. If the new version does not start,
+        the old one keeps serving and nothing changes.
+        """
+        inst = self._machine.instances.get((environment, service))
+        if inst is None:
+            raise LookupError(f"there is no instance {environment}/{service}")
+        kind = inst.spec.environment.kind
+        if kind == "prerelease":
+            raise DeployRefused(f"{environment} is a prerelease environment: deploy to "
+                                "production, whose new versions go to the preview colour")
+        if kind == "production":
+            return await self._deploy_preview(inst, version)
+        async with inst.lock:
+            previous = inst.version
+            if previous == version:
+                return {"environment": environment, "service": service, "version": version,
+                        "previous": previous, "changed": False}
+            inst.end_backoff()  # a new version deserves a start at once
+            old: list[Replica] = []
+            if self._runtime.versions_on_objects:
+                await self._runtime.set_version(inst.spec, version)
+            else:
+                old = list(inst.replicas)
+                # New replicas first: a start failure raises here, with nothing changed.
+                new = await self._runtime.start(inst.spec, version, len(old)) if old else []
+                self._versions.set(environment, service, version)
+                inst.replicas = [*new, *(r for r in inst.replicas if r not in old)]
+                if new:
+                    inst.ready_since = time.monotonic()
+            inst.version = version
+            self._machine.publish()  # the switch: from here on requests go to the new ones
+            if old:
+                await self._runtime.stop(old, inst.spec.service.stop_grace)
+        log.info("%s: version %s (was %s)", inst.name, version, previous,
+                 extra=event(inst.spec, "deployed", version=version, previous=previous))
+        if not inst.spec.environment.sleeps and not inst.replicas:
+            self._machine.request_activation(inst.key)  # always on, down (crash back-off)
+        return {"environment": environment, "service": service, "version": version,
+                "previous": previous, "changed": True}
+
+    async def promote_private(self, service: str) -> dict[str, Any]:
+        """The private version becomes the demo (public) version."""
+        private, demo = self._of_kind(service, "private"), self._of_kind(service, "demo")
+        if private is None or demo is None:
+            raise DeployRefused(f"{service} needs both a private and a demo instance to promote")
+        return await self.deploy(demo.spec.environment.name, service, private.version)
+
+    async def _deploy_preview(self, inst: Instance, version: str) -> dict[str, Any]:
         """Start `version` on the idle colour at production size; ready when this returns."""
         async with self._exclusive(inst) as release:
             other = release.other
@@ -265,7 +217,7 @@ class Releases:
                       "service": inst.spec.service.name, "version": version,
                       "colour": colour, "previous": inst.version}
             size = max(len(inst.replicas), inst.spec.environment.min_replicas, 1)
-            running: list[ReplicaLike] = []
+            running: list[Replica] = []
             if other is not None and other.role == PREVIEW and other.version == version:
                 running = [r for r in other.replicas if not r.exited.done()]
                 if len(running) >= size:
@@ -278,7 +230,7 @@ class Releases:
             replicas = await self.colours.start(inst, colour, version, size, running)
             release.other = OtherColour(colour, version, PREVIEW, list(replicas))
             self.colours.save(inst, release)
-            self._scaler.publish(inst)
+            self._machine.publish()
             log.info("%s: version %s ready on the %s colour (preview)", inst.name, version,
                      colour,
                      extra=event(inst.spec, "preview_ready", version=version, colour=colour))
@@ -335,17 +287,17 @@ class Releases:
         delay = inst.spec.environment.scale_down_delay
         release.other = OtherColour(old_colour, old_version, PREVIOUS, old_replicas,
                                     scale_down_at=time.monotonic() + delay)
-        if not self._scaler.runtime.versions_on_objects:
-            self._scaler.versions.set(*inst.key, inst.version)
+        if not self._runtime.versions_on_objects:
+            self._versions.set(*inst.key, inst.version)
         if inst.replicas:
-            inst.state = "ready"
+            inst.state = READY
             inst.ready_since = time.monotonic()
         else:
             # Switched to a colour already scaled down: held like a cold start.
-            inst.state = "sleeping"
-        self._scaler.publish(inst)
+            inst.state = SLEEPING
+        self._machine.publish()
         if not inst.replicas:
-            self._scaler.request_activation(inst.key)
+            self._machine.request_activation(inst.key)
         release.other.scale_down = asyncio.ensure_future(self._scale_down_later(inst, release))
         done = "promoted" if verb == PROMOTE else "rolled back"
         log.info("%s: %s to %s (%s colour); %s scales down in %gs", inst.name, done,
@@ -364,7 +316,7 @@ class Releases:
             return
         replicas, other.replicas = other.replicas, []
         other.scale_down_at = None
-        self._scaler.publish(inst)
+        self._machine.publish()
         try:
             await self.colours.stop(inst, other.colour, replicas, inst.spec.service.stop_grace)
         except Exception as exc:  # the colour keeps running; status shows it
@@ -381,7 +333,7 @@ class Releases:
         if other.scale_down is not None:
             other.scale_down.cancel()
         release.other = None
-        self._scaler.publish(inst)
+        self._machine.publish()
         await self.colours.stop(inst, other.colour, other.replicas, 5.0)
 
     def status(self, inst: Instance) -> dict[str, Any]:
@@ -398,9 +350,3 @@ class Releases:
             colours[other.colour] = entry
         return {"environment": inst.spec.environment.name, "service": inst.spec.service.name,
                 "live": release.live, "last": release.last, "colours": colours}
-
-    def shutdown(self) -> None:
-        for release in self.by_key.values():
-            if release.other is not None and release.other.scale_down is not None:
-                with contextlib.suppress(Exception):
-                    release.other.scale_down.cancel()

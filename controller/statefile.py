@@ -9,8 +9,8 @@ file is left as it is for a person to fix or remove. Guessing would lose what
 it held at the next write: a key, a version, which colour is live.
 
 Each store checks its own schema next to the code that uses the data
-(keys.py, versions.py, releases.py); the helpers here keep their messages
-alike.
+(keys.py, versions.py, runtimes/local/colours.py); the helpers here keep
+their messages alike.
 """
 
 from __future__ import annotations

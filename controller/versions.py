@@ -10,10 +10,11 @@ placed service starts at the demo (public) version.
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from typing import Any
 
 from .config import parse_version
-from .spec import InstanceSpec
+from .spec import Environment, InstanceSpec
 from .statefile import Problems, instances, read_state, write_json_atomic
 
 PROJECT_KINDS = ("development", "staging", "production", "prerelease")
@@ -39,13 +40,17 @@ class VersionStore:
     def get(self, environment: str, service: str) -> str | None:
         return self._versions.get(f"{environment}/{service}")
 
-    def initial(self, spec: InstanceSpec, demo_environment: str | None) -> str:
-        """The version an instance runs when it starts: stored, else by the rule above."""
+    def initial(self, spec: InstanceSpec, environments: Mapping[str, Environment]) -> str:
+        """The version an instance runs when it starts: stored, else by the rule above
+        (`environments`: the config's, to find the service's demo environment)."""
         stored = self.get(*spec.key)
         if stored is not None:
             return stored
-        if spec.environment.kind in PROJECT_KINDS and demo_environment is not None:
-            public = self.get(demo_environment, spec.service.name)
+        if spec.environment.kind in PROJECT_KINDS:
+            demo = next((name for name in spec.service.environments
+                         if (env := environments.get(name)) is not None and env.kind == "demo"),
+                        None)
+            public = self.get(demo, spec.service.name) if demo is not None else None
             if public is not None:
                 return public
         return spec.service.version

@@ -29,9 +29,11 @@ import sys
 import time
 from collections.abc import Callable
 
-# The runtime already holds libc and the prctl constant for its replicas; its own
-# helper sends SIGKILL, and workers want SIGTERM so that they report a last time.
-from .runtimes.local import _PR_SET_PDEATHSIG, _libc
+from common.backoff import Backoff
+
+# The local runtime's replicas die with their parent too; they get SIGKILL, workers
+# SIGTERM, so that they report a last time.
+from .runtimes.local import die_with_parent
 
 log = logging.getLogger("wakegate.workers")
 
@@ -66,7 +68,7 @@ class WorkerFailed(Exception):
 def _term_with_parent(parent: int) -> None:
     # Runs in the child between fork and exec. The check closes the window in
     # which the parent died before the prctl: then nobody would signal us.
-    _libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    die_with_parent(signal.SIGTERM)
     if os.getppid() != parent:
         os._exit(1)
 
@@ -181,7 +183,8 @@ class Workers:
             _signal(worker, signal.SIGTERM)  # stop() ran while this one was being made
 
     async def _supervise(self, worker: _Worker) -> None:
-        delay, failing = RESTART_FIRST, False
+        # No jitter: one supervisor restarting its own children is no thundering herd.
+        backoff, failing = Backoff(RESTART_FIRST, RESTART_CAP, jitter=False), False
         while True:
             code = await self._run(worker)
             if self._stopping.is_set():
@@ -191,18 +194,19 @@ class Workers:
                 self._changed.set()
                 return
             if time.monotonic() - worker.started >= STEADY:
-                delay, failing = RESTART_FIRST, False
+                backoff.reset()
+                failing = False
+            delay = backoff.next()
             # Once per crash loop; the retries after it are logged at debug level.
             level = logging.DEBUG if failing else logging.WARNING
             log.log(level, "worker %d (pid %d) %s; restarting it in %gs", worker.index,
                     worker.proc.pid if worker.proc else 0, describe_exit(code), delay)
             worker.announce = worker.announce or not failing
             failing = True
-            if not await self._spawn_after(worker, delay):
+            if not await self._spawn_after(worker, delay, backoff):
                 return
-            delay = min(delay * 2, RESTART_CAP)
 
-    async def _spawn_after(self, worker: _Worker, delay: float) -> bool:
+    async def _spawn_after(self, worker: _Worker, delay: float, backoff: Backoff) -> bool:
         """Restart `worker` after `delay` (longer while it cannot even be started)."""
         while True:
             with contextlib.suppress(TimeoutError):
@@ -214,7 +218,7 @@ class Workers:
                 return True
             except OSError as exc:
                 log.debug("worker %d cannot be started (%s); trying again", worker.index, exc)
-                delay = min(delay * 2, RESTART_CAP)
+                delay = backoff.next()
 
     async def _run(self, worker: _Worker) -> int:
         """Follow the child's stage lines until it ends; its exit code."""

@@ -4,10 +4,32 @@ from __future__ import annotations
 
 import json
 from http import HTTPStatus
+from typing import Self
 
 from aiohttp import web
 
 from controller.spec import Route
+
+
+class HttpError(Exception):
+    """Nothing of the answer went out yet: the client gets `status` with this code and message.
+
+    The status table's failures (policy.RESET, INVALID, timed_out(...)) are such triples.
+    """
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+
+    @classmethod
+    def of(cls, failure: tuple[int, str, str]) -> Self:
+        return cls(*failure)
+
+
+class UpstreamError(HttpError):
+    """Forwarding failed before anything of the upstream's answer was sent to the client."""
 
 
 def error_body(code: str, message: str, route: Route | None = None) -> bytes:

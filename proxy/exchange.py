@@ -24,16 +24,15 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
+
+from controller.spec import Route
 
 from . import policy
+from .context import ProxyContext
+from .deadline import Deadline
 from .refusals import accepts
 from .upstreams import UpstreamConnection
-
-if TYPE_CHECKING:
-    from controller.spec import Route
-
-    from .fastpath import FastConnection
 
 DONE, FAILED, CUT, LEFT, HANDED_OFF = range(5)
 _IDEMPOTENT = frozenset(method.encode() for method in policy.IDEMPOTENT_METHODS)
@@ -42,13 +41,28 @@ _CLOSE_LINE = b"Connection: close\r\n"
 _LAST_CHUNK = b"0\r\n\r\n"
 
 
+class ClientSide(Protocol):
+    """What an exchange uses of its client connection (fastpath.FastConnection)."""
+
+    context: ProxyContext
+    transport: asyncio.Transport | None
+    peer: str
+    read_timeout: float
+    upstream_deadline: Deadline  # no byte from the upstream for read_timeout
+    writing_paused: bool  # the client is not reading: upstream reading pauses
+    closing: bool  # close once this answer is out (shutdown)
+
+    def exchange_ended(self, exchange: Exchange, how: int, replayed: bool, now: float) -> None:
+        """The exchange ended `how` (DONE, FAILED, ...): what the connection does next."""
+
+
 class Exchange:
     __slots__ = ("_answered", "_chunked", "_connecting", "_on_fresh", "_out", "_retry_ok",
                  "close_after", "conn", "consumed", "counted", "ended", "failure",
                  "head_only", "method", "path", "request", "route", "started",
                  "status", "until_close", "up")
 
-    def __init__(self, conn: FastConnection, route: Route, method: bytes, path: bytes,
+    def __init__(self, conn: ClientSide, route: Route, method: bytes, path: bytes,
                  request: bytes, consumed: int, keep_alive: bool, counted: Any) -> None:
         self.conn = conn
         self.route = route
@@ -81,9 +95,9 @@ class Exchange:
         self._retry_ok = not body and self.method in _IDEMPOTENT
         if self.counted is not None:
             self.counted.in_flight += 1
-        proxy = self.conn.proxy
-        endpoint = proxy.forwarder.pick(self.route, 0)
-        up = proxy.upstreams.take(endpoint)
+        context = self.conn.context
+        endpoint = context.balancer.pick(self.route, 0)
+        up = context.upstreams.take(endpoint)
         if up is not None:
             self._send(up)
         else:
@@ -92,9 +106,9 @@ class Exchange:
     # --- sending ---
 
     async def _connect_and_send(self, endpoint: str, first: bool) -> None:
-        proxy = self.conn.proxy
+        context = self.conn.context
         try:
-            up: UpstreamConnection | None = await proxy.upstreams.connect(endpoint)
+            up: UpstreamConnection | None = await context.upstreams.connect(endpoint)
         except (OSError, TimeoutError):
             up = None
         if self.ended:
@@ -114,7 +128,7 @@ class Exchange:
         # tries the next one or holds the request while the instance wakes. A request
         # sent before (its upstream then died) is marked so: it may wake the instance
         # once more, never loop into another crash.
-        proxy.endpoint_refused(self.route, endpoint)
+        context.endpoint_refused(self.route, endpoint)
         self.end(HANDED_OFF, replayed=not first)
 
     def _send(self, up: UpstreamConnection) -> None:
@@ -216,7 +230,7 @@ class Exchange:
             # new connection.
             self._retry_ok = False
             self._on_fresh = True
-            endpoint = self.conn.proxy.forwarder.pick(self.route, 1)
+            endpoint = self.conn.context.balancer.pick(self.route, 1)
             self._connecting = asyncio.ensure_future(self._connect_and_send(endpoint, False))
             return
         if self._on_fresh and up is not None:
@@ -230,14 +244,14 @@ class Exchange:
         is this request it breaks on), else it is gone (its controller may have died,
         taking it along): out of the table, and the aiohttp path tries the next one or
         holds the request while the instance wakes."""
-        proxy = self.conn.proxy
-        alive = await accepts(endpoint, proxy.settings.connect_timeout)
+        context = self.conn.context
+        alive = await accepts(endpoint, context.settings.connect_timeout)
         if self.ended:
             return  # the client left meanwhile
         if alive:
             self.fail(policy.RESET)
             return
-        proxy.endpoint_refused(self.route, endpoint)
+        context.endpoint_refused(self.route, endpoint)
         self.end(HANDED_OFF, replayed=True)
 
     def timed_out(self) -> None:
@@ -269,7 +283,7 @@ class Exchange:
                     # read_timeout, on someone else's request.
                     up.transport.resume_reading()
                 up.next_answer(fresh_parser=self.head_only)
-                self.conn.proxy.upstreams.give_back(up)
+                self.conn.context.upstreams.give_back(up)
             else:
                 up.close()
         connecting = self._connecting
@@ -286,7 +300,7 @@ class Exchange:
             self.counted = None
         conn = self.conn
         if how != HANDED_OFF:
-            conn.proxy.request_done(self.route, 499 if how == LEFT else status or self.status,
-                                    now - self.started, self.method, self.path, conn.peer,
-                                    False)
+            conn.context.request_done(self.route, 499 if how == LEFT else status or self.status,
+                                      now - self.started, self.method, self.path, conn.peer,
+                                      False)
         conn.exchange_ended(self, how, replayed, now)

@@ -14,7 +14,7 @@ sent with one write on a pooled keep-alive upstream connection
 Everything else - a request to hold, a private instance, a WebSocket, a
 chunked or large body, `Expect`, a target that is not a plain path, anything
 llhttp refuses, HTTP/1.0, an admin path, an upstream that refuses the
-connection - is handed to the aiohttp server (`proxy.app`) by switching the
+connection - is handed to the aiohttp path (aiohttp_path.py) by switching the
 connection's protocol, with the bytes not yet served: it gives the status
 table's answers, holds, retries and wakes. A request is handed over before
 anything of it was sent upstream, with one exception: an idempotent request
@@ -32,21 +32,21 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING
 
-from httptools import HttpParserError, HttpParserUpgrade, HttpRequestParser
+from httptools import HttpParserError, HttpParserUpgrade
+
+from controller.spec import Route, RouteTable
 
 from . import policy
+from .context import ProxyContext
 from .deadline import Deadline
 from .errors import raw_error, request_timeout
 from .exchange import CUT, DONE, FAILED, HANDED_OFF, LEFT, Exchange
+from .ignore import is_ignored
+from .request_head import RequestHead
 from .routing import normalize_host
+from .server import take_over
 from .targets import ALLOWED_METHODS
-
-if TYPE_CHECKING:
-    from controller.spec import Route, RouteTable
-
-    from .app import Proxy
 
 MAX_BODY = 64 * 1024  # larger bodies stream through the aiohttp path
 _PAUSE_CLIENT_AT = 256 * 1024  # pipelined bytes buffered while a request is in flight
@@ -64,12 +64,13 @@ _HEAD_END = b"\r\n\r\n"
 class FastConnection(asyncio.Protocol):
     """A client connection: simple requests served here, the rest handed to aiohttp."""
 
-    def __init__(self, proxy: Proxy, slow_protocol: Callable[[], asyncio.Protocol]) -> None:
-        self.proxy = proxy
+    def __init__(self, context: ProxyContext,
+                 slow_protocol: Callable[[], asyncio.Protocol]) -> None:
+        self.context = context
         self._slow_protocol = slow_protocol
         self.transport: asyncio.Transport | None = None
         self.peer = ""
-        self._trusted = False  # the peer is one of proxy.trusted_proxies
+        self._trusted = False  # the peer is one of proxy.trusted_proxies (context.trusted)
         # The last Host and the route it named in that table.
         self._last_host = b""
         self._last_table: RouteTable | None = None
@@ -80,18 +81,13 @@ class FastConnection(asyncio.Protocol):
         self._paused = False  # reading from the client paused: too much pipelined
         self.writing_paused = False  # the client is not reading: upstream reading pauses
         # The head llhttp is reading, and how far it has read into _buf.
-        self._parser = HttpRequestParser(self)
+        self._head = RequestHead()
+        self._feed = self._head.parser.feed_data
         self._fed = 0
-        self._url = b""
-        self._fields: list[tuple[bytes, bytes]] = []
-        self._head_read = False  # llhttp has seen the end of the head
         self._head_end = 0  # _buf offset of the body, once the head is read
-        self._message_done = False
-        self._keep_alive = True
-        self._method = b""
-        self._version = ""
         self._admitted: Exchange | None = None  # head read, body awaited
-        settings = proxy.settings
+        self._activity_of = context.activity.of  # the instance's InstanceActivity
+        settings = context.settings
         self.read_timeout = settings.read_timeout
         self._max_head = settings.max_header_size
         # Larger bodies go to the aiohttp path: it streams them, and answers 413 past
@@ -107,37 +103,18 @@ class FastConnection(asyncio.Protocol):
         self._head_timed = True  # the clock of the head now awaited runs (the first: from accept)
         self._served = False  # the connection has had an answer: a timeout closes it without 408
 
-    # --- llhttp's callbacks (the request head) ---
-
-    def on_url(self, url: bytes) -> None:
-        self._url += url
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        self._fields.append((name, value))
-
-    def on_headers_complete(self) -> None:
-        self._head_read = True
-        # Asked now: llhttp forgets them once the message is complete.
-        parser = self._parser
-        self._keep_alive = parser.should_keep_alive()
-        self._method = parser.get_method()
-        self._version = parser.get_http_version()
-
-    def on_message_complete(self) -> None:
-        self._message_done = True
-
     # --- the client side (asyncio.Protocol) ---
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
         peer = transport.get_extra_info("peername")
         self.peer = peer[0] if peer else ""
-        self._trusted = self.peer in self.proxy.trusted
-        self.proxy.fast_connections.add(self)
+        self._trusted = self.peer in self.context.trusted
+        self.context.connections.add(self)
         self._client_deadline.set(time.monotonic() + self._header_timeout)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.proxy.fast_connections.discard(self)
+        self.context.connections.discard(self)
         self.transport = None
         self._client_deadline.cancel()
         self.upstream_deadline.cancel()
@@ -239,17 +216,15 @@ class FastConnection(asyncio.Protocol):
         body = bytes(buf[self._head_end:total]) if total > self._head_end else b""
         if body:
             try:
-                self._parser.feed_data(body)
+                self._feed(body)
             except (HttpParserError, HttpParserUpgrade):
                 self._hand_off()
                 return
-        if not self._message_done:
+        if not self._head.message_done:
             self._hand_off()  # llhttp expects more than the length we read: not ours
             return
         self._admitted = None
-        self._head_read = self._message_done = False
-        self._url = b""
-        self._fields = []
+        self._head.next()
         self._exchange = exchange
         exchange.start(body)
 
@@ -270,13 +245,13 @@ class FastConnection(asyncio.Protocol):
                 self._hand_off()
                 return False
             try:
-                self._parser.feed_data(chunk)
+                self._feed(chunk)
             except (HttpParserError, HttpParserUpgrade):
                 self._hand_off()  # malformed, or an upgrade: the aiohttp path decides
                 return False
             self._fed = stop
-        if not self._head_read:
-            if end >= 0 or self._url[:1] not in (b"", b"/"):
+        if not self._head.read:
+            if end >= 0 or self._head.url[:1] not in (b"", b"/"):
                 # A blank line llhttp does not take for the end; or a target the
                 # aiohttp path refuses (or forwards) by the request-target rules, and
                 # may refuse before the head is whole.
@@ -299,19 +274,20 @@ class FastConnection(asyncio.Protocol):
 
     def _admit(self, head_len: int) -> Exchange | None:
         """The exchange for the head llhttp read; None if the aiohttp path must serve it."""
-        method = self._method
-        url = self._url
+        head = self._head
+        method = head.method
+        url = head.url
         # HTTP/1.1 only, known methods, plain origin-form targets. The aiohttp path
         # applies the request-target rules (targets.py) to every other form: `//x`
         # and `/\x` paths, absolute-form, authority-form, `*`, fragments, bytes
         # beyond ASCII (which it refuses).
-        if (method not in FAST_METHODS or self._version != "1.1"
+        if (method not in FAST_METHODS or head.version != "1.1"
                 or url[:1] != b"/" or url[1:2] in (b"/", b"\\") or b"#" in url):
             return None
         host: bytes | None = None
         length = 0
         agent = b""
-        fields = self._fields
+        fields = head.fields
         seen: set[bytes] = set()
         for name, value in fields:
             lname = name.lower()
@@ -334,8 +310,8 @@ class FastConnection(asyncio.Protocol):
                 return None
         if host is None or length > self._max_body or len(fields) > policy.MAX_FIELDS:
             return None
-        proxy = self.proxy
-        table = proxy.table
+        context = self.context
+        table = context.table
         if host == self._last_host and table is self._last_table:
             route = self._last_route  # a kept-alive client usually calls one host
         else:
@@ -348,15 +324,15 @@ class FastConnection(asyncio.Protocol):
         if route.ignore_paths or route.ignore_user_agents:
             if b"%" in path:
                 return None  # the ignore rules compare decoded paths: the aiohttp path decodes
-            if not proxy.is_ignored(route, path.decode("latin-1"), agent.decode("latin-1")):
-                counted = proxy.activity.of(route.key)
+            if not is_ignored(route, path.decode("latin-1"), agent.decode("latin-1")):
+                counted = self._activity_of(route.key)
         else:
-            counted = proxy.activity.of(route.key)
+            counted = self._activity_of(route.key)
         upstream_fields = policy.request_fields(fields, peer=self.peer, trusted=self._trusted,
                                                 scheme="http")
-        head = b"%s %s HTTP/1.1\r\n%s\r\n" % (method, url, policy.render(upstream_fields))
-        return Exchange(self, route, method, path, head, head_len + length,
-                        self._keep_alive, counted)
+        request = b"%s %s HTTP/1.1\r\n%s\r\n" % (method, url, policy.render(upstream_fields))
+        return Exchange(self, route, method, path, request, head_len + length,
+                        head.keep_alive, counted)
 
     # --- the end of an exchange (Exchange.end) ---
 
@@ -403,24 +379,13 @@ class FastConnection(asyncio.Protocol):
         transport = self.transport
         if transport is None:
             return
-        self.proxy.fast_connections.discard(self)
+        self.context.connections.discard(self)
         self.transport = None
-        # From now on the aiohttp path times this connection (_ProxyRequestHandler).
+        # From now on the aiohttp path times this connection (server.ProxyRequestHandler).
         self._client_deadline.cancel()
         self.upstream_deadline.cancel()
-        slow = self._slow_protocol()
-        if self._served:
-            slow.answered = True  # type: ignore[attr-defined]  # a late head gets no 408
-        if replayed:
-            slow.replayed = True  # type: ignore[attr-defined]
-        transport.set_protocol(slow)
-        slow.connection_made(transport)
-        if self.writing_paused:
-            # The client is behind on reading: aiohttp must know, or it buffers
-            # its answers without limit.
-            slow.pause_writing()
+        take_over(self._slow_protocol, transport, bytes(self._buf), answered=self._served,
+                  replayed=replayed, writing_paused=self.writing_paused)
+        self._buf = bytearray()
         if self._paused:
             transport.resume_reading()
-        if self._buf:
-            data, self._buf = bytes(self._buf), bytearray()
-            slow.data_received(data)

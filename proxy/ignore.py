@@ -8,6 +8,8 @@ no rules costs nothing per request.
 
 from __future__ import annotations
 
+from controller.spec import Route
+
 
 class IgnoreRules:
     __slots__ = ("_agents", "_exact", "_prefixes")
@@ -40,3 +42,9 @@ def rules(paths: tuple[str, ...], agents: tuple[str, ...]) -> IgnoreRules | None
             _compiled.clear()
         found = _compiled[key] = IgnoreRules(paths, agents)
     return found
+
+
+def is_ignored(route: Route, path: str, agent: str) -> bool:
+    """A request that neither wakes the instance nor counts as its activity (both paths)."""
+    compiled = rules(route.ignore_paths, route.ignore_user_agents)
+    return compiled is not None and compiled.match(path, agent)

@@ -24,7 +24,6 @@ import contextlib
 import dataclasses
 import json
 import logging
-import random
 import time
 import uuid
 from collections.abc import Callable
@@ -32,6 +31,7 @@ from typing import Any
 
 import aiohttp
 
+from common.backoff import Backoff
 from controller.spec import RouteTable, WireError, table_from_wire
 
 from .activity import ActivityTracker
@@ -41,26 +41,9 @@ log = logging.getLogger("wakegate.proxy.link")
 Key = tuple[str, str]
 WATCH_WAIT = 30.0  # seconds a watch is held open by the controller
 TTL_FACTOR = 3  # a report holds for this many report intervals
-BACKOFF_FIRST = 0.05
+BACKOFF_FIRST = 0.05  # seconds before the link retries the controller, doubling up to the cap
 BACKOFF_CAP = 1.0
 _NETWORK_ERRORS = (aiohttp.ClientError, TimeoutError, OSError)
-
-
-class Backoff:
-    """Capped exponential back-off with jitter ("equal jitter": half fixed, half random)."""
-
-    def __init__(self, first: float = BACKOFF_FIRST, cap: float = BACKOFF_CAP) -> None:
-        self._first = first
-        self._cap = cap
-        self._delay = first
-
-    def next(self) -> float:
-        delay = self._delay
-        self._delay = min(delay * 2, self._cap)
-        return delay / 2 + random.uniform(0, delay / 2)
-
-    def reset(self) -> None:
-        self._delay = self._first
 
 
 class ControllerRefused(Exception):
@@ -151,7 +134,7 @@ class RemoteLink:
     # --- the watch ---
 
     async def _watch(self) -> None:
-        backoff = Backoff()
+        backoff = Backoff(BACKOFF_FIRST, BACKOFF_CAP)
         while True:
             try:
                 data = await self._fetch_table()
@@ -274,7 +257,7 @@ class RemoteLink:
 
     async def _deliver_activation(self, key: Key) -> None:
         assert self._session is not None
-        backoff = Backoff()
+        backoff = Backoff(BACKOFF_FIRST, BACKOFF_CAP)
         body = {"environment": key[0], "service": key[1]}
         while True:
             try:

@@ -4,7 +4,7 @@ Fields: environment, service, method, path (without the query string, which
 may carry secrets), status, duration_ms, cold_start, client (the peer's
 address). Never a header, a key or a query. The lines have the layout of
 every other log line of the process (`--log-format text|json`, see
-controller/logs.py), but are built and written here rather than through the
+controller/cli/logs.py), but are built and written here rather than through the
 logging module: at thousands of requests a second its records cost as much
 as the forwarding itself. The hot path only appends a tuple; lines are
 formatted and written in batches, at most 50 ms (or 1024 lines) late, and

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import re
 
+from .errors import HttpError
 from .routing import normalize_host
 
 # The methods a wakegate route forwards (CONNECT is refused, TRACE is a
@@ -34,14 +35,8 @@ _SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")
 _LEADING_SLASHES = re.compile(r"[/\\]+")
 
 
-class TargetRefused(Exception):
+class TargetRefused(HttpError):
     """The request target is not one wakegate forwards: answer `status` with this code."""
-
-    def __init__(self, status: int, code: str, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.code = code
-        self.message = message
 
 
 def upstream_target(method: str, raw: str, route_host: str) -> str:

@@ -8,6 +8,7 @@ Processes are stopped by their pid, never by name.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -26,6 +27,7 @@ from typing import Any
 import pytest
 import yaml
 
+from .client import host as route_host
 from .procs import processes_with
 
 REPO = Path(__file__).resolve().parent.parent
@@ -66,6 +68,11 @@ def wait_until(predicate: Callable[[], Any], timeout: float, what: str,
         time.sleep(interval)
 
 
+async def wait_for(predicate: Callable[[], Any], timeout: float, what: str) -> Any:
+    """`wait_until` off the event loop, so that the requests a test holds keep running."""
+    return await asyncio.to_thread(wait_until, predicate, timeout, what)
+
+
 def stop_process(proc: subprocess.Popen[str] | None, name: str, sig: int,
                  timeout: float) -> int:
     """Signal a process by its pid and wait; SIGKILL (and fail) if it outlives `timeout`."""
@@ -92,6 +99,12 @@ def process_env(marker: str, token: str | None) -> dict[str, str]:
     if token:
         env["WAKEGATE_TOKEN"] = token
     return env
+
+
+def metrics_text(base: str) -> str:
+    """GET base/metrics: a Prometheus text exposition."""
+    with urllib.request.urlopen(base + "/metrics", timeout=10) as resp:
+        return str(resp.read().decode())
 
 
 def metric_value(text: str, name: str, **labels: str) -> float | None:
@@ -211,7 +224,7 @@ class Wakegate:
 
     @staticmethod
     def host(service: str, environment: str) -> str:
-        return f"{service}.{environment}.localhost"
+        return route_host(service, environment)
 
     def new_keys(self) -> dict[str, str]:
         """{"private/hello": key} from the keys `up` printed."""
@@ -241,8 +254,10 @@ class Wakegate:
              ) -> tuple[int, Any, Any]:
         """(status, JSON body or None, response headers) of one controller API call.
 
-        `body` is sent as JSON; `token` defaults to the API token, None sends none."""
-        data = json.dumps(body).encode() if body is not None else None
+        `body` is sent as JSON (bytes: as they are); `token` defaults to the API token, None
+        sends none."""
+        data = body if isinstance(body, bytes) else \
+            json.dumps(body).encode() if body is not None else None
         request = urllib.request.Request(self.controller + path, data=data, method=method)
         if data is not None:
             request.add_header("Content-Type", "application/json")
@@ -270,8 +285,7 @@ class Wakegate:
                    f"{environment}/{service} to be {state}")
 
     def metrics_text(self, base: str | None = None) -> str:
-        with urllib.request.urlopen((base or self.base) + "/metrics", timeout=10) as resp:
-            return resp.read().decode()
+        return metrics_text(base or self.base)
 
     def metric(self, name: str, **labels: str) -> float | None:
         """The value of one sample from the proxy's /metrics, or None if absent."""
@@ -437,8 +451,7 @@ class ProxyProcess:
         return f"http://127.0.0.1:{self.port}"
 
     def metric(self, name: str, **labels: str) -> float | None:
-        with urllib.request.urlopen(self.base + "/metrics", timeout=10) as resp:
-            return metric_value(resp.read().decode(), name, **labels)
+        return metric_value(metrics_text(self.base), name, **labels)
 
 
 class Split:

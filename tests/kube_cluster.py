@@ -1,22 +1,22 @@
-"""A fake Kubernetes cluster for wakegate's tests: the fake API server in a thread of its own.
+"""A fake Kubernetes cluster for wakegate's tests, with the objects and moves tests make.
 
-The server runs on its own event loop, so that a test may block (waiting on
-a wakegate process, calling the CLI) without stalling the API server that
-wakegate talks to. Objects are made through the server's own create path.
+The fake API server (tests/kube) runs on a thread and event loop of its own, so
+a test may block (waiting on a wakegate process, calling the CLI) without
+stalling the API server that wakegate talks to. Objects are made through the
+server's own create path; a Deployment is scaled by hand with the real kubectl.
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
 import sys
-import threading
 import urllib.error
 import urllib.request
-from collections.abc import Coroutine
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
+from tests import kubectl
 from tests.kube import FakeKube
 
 T = TypeVar("T")
@@ -26,31 +26,18 @@ HELLO_PORT = 8080
 
 class Cluster:
     def __init__(self, tmp: Path, start_delay: float = 0.05) -> None:
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
-        self._thread.start()
         self.kube = FakeKube(tmp, start_delay=start_delay)
-        self.run(self.kube.__aenter__())
+        self.kube.__enter__()
         # Where the manifests put the controller, and so its Lease.
         self.create({"apiVersion": "v1", "kind": "Namespace",
                      "metadata": {"name": "wakegate-system"}})
 
-    def run(self, coro: Coroutine[Any, Any, T], timeout: float = 30.0) -> T:
-        return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout)
-
-    def call(self, fn: Any, *args: Any) -> Any:
-        """A plain method of the server, called on its own loop."""
-        async def go() -> Any:
-            return fn(*args)
-        return self.run(go())
+    def call(self, fn: Callable[..., T], *args: Any) -> T:
+        """A hook of the fake (kube.compact, ...): each runs on the fake's loop and waits."""
+        return fn(*args)
 
     def close(self) -> None:
-        try:
-            self.run(self.kube.__aexit__(None, None, None))
-        finally:
-            self._loop.call_soon_threadsafe(self._loop.stop)
-            self._thread.join(10)
-            self._loop.close()
+        self.kube.__exit__(None, None, None)
 
     @property
     def kubeconfig(self) -> str:
@@ -65,10 +52,10 @@ class Cluster:
         }
 
     def create(self, obj: dict[str, Any]) -> Any:
-        return self.run(self.kube.create(obj))
+        return self.kube.create_sync(obj)
 
     def get(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
-        return self.call(self.kube.get, kind, namespace, name)
+        return self.kube.get(kind, namespace, name)
 
     def replicas(self, namespace: str, name: str) -> int:
         obj = self.get("Deployment", namespace, name)
@@ -76,7 +63,7 @@ class Cluster:
         return int(obj["spec"].get("replicas") or 0)
 
     def pod_pids(self, namespace: str, deployment: str) -> list[int]:
-        return list(self.call(self.kube.pod_pids, namespace, deployment))
+        return self.kube.pod_pids(namespace, deployment)
 
     # --- objects ---
 
@@ -126,15 +113,11 @@ class Cluster:
         })
 
     def scale(self, namespace: str, name: str, replicas: int) -> None:
-        """What `kubectl scale` does: a merge patch of the scale subresource, over HTTP."""
-        request = urllib.request.Request(
-            f"{self.kube.url}/apis/apps/v1/namespaces/{namespace}/deployments/{name}/scale",
-            data=json.dumps({"spec": {"replicas": replicas}}).encode(), method="PATCH",
-            headers={"Authorization": f"Bearer {self.kube.token}",
-                     "Content-Type": "application/merge-patch+json"},
-        )
-        with urllib.request.urlopen(request, timeout=10) as response:
-            assert response.status == 200, response.status
+        """Scale a Deployment by hand, as its owner would: with `kubectl scale`."""
+        done = kubectl.run("scale", f"deployment/{name}", "-n", namespace,
+                           f"--replicas={replicas}", kubeconfig=self.kubeconfig,
+                           cache_dir=self.kube.directory / "kubectl-cache")
+        assert done.returncode == 0, done.stderr
 
     def put(self, path: str, obj: dict[str, Any]) -> int:
         """A PUT as any client makes it; the HTTP status (409 on a stale resourceVersion)."""
@@ -144,7 +127,8 @@ class Cluster:
                      "Content-Type": "application/json"},
         )
         try:
-            with urllib.request.urlopen(request, timeout=10) as response:
+            with urllib.request.urlopen(request, timeout=10,
+                                        context=self.kube.ssl_context()) as response:
                 return int(response.status)
         except urllib.error.HTTPError as exc:
             return int(exc.code)

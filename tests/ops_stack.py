@@ -27,8 +27,10 @@ from typing import Any
 import pytest
 import yaml
 
+from bench.tools import stop as stop_by_pid
+
 from .conftest import Controller, Split, process_env, stop_all, wait_until
-from .procs import processes_with
+from .procs import processes_with, stat
 
 REPO = Path(__file__).resolve().parent.parent
 MONITORING = REPO / "manifests" / "monitoring"
@@ -108,13 +110,7 @@ class Child:
         proc, self.proc = self.proc, None
         family = descendants(proc.pid) if proc is not None and proc.poll() is None else {}
         try:
-            if proc is not None and proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-                try:
-                    proc.wait(timeout)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
+            stop_by_pid(proc, timeout)
         finally:
             def left() -> list[int]:
                 return [pid for pid, started in family.items() if start_time(pid) == started]
@@ -130,18 +126,9 @@ class Child:
                     os.kill(pid, signal.SIGKILL)
 
 
-def _stat(pid: int) -> list[bytes] | None:
-    """The fields of /proc/PID/stat after the command name, or None if it is gone."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            return f.read().rsplit(b")", 1)[1].split()
-    except OSError:
-        return None
-
-
 def start_time(pid: int) -> int | None:
     """When a live (not zombie) process started, in clock ticks: tells a pid's reuse apart."""
-    fields = _stat(pid)
+    fields = stat(pid)
     return None if fields is None or fields[0] == b"Z" else int(fields[19])
 
 
@@ -149,7 +136,7 @@ def descendants(root: int) -> dict[int, int]:
     """{pid: start time} of the live processes below `root`."""
     children: dict[int, list[int]] = {}
     for entry in os.listdir("/proc"):
-        if entry.isdigit() and (fields := _stat(int(entry))) is not None:
+        if entry.isdigit() and (fields := stat(int(entry))) is not None:
             children.setdefault(int(fields[1]), []).append(int(entry))
     found: dict[int, int] = {}
     todo = list(children.get(root, []))
@@ -189,11 +176,6 @@ def sample_names(exposition: str) -> set[str]:
         if line and not line.startswith("#"):
             names.add(line.split("{", 1)[0].split(" ", 1)[0])
     return names
-
-
-def metrics_text(base: str) -> str:
-    with urllib.request.urlopen(base + "/metrics", timeout=10) as resp:
-        return str(resp.read().decode())
 
 
 def prometheus_query(base: str, expr: str) -> list[dict[str, Any]]:

@@ -8,7 +8,6 @@ logs or metrics; only the Host header picks the route.
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import json
 import re
@@ -18,6 +17,7 @@ import aiohttp
 
 from .client import fetch
 from .conftest import Wakegate, hello_service
+from .raw_client import exchange
 
 DEMO = "hello.demo.localhost"
 PRIVATE = "hello.private.localhost"
@@ -39,13 +39,6 @@ def session() -> aiohttp.ClientSession:
     return aiohttp.ClientSession(timeout=CLIENT_TIMEOUT)
 
 
-async def get(http: aiohttp.ClientSession, wg: Wakegate, host: str, path: str = "/",
-              **headers: str) -> tuple[int, Any, Any]:
-    """(status, JSON body or text, response headers)."""
-    a = await fetch(http, wg.base, host, path, **headers)
-    return a.status, a.body, a.headers
-
-
 def assert_unauthorized(status: int, body: Any, headers: Any) -> None:
     assert status == 401, body
     assert headers.get("WWW-Authenticate") == 'ApiKey realm="wakegate"'
@@ -59,33 +52,6 @@ def header_names(echoed: dict[str, Any]) -> set[str]:
     return {name.lower() for name in echoed if name != "remote"}
 
 
-async def raw_request(port: int, data: bytes, timeout: float = 10.0) -> tuple[int, Any]:
-    """Send bytes as they are (the request should say `Connection: close`); (status, body)."""
-
-    async def exchange() -> tuple[int, Any]:
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        try:
-            writer.write(data)
-            await writer.drain()
-            head = await reader.readuntil(b"\r\n\r\n")
-            lines = head.decode("latin-1").split("\r\n")
-            status = int(lines[0].split(" ", 2)[1])
-            length = None
-            for line in lines[1:]:
-                name, _, value = line.partition(":")
-                if name.strip().lower() == "content-length":
-                    length = int(value.strip())
-            raw = await (reader.readexactly(length) if length is not None else reader.read())
-        finally:
-            writer.close()
-        try:
-            return status, json.loads(raw)
-        except ValueError:
-            return status, raw
-
-    return await asyncio.wait_for(exchange(), timeout)
-
-
 def raw_get(target: str, *headers: str) -> bytes:
     lines = [f"GET {target} HTTP/1.1", *headers, "Connection: close", "", ""]
     return "\r\n".join(lines).encode()
@@ -97,47 +63,48 @@ def raw_get(target: str, *headers: str) -> bytes:
 async def test_private_needs_its_key_in_a_header_never_in_the_query(wakegate) -> None:
     wg, key = start(wakegate)
     async with session() as http:
-        assert_unauthorized(*await get(http, wg, PRIVATE))
-        assert_unauthorized(*await get(http, wg, PRIVATE, **{"X-API-Key": WRONG_KEY}))
-        assert_unauthorized(*await get(http, wg, PRIVATE, Authorization=f"Bearer {WRONG_KEY}"))
+        assert_unauthorized(*await fetch(http, wg.base, PRIVATE))
+        assert_unauthorized(*await fetch(http, wg.base, PRIVATE, **{"X-API-Key": WRONG_KEY}))
+        assert_unauthorized(*await fetch(http, wg.base, PRIVATE,
+                                         Authorization=f"Bearer {WRONG_KEY}"))
         # A valid key, but not as a bearer token.
-        assert_unauthorized(*await get(http, wg, PRIVATE, Authorization=f"Basic {key}"))
+        assert_unauthorized(*await fetch(http, wg.base, PRIVATE, Authorization=f"Basic {key}"))
         # A valid key in the query string is refused, and the message says why.
         for name in ("api_key", "key"):
-            status, body, headers = await get(http, wg, PRIVATE, f"/?{name}={key}")
+            status, body, headers = await fetch(http, wg.base, PRIVATE, f"/?{name}={key}")
             assert_unauthorized(status, body, headers)
             assert "query string" in body["message"], body
         assert wg.state("private", "hello") == "sleeping"
 
-        status, body, _ = await get(http, wg, PRIVATE, "/", **{"X-API-Key": key})
+        status, body, _ = await fetch(http, wg.base, PRIVATE, "/", **{"X-API-Key": key})
         assert status == 200, body
         assert body["service"] == "hello"
-        status, body, _ = await get(http, wg, PRIVATE, "/", Authorization=f"Bearer {key}")
+        status, body, _ = await fetch(http, wg.base, PRIVATE, "/", Authorization=f"Bearer {key}")
         assert status == 200, body
-        status, body, _ = await get(http, wg, PRIVATE, "/", Authorization=f"bearer {key}")
+        status, body, _ = await fetch(http, wg.base, PRIVATE, "/", Authorization=f"bearer {key}")
         assert status == 200, body
 
 
 async def test_the_key_is_not_forwarded_upstream_other_headers_are(wakegate) -> None:
     wg, key = start(wakegate)
     async with session() as http:
-        status, seen, _ = await get(http, wg, PRIVATE, "/headers",
-                                    **{"X-API-Key": key, "X-Trace": "abc", "Accept": "x/y"})
+        status, seen, _ = await fetch(http, wg.base, PRIVATE, "/headers",
+                                      **{"X-API-Key": key, "X-Trace": "abc", "Accept": "x/y"})
         assert status == 200, seen
         assert "x-api-key" not in header_names(seen), seen
         assert seen.get("X-Trace") == ["abc"] and seen.get("Accept") == ["x/y"], seen
         assert key not in json.dumps(seen)
 
-        status, seen, _ = await get(http, wg, PRIVATE, "/headers",
-                                    Authorization=f"Bearer {key}", **{"X-Trace": "def"})
+        status, seen, _ = await fetch(http, wg.base, PRIVATE, "/headers",
+                                      Authorization=f"Bearer {key}", **{"X-Trace": "def"})
         assert status == 200, seen
         assert not header_names(seen) & {"authorization", "x-api-key"}, seen
         assert seen.get("X-Trace") == ["def"], seen
         assert key not in json.dumps(seen)
 
         # Sent both ways at once: it reaches the upstream in neither.
-        status, seen, _ = await get(http, wg, PRIVATE, "/headers",
-                                    Authorization=f"Bearer {key}", **{"X-API-Key": key})
+        status, seen, _ = await fetch(http, wg.base, PRIVATE, "/headers",
+                                      Authorization=f"Bearer {key}", **{"X-API-Key": key})
         assert status == 200, seen
         assert key not in json.dumps(seen), f"the key was forwarded upstream: {seen}"
 
@@ -145,11 +112,12 @@ async def test_the_key_is_not_forwarded_upstream_other_headers_are(wakegate) -> 
 async def test_demo_needs_no_key(wakegate) -> None:
     wg, _ = start(wakegate)
     async with session() as http:
-        status, body, _ = await get(http, wg, DEMO)
+        status, body, _ = await fetch(http, wg.base, DEMO)
         assert status == 200, body
         assert body["service"] == "hello"
         # Headers a public service's callers send for their own reasons pass.
-        status, seen, _ = await get(http, wg, DEMO, "/headers", Authorization="Bearer theirs")
+        status, seen, _ = await fetch(http, wg.base, DEMO, "/headers",
+                                      Authorization="Bearer theirs")
         assert status == 200, seen
         assert seen.get("Authorization") == ["Bearer theirs"], seen
         assert wg.state("private", "hello") == "sleeping"
@@ -165,39 +133,37 @@ async def test_other_ways_to_the_private_instance_need_the_key(wakegate) -> None
                  f"hello.private.localhost:{port}", f"Hello.Private.Localhost.:{port}")
     async with session() as http:
         # The demo Host, but an absolute-form target naming the private host.
-        status, body = await raw_request(
-            port, raw_get("http://hello.private.localhost/", f"Host: {DEMO}")
-        )
+        resp = await exchange(wg, raw_get("http://hello.private.localhost/", f"Host: {DEMO}"))
+        status, body = resp.status, resp.json()
         assert status == 400, body
         assert body["error"] == "ambiguous_host", body
         # The private host as the target and as the Host: still needs the key.
-        status, body = await raw_request(
-            port, raw_get("http://hello.private.localhost/", f"Host: {PRIVATE}")
-        )
+        resp = await exchange(wg, raw_get("http://hello.private.localhost/", f"Host: {PRIVATE}"))
+        status, body = resp.status, resp.json()
         assert status == 401 and body["error"] == "unauthorized", body
 
         # X-Forwarded-Host never picks the route.
-        status, body, _ = await get(http, wg, "nothing.nowhere.localhost",
-                                    **{"X-Forwarded-Host": PRIVATE})
+        status, body, _ = await fetch(http, wg.base, "nothing.nowhere.localhost",
+                                      **{"X-Forwarded-Host": PRIVATE})
         assert status == 404 and body["error"] == "no_route", body
-        status, body = await raw_request(
-            port, raw_get("/", f"X-Forwarded-Host: {PRIVATE}")
-        )
+        resp = await exchange(wg, raw_get("/", f"X-Forwarded-Host: {PRIVATE}"))
+        status, body = resp.status, resp.body
         assert status == 400, body
-        assert_unauthorized(*await get(http, wg, PRIVATE, **{"X-Forwarded-Host": DEMO}))
-        status, body, _ = await get(http, wg, DEMO, **{"X-Forwarded-Host": PRIVATE})
+        assert_unauthorized(*await fetch(http, wg.base, PRIVATE, **{"X-Forwarded-Host": DEMO}))
+        status, body, _ = await fetch(http, wg.base, DEMO, **{"X-Forwarded-Host": PRIVATE})
         assert status == 200, body
         assert wg.state("demo", "hello") == "ready"
         assert wg.state("private", "hello") == "sleeping", "X-Forwarded-Host reached private"
 
         # Other spellings of the private host.
         for host in spellings:
-            assert_unauthorized(*await get(http, wg, host))
+            assert_unauthorized(*await fetch(http, wg.base, host))
 
         # A key listed in Connection is still read; a wrong one still refused.
-        status, body = await raw_request(port, raw_get(
+        resp = await exchange(wg, raw_get(
             "/headers", f"Host: {PRIVATE}", "Connection: X-API-Key", f"X-API-Key: {WRONG_KEY}",
         ))
+        status, body = resp.status, resp.json()
         assert status == 401 and body["error"] == "unauthorized", body
 
         # None of that reached the private instance.
@@ -205,14 +171,15 @@ async def test_other_ways_to_the_private_instance_need_the_key(wakegate) -> None
         assert wg.log_of("private", "hello") == ""
 
         for host in spellings:
-            status, body, _ = await get(http, wg, host, **{"X-API-Key": key})
+            status, body, _ = await fetch(http, wg.base, host, **{"X-API-Key": key})
             assert status == 200, (host, body)
         assert wg.state("private", "hello") == "ready"
 
-        status, seen = await raw_request(port, raw_get(
+        resp = await exchange(wg, raw_get(
             "/headers", f"Host: {PRIVATE}", "Connection: X-API-Key", f"X-API-Key: {key}",
             "X-Trace: kept",
         ))
+        status, seen = resp.status, resp.json()
         assert status == 200, seen
         assert "x-api-key" not in header_names(seen), seen
         assert seen.get("X-Trace") == ["kept"], seen
@@ -232,7 +199,7 @@ async def test_keys_create_and_keys_survive_a_restart(wakegate) -> None:
     async with session() as http:
         # It works at once, and the key `up` printed still works.
         for key in (second, first):
-            status, body, _ = await get(http, wg, PRIVATE, **{"X-API-Key": key})
+            status, body, _ = await fetch(http, wg.base, PRIVATE, **{"X-API-Key": key})
             assert status == 200, body
 
     public = wg.cli("keys", "create", "hello", "--env", "demo")
@@ -257,9 +224,9 @@ async def test_keys_create_and_keys_survive_a_restart(wakegate) -> None:
     assert not any("wg_" in line for line in wg.stdout), wg.stdout
     async with session() as http:
         for key in (first, second):
-            status, body, _ = await get(http, wg, PRIVATE, **{"X-API-Key": key})
+            status, body, _ = await fetch(http, wg.base, PRIVATE, **{"X-API-Key": key})
             assert status == 200, body
-        assert_unauthorized(*await get(http, wg, PRIVATE, **{"X-API-Key": WRONG_KEY}))
+        assert_unauthorized(*await fetch(http, wg.base, PRIVATE, **{"X-API-Key": WRONG_KEY}))
     for key in (first, second):
         assert key not in wg.stderr()
 
@@ -269,18 +236,18 @@ async def test_keys_stay_out_of_logs_and_metrics_and_failures_are_counted(wakega
     made = wg.cli("keys", "create", "hello", check=True).stdout.strip().splitlines()[-1]
     async with session() as http:
         for _ in range(3):
-            assert_unauthorized(*await get(http, wg, PRIVATE))
+            assert_unauthorized(*await fetch(http, wg.base, PRIVATE))
         for bad in (WRONG_KEY, key[:-1], key + "x"):
-            assert_unauthorized(*await get(http, wg, PRIVATE, **{"X-API-Key": bad}))
-        assert_unauthorized(*await get(http, wg, PRIVATE, Authorization=f"Bearer {made}x"))
-        assert_unauthorized(*await get(http, wg, PRIVATE, f"/?api_key={key}"))
+            assert_unauthorized(*await fetch(http, wg.base, PRIVATE, **{"X-API-Key": bad}))
+        assert_unauthorized(*await fetch(http, wg.base, PRIVATE, Authorization=f"Bearer {made}x"))
+        assert_unauthorized(*await fetch(http, wg.base, PRIVATE, f"/?api_key={key}"))
         for path in ("/", f"/?note={key}", "/headers"):
-            status, body, _ = await get(http, wg, PRIVATE, path, **{"X-API-Key": key})
+            status, body, _ = await fetch(http, wg.base, PRIVATE, path, **{"X-API-Key": key})
             assert status == 200, body
-        status, body, _ = await get(http, wg, PRIVATE, "/", Authorization=f"Bearer {made}")
+        status, body, _ = await fetch(http, wg.base, PRIVATE, "/", Authorization=f"Bearer {made}")
         assert status == 200, body
         # A demo request carrying a key is not an auth failure of anything.
-        status, body, _ = await get(http, wg, DEMO, **{"X-API-Key": WRONG_KEY})
+        status, body, _ = await fetch(http, wg.base, DEMO, **{"X-API-Key": WRONG_KEY})
         assert status == 200, body
 
     def failures(reason: str) -> float | None:

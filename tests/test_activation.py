@@ -16,9 +16,10 @@ from typing import Any
 import aiohttp
 import pytest
 
-from .client import Answer, fetch
-from .conftest import Wakegate, hello_service, wait_until
+from .client import get
+from .conftest import Wakegate, hello_service, wait_for, wait_until
 from .modes import wakegate_in_every_mode  # noqa: F401  (every deployment)
+from .procs import environment
 
 SERVICE = "hello"
 DEMO = "demo"
@@ -40,11 +41,6 @@ def demo_config(env: dict[str, str] | None = None, *, version: str = "1.0.0",
     }
 
 
-async def wait_for(predicate: Callable[[], Any], timeout: float, what: str) -> Any:
-    """`wait_until` off the event loop, so that the requests a test holds keep running."""
-    return await asyncio.to_thread(wait_until, predicate, timeout, what)
-
-
 def starts_in_log(wg: Wakegate, environment: str = DEMO) -> int:
     return wg.starts(environment, SERVICE)
 
@@ -53,18 +49,6 @@ def cold_start_ms(headers: Any) -> float:
     match = SERVER_TIMING.fullmatch(headers.get("Server-Timing", ""))
     assert match, f"no coldstart Server-Timing: {headers.get('Server-Timing')!r}"
     return float(match.group(1))
-
-
-async def get(http: aiohttp.ClientSession, wg: Wakegate, path: str = "/",
-              environment: str = DEMO, **headers: str) -> Answer:
-    return await fetch(http, wg.base, wg.host(SERVICE, environment), path, **headers)
-
-
-def read_environ(pid: int) -> dict[str, str]:
-    with open(f"/proc/{pid}/environ", "rb") as f:
-        raw = f.read()
-    pairs = (item.decode(errors="replace").split("=", 1) for item in raw.split(b"\0") if item)
-    return {p[0]: p[1] for p in pairs if len(p) == 2}
 
 
 # --- the cold start itself ---
@@ -77,13 +61,13 @@ async def test_cold_start_then_warm(wakegate: Start) -> None:
     assert wg.service_pids() == []
 
     async with aiohttp.ClientSession() as http:
-        first = await get(http, wg)
+        first = await get(http, wg, SERVICE, DEMO)
         assert first.status == 200, first
         assert first.cold, first
         assert cold_start_ms(first.headers) > 0
         assert first.body["service"] == SERVICE
 
-        second = await get(http, wg)
+        second = await get(http, wg, SERVICE, DEMO)
         assert second.status == 200, second
         assert "X-Wakegate-Cold-Start" not in second.headers
         assert "coldstart" not in second.headers.get("Server-Timing", "")
@@ -103,7 +87,7 @@ async def test_many_held_requests_share_one_cold_start(wakegate: Start) -> None:
     count = 200
     connector = aiohttp.TCPConnector(limit=0)
     async with aiohttp.ClientSession(connector=connector) as http:
-        answers = await asyncio.gather(*(get(http, wg) for _ in range(count)))
+        answers = await asyncio.gather(*(get(http, wg, SERVICE, DEMO) for _ in range(count)))
 
     statuses = sorted({a.status for a in answers})
     assert statuses == [200], [a for a in answers if a.status != 200][:3]
@@ -120,7 +104,7 @@ async def test_held_requests_gauge(wakegate: Start) -> None:
     wg = wakegate(demo_config({"HELLO_STARTUP_DELAY_MS": "1500"}))
     held = 5
     async with aiohttp.ClientSession() as http:
-        tasks = [asyncio.create_task(get(http, wg)) for _ in range(held)]
+        tasks = [asyncio.create_task(get(http, wg, SERVICE, DEMO)) for _ in range(held)]
         await wait_for(lambda: wg.metric("wakegate_held_requests", **LABELS) == held, 5.0,
                        f"wakegate_held_requests to show {held} held requests")
         assert not any(t.done() for t in tasks), "the requests were answered before the start"
@@ -136,7 +120,7 @@ async def test_held_client_that_disconnects_is_removed_at_once(wakegate: Start) 
     wg = wakegate(demo_config({"HELLO_STARTUP_DELAY_MS": str(int(delay * 1000))}))
     http = aiohttp.ClientSession()
     try:
-        task = asyncio.create_task(get(http, wg))
+        task = asyncio.create_task(get(http, wg, SERVICE, DEMO))
         await wait_for(lambda: wg.metric("wakegate_held_requests", **LABELS) == 1, 5.0,
                        "the request to be held")
         held_at = time.monotonic()
@@ -163,7 +147,7 @@ async def test_held_client_that_disconnects_is_removed_at_once(wakegate: Start) 
 async def test_service_that_exits_at_start_fails_held_requests_at_once(wakegate: Start) -> None:
     wg = wakegate(demo_config({"HELLO_EXIT_AT_START": "7"}, hold_timeout="30s"))
     async with aiohttp.ClientSession() as http:
-        answers = await asyncio.gather(*(get(http, wg) for _ in range(5)))
+        answers = await asyncio.gather(*(get(http, wg, SERVICE, DEMO) for _ in range(5)))
         for a in answers:
             assert a.status == 503, a
             assert a.body["error"] == "activation_failed", a
@@ -174,7 +158,7 @@ async def test_service_that_exits_at_start_fails_held_requests_at_once(wakegate:
         assert starts >= 1
         assert "HELLO_EXIT_AT_START=7" in wg.log_of(DEMO, SERVICE)
 
-        again = await get(http, wg)
+        again = await get(http, wg, SERVICE, DEMO)
         assert again.status == 503, again
         assert again.body["error"] == "activation_failed"
         assert again.seconds < 3.0
@@ -200,10 +184,10 @@ async def test_service_that_crashes_while_serving_sleeps_then_wakes_again(
 ) -> None:
     wg = wakegate(demo_config())
     async with aiohttp.ClientSession() as http:
-        first = await get(http, wg)
+        first = await get(http, wg, SERVICE, DEMO)
         assert first.status == 200 and first.cold, first
         try:
-            crashed = await asyncio.wait_for(get(http, wg, "/crash"), 5.0)
+            crashed = await asyncio.wait_for(get(http, wg, SERVICE, DEMO, "/crash"), 5.0)
         except TimeoutError:
             pytest.fail(f"GET /crash not answered within 5 s; meanwhile the service was "
                         f"started {starts_in_log(wg)} times (the request is being replayed)")
@@ -218,7 +202,7 @@ async def test_service_that_crashes_while_serving_sleeps_then_wakes_again(
         assert starts_in_log(wg) == 2, ("the crashing request was replayed more than once",
                                         crashed)
 
-        woken = await get(http, wg)
+        woken = await get(http, wg, SERVICE, DEMO)
         assert woken.status == 200, woken
         assert woken.cold, woken
         assert woken.body["pid"] != first.body["pid"]
@@ -275,12 +259,12 @@ async def test_readiness_is_noticed_within_milliseconds(wakegate: Start) -> None
 async def test_service_gets_its_version_and_a_free_port(wakegate: Start) -> None:
     wg = wakegate(demo_config(version="2.5.1-rc.1"))
     async with aiohttp.ClientSession() as http:
-        answer = await get(http, wg)
+        answer = await get(http, wg, SERVICE, DEMO)
         assert answer.status == 200, answer
         assert answer.body["version"] == "2.5.1-rc.1"
         pid = answer.body["pid"]
 
-        environ = read_environ(pid)
+        environ = environment(pid)
         assert environ["WAKEGATE_VERSION"] == "2.5.1-rc.1"
         port = int(environ["PORT"])
         assert port not in (wg.proxy_port, wg.controller_port)
@@ -312,7 +296,7 @@ async def test_production_replicas_start_at_up_and_share_the_load(wakegate: Star
     assert starts_in_log(wg, "production") == 2
 
     async with aiohttp.ClientSession() as http:
-        answers = [await get(http, wg, environment="production") for _ in range(20)]
+        answers = [await get(http, wg, SERVICE, "production") for _ in range(20)]
     assert [a.status for a in answers] == [200] * 20
     assert not any("X-Wakegate-Cold-Start" in a.headers for a in answers)
     pids = {a.body["pid"] for a in answers}

@@ -32,27 +32,16 @@ from bench.tools import (
     wait_http,
 )
 
+from .procs import cmdline, live_pids, processes_with
+
 MARKER = "WAKEGATE_BENCH_TEST"
 
 
 def _leftovers(marker: str, folder: str) -> list[int]:
-    found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit() or int(entry) == os.getpid():
-            continue
-        try:
-            with open(f"/proc/{entry}/environ", "rb") as f:
-                environ = f.read().split(b"\0")
-            with open(f"/proc/{entry}/cmdline", "rb") as f:
-                cmdline = f.read()
-            with open(f"/proc/{entry}/stat", "rb") as f:
-                state = f.read().rsplit(b")", 1)[1].split()[0]
-        except OSError:
-            continue
-        if state != b"Z" and (f"{MARKER}={marker}".encode() in environ
-                              or folder.encode() in cmdline):
-            found.append(int(entry))
-    return found
+    """Live processes (but this one) marked with `marker`, or run from under `folder`."""
+    marked = set(processes_with(MARKER, marker))
+    return [pid for pid in live_pids() if pid != os.getpid()
+            and (pid in marked or any(folder.encode() in arg for arg in cmdline(pid)))]
 
 
 @pytest.fixture

@@ -22,8 +22,9 @@ from typing import Any
 
 import pytest
 
+from .both_paths import PATHS, both_paths, raw_service
 from .conftest import Wakegate
-from .raw_client import HOST, PATHS, Conn, Resp, both_paths, raw_service, request
+from .raw_client import HOST, Conn, Resp, connection, parse, request
 
 ENV = "staging"  # public and always on
 SERVICE = "raw"  # at raw_client.HOST, raw.staging.localhost
@@ -89,16 +90,11 @@ async def until_closed(conn: Conn, deadline: float) -> Closed:
 
 
 def parse_408(data: bytes) -> Resp:
-    head, sep, body = data.partition(b"\r\n\r\n")
-    assert sep, f"not a whole answer: {data!r}"
-    status_line, _, fields = head.partition(b"\r\n")
-    assert status_line == b"HTTP/1.1 408 Request Timeout", data
-    headers = [(k.strip(), v.strip()) for k, _, v in
-               (line.decode("latin-1").partition(":") for line in fields.split(b"\r\n"))]
-    resp = Resp(408, "Request Timeout", headers, body)
+    assert data.partition(b"\r\n")[0] == b"HTTP/1.1 408 Request Timeout", data
+    resp = parse(data)  # the whole answer, nothing after it
     assert resp.header("Content-Type") == "application/json", resp
     assert resp.header("Connection") == "close", resp
-    assert resp.header("Content-Length") == str(len(body)), resp
+    assert resp.header("Content-Length") == str(len(resp.body)), resp
     return resp
 
 
@@ -118,6 +114,15 @@ async def answered(conn: Conn, target: str = "/") -> Resp:
     resp = await conn.response()
     assert resp.status == 200, resp
     return resp
+
+
+async def closed_when_idle(conn: Conn) -> None:
+    """The connection, idle from now on, is closed by the proxy keepalive_timeout later,
+    with no byte sent."""
+    done = time.monotonic()
+    closed = await until_closed(conn, KEEPALIVE_TIMEOUT + SLACK)
+    assert closed.data == b"", f"bytes after the answer: {closed.data!r}"
+    assert_about(closed.at - done, KEEPALIVE_TIMEOUT, "the idle connection's close")
 
 
 async def test_a_connection_that_sends_nothing_gets_a_408_then_eof(gate: Wakegate) -> None:
@@ -156,41 +161,28 @@ async def test_a_slowloris_is_cut_though_bytes_keep_coming(gate: Wakegate) -> No
 
 
 async def test_an_idle_keep_alive_connection_is_closed_silently(gate: Wakegate) -> None:
-    conn = await Conn.open(gate)
-    try:
+    async with connection(gate) as conn:
         await answered(conn)
-        done = time.monotonic()
-        closed = await until_closed(conn, KEEPALIVE_TIMEOUT + SLACK)
-    finally:
-        conn.close()
-    assert closed.data == b"", f"bytes after the answer: {closed.data!r}"
-    assert_about(closed.at - done, KEEPALIVE_TIMEOUT, "the idle connection's close")
+        await closed_when_idle(conn)
 
 
 async def test_an_idle_connection_after_a_hand_off_is_closed_too(
     gates: dict[str, Wakegate],
 ) -> None:
     """The fast path hands an unknown Host to aiohttp, whose timer takes over."""
-    conn = await Conn.open(gates["fast"])
-    try:
+    async with connection(gates["fast"]) as conn:
         await answered(conn)
         await conn.send(request("GET", "/", host="nothing.nowhere.localhost"))
         resp = await conn.response()
         assert resp.status == 404 and resp.served_by_aiohttp, resp
-        done = time.monotonic()
-        closed = await until_closed(conn, KEEPALIVE_TIMEOUT + SLACK)
-    finally:
-        conn.close()
-    assert closed.data == b"", f"bytes after the answer: {closed.data!r}"
-    assert_about(closed.at - done, KEEPALIVE_TIMEOUT, "the idle connection's close")
+        await closed_when_idle(conn)
 
 
 async def test_a_late_next_head_is_closed_without_a_408(gate: Wakegate) -> None:
     """After an answer the keep-alive clock runs; the first byte of a next head stops it
     and starts that head's own header clock: the close comes header_timeout after that
     byte (later than the keep-alive deadline would have been), with no answer."""
-    conn = await Conn.open(gate)
-    try:
+    async with connection(gate) as conn:
         await answered(conn)
         done = time.monotonic()
         await asyncio.sleep(KEEPALIVE_TIMEOUT * 0.75)  # the first byte late in the idle time
@@ -199,8 +191,6 @@ async def test_a_late_next_head_is_closed_without_a_408(gate: Wakegate) -> None:
         if first_byte - done >= KEEPALIVE_TIMEOUT:
             pytest.skip("the machine was too slow to send the byte within the idle time")
         closed = await until_closed(conn, HEADER_TIMEOUT + SLACK)
-    finally:
-        conn.close()
     assert closed.data == b"", f"an answer to a connection that had one: {closed.data!r}"
     assert_about(closed.at - first_byte, HEADER_TIMEOUT, "the late head's close")
     assert closed.at - done > KEEPALIVE_TIMEOUT + 0.1, "closed by the keep-alive clock"
@@ -208,33 +198,24 @@ async def test_a_late_next_head_is_closed_without_a_408(gate: Wakegate) -> None:
 
 async def test_requests_longer_than_both_timeouts_get_their_answers(gate: Wakegate) -> None:
     """A request in flight is never cut: two in a row on one connection, then idle."""
-    conn = await Conn.open(gate)
-    try:
+    async with connection(gate) as conn:
         for i in range(2):
             started = time.monotonic()
             resp = await answered(conn, f"/slow?ms={SLOW_MS}&i={i}")
             assert resp.body == b"ok", resp
             assert time.monotonic() - started >= SLOW_MS / 1000 * 0.9
-        done = time.monotonic()
-        closed = await until_closed(conn, KEEPALIVE_TIMEOUT + SLACK)
-    finally:
-        conn.close()
-    assert closed.data == b""
-    assert_about(closed.at - done, KEEPALIVE_TIMEOUT, "the idle connection's close")
+        await closed_when_idle(conn)
 
 
 async def test_a_body_slower_than_the_header_timeout_is_still_served(gate: Wakegate) -> None:
     """The head was in time: the body's pace is not the header clock's business."""
-    conn = await Conn.open(gate)
-    try:
+    async with connection(gate) as conn:
         data = request("POST", "/echo", body=b"0123456789")
         split = data.index(b"\r\n\r\n") + 4 + 5
         await conn.send(data[:split])
         await asyncio.sleep(HEADER_TIMEOUT * 1.5)
         await conn.send(data[split:])
         resp = await conn.response()
-    finally:
-        conn.close()
     assert resp.status == 200, resp
     assert resp.json()["body"] == "0123456789", resp
 

@@ -8,7 +8,6 @@ errors, and key management (`keys list`, `keys revoke`) in every deployment.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import hashlib
 import http.server
@@ -18,7 +17,6 @@ import subprocess
 import sys
 import threading
 import time
-import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -30,6 +28,7 @@ import pytest
 from .client import fetch
 from .conftest import Wakegate, hello_service, process_env, wait_until
 from .modes import wakegate_in_every_mode  # noqa: F401
+from .raw_client import exchange_bytes
 
 PRIVATE = Wakegate.host("hello", "private")
 NAME = "wakegate-controller.test"  # controller.hostnames
@@ -276,33 +275,17 @@ async def test_malformed_requests_and_bodies_get_json_and_no_traceback(wakegate:
         "GET * HTTP/1.1\r\nHost: localhost\r\n\r\n",
     ]
     for text in raw_requests:
-        reader, writer = await asyncio.open_connection("127.0.0.1", wg.controller_port)
-        try:
-            writer.write(text.encode("latin-1"))
-            answer = await asyncio.wait_for(reader.read(), 10)
-        finally:
-            writer.close()
+        answer = await exchange_bytes(wg.controller_port, text.encode("latin-1"))
         head, _, body = answer.partition(b"\r\n\r\n")
         assert b" 400 " in head.split(b"\r\n")[0], answer
         assert json.loads(body)["error"] == "bad_request", answer
         assert token.encode() not in answer
     # JSON that is valid but absurd: an integer of 5000 digits, nesting 100k deep.
     for body_text in ('{"service": ' + "9" * 5000 + "}", "[" * 100_000 + "]" * 100_000):
-        status, answer = _post_raw(wg, "/v1/keys", body_text.encode())
+        status, answer, _ = wg.call("POST", "/v1/keys", body_text.encode(), timeout=10)
         assert status == 400 and answer["error"] == "bad_request", (status, answer)
     stderr = wg.stderr()
     assert "Traceback" not in stderr and token not in stderr, stderr[-2000:]
-
-
-def _post_raw(wg: Wakegate, path: str, body: bytes) -> tuple[int, Any]:
-    request = urllib.request.Request(wg.controller + path, data=body, method="POST")
-    request.add_header("Content-Type", "application/json")
-    request.add_header("Authorization", f"Bearer {wg.api_token()}")
-    try:
-        with urllib.request.urlopen(request, timeout=10) as resp:
-            return resp.status, json.loads(resp.read())
-    except urllib.error.HTTPError as exc:
-        return exc.code, json.loads(exc.read())
 
 
 @pytest.mark.modes("up")

@@ -8,7 +8,7 @@ Transfer-Encoding variants, Connection tokens, X-Forwarded-* claims, wakegate
 credentials, bodies), then mutates their bytes (flip, insert, delete, duplicate
 a line, bare LF, obs-fold, space before the colon, NUL, tab, case). Each one is
 sent over a raw loopback socket to two real `wakegate up` processes started
-once for the module from one config (tests/raw_client.py's both_paths): one
+once for the module from one config (tests/both_paths.py): one
 with the fast path, one with WAKEGATE_FAST_PATH=0.
 
 Three routes, each served by tests/upstreams/recorder.py, which answers every
@@ -59,12 +59,14 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+import h11
 import pytest
 from hypothesis import HealthCheck, Phase, assume, given, settings
 from hypothesis import strategies as st
 
+from .both_paths import UPSTREAMS, both_paths, upstream_service
 from .conftest import Wakegate
-from .raw_client import UPSTREAMS, both_paths, upstream_service
+from .raw_client import AnswerReader
 
 RECORDER = UPSTREAMS / "recorder.py"
 PUBLIC = "rec.staging.localhost"
@@ -111,10 +113,7 @@ class Gate:
 @pytest.fixture(scope="module")
 def gates(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Gate]]:
     with both_paths(tmp_path_factory.mktemp("differential"), differential_config(),
-                    ("staging", "rec")) as wgs:
-        for wg in wgs.values():
-            wg.wait_state("staging", "other", "ready", timeout=20.0)
-            wg.wait_state("private", "rec", "ready", timeout=20.0)
+                    ("staging", "rec"), ("staging", "other"), ("private", "rec")) as wgs:
         yield {name: Gate(wg, wg.new_keys()["private/rec"].encode())
                for name, wg in wgs.items()}
 
@@ -412,66 +411,49 @@ class Answer:
 
 
 def parse_answers(data: bytes, closed: bool = True) -> list[Answer]:
-    """The answers in a connection's bytes, in order; the last one may be cut short.
+    """The answers in a connection's bytes, in order, read by h11 (neither path's parser);
+    the last one may be cut short.
 
     Every body here is JSON or empty, so an answer whose head is followed by the next
-    answer has none (HEAD, 204, 304, 1xx), as has one followed by nothing once the
-    connection is `closed` (before, its body may still be coming)."""
+    answer has none (HEAD, 204, 304), as has one followed by nothing once the connection
+    is `closed` (before, its body may still be coming)."""
     answers: list[Answer] = []
-    informational: list[int] = []
     rest = data
     while rest:
-        end = rest.find(b"\r\n\r\n")
-        lines = rest[:max(end, 0)].decode("latin-1").split("\r\n")
-        version, _, status_text = lines[0].partition(" ")
-        if end < 0 or not status_text[:3].isdigit():
-            answers.append(Answer(0, ("not a whole answer head", rest[:300]), raw=rest,
-                                  complete=False))
+        reading = AnswerReader()
+        reading.feed(rest)
+        if closed:
+            reading.feed(b"")
+        try:
+            has_head = reading.head()
+        except h11.RemoteProtocolError:
+            has_head = False
+        if not has_head:
+            if not (reading.informational and not reading.unread()):  # not 1xx heads alone
+                answers.append(Answer(0, ("not a whole answer head", rest[:300]), raw=rest,
+                                      complete=False))
             break
-        status = int(status_text[:3])
-        fields = {name.strip().lower(): value.strip() for name, _, value in
-                  (line.partition(":") for line in lines[1:])}
-        after = rest[end + 4:]
-        if 100 <= status < 200:
-            informational.append(status)
-            rest = after
-            continue
+        after = reading.unread()
         complete = True
-        if after.startswith(b"HTTP/1.") or (closed and not after):
-            body, tail = b"", after
-        elif fields.get("transfer-encoding", "").lower() == "chunked":
-            body, tail, complete = _dechunk(after)
-        elif fields.get("content-length", "").isdigit():
-            length = int(fields["content-length"])
-            body, tail, complete = after[:length], after[length:], len(after) >= length
-        else:
-            body, tail, complete = after, b"", closed
+        if not (after.startswith(b"HTTP/1.") or (closed and not after)):
+            try:
+                complete = reading.whole()
+            except h11.RemoteProtocolError:
+                complete = False  # closed before the body's end
+            after = reading.unread() if complete else b""
+        resp = reading.answer()
+        fields = {name.lower(): value for name, value in resp.headers}
+        body = resp.body
         if "x-recorded" in fields:  # the recorder's answer to HEAD
             body = base64.b64decode(fields["x-recorded"])
-        answer = _answer(status, body, informational, rest[:len(rest) - len(tail)])
+        answer = _answer(resp.status, body, resp.informational, rest[:len(rest) - len(after)])
         connection = fields.get("connection", "").lower()
         answer.complete = complete
-        answer.closing = "close" in connection or (version == "HTTP/1.0"
+        answer.closing = "close" in connection or (resp.version == "1.0"
                                                    and "keep-alive" not in connection)
         answers.append(answer)
-        informational, rest = [], tail
+        rest = after
     return answers
-
-
-def _dechunk(data: bytes) -> tuple[bytes, bytes, bool]:
-    """(body, what follows, whether it was all there)."""
-    body = b""
-    while True:
-        line, sep, data = data.partition(b"\r\n")
-        try:
-            size = int(line.split(b";", 1)[0], 16)
-        except ValueError:
-            return body, b"", False
-        if not sep or len(data) < size + 2:
-            return body, b"", False
-        if size == 0:
-            return body, data[2:], True  # no trailers from the recorder
-        body, data = body + data[:size], data[size + 2:]
 
 
 def _answer(status: int, body: bytes, informational: list[int], raw: bytes) -> Answer:

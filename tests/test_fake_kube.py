@@ -108,7 +108,7 @@ def hello(name: str, version: str) -> dict[str, Any]:
 
 async def test_kubeconfig_loads_and_system_namespaces_exist(fake_kube: FakeKube,  # noqa: F811
                                                             api: client.ApiClient) -> None:
-    assert fake_kube.url.startswith("http://127.0.0.1:")
+    assert fake_kube.url.startswith("https://127.0.0.1:")
     version = await client.VersionApi(api).get_code()
     assert version.major == "1"
     names = [n.metadata.name for n in (await client.CoreV1Api(api).list_namespace()).items]
@@ -130,6 +130,15 @@ async def test_bad_or_missing_token_is_401(fake_kube: FakeKube, token: str | Non
     assert e.value.status == 401
     assert status_of(e.value)["reason"] == "Unauthorized"
     assert fake_kube.requests_seen == set()
+
+
+async def test_tls_is_trusted_only_through_the_kubeconfig_ca(fake_kube: FakeKube) -> None:  # noqa: F811
+    async with aiohttp.ClientSession() as http:
+        # The system's CAs do not know the fake's throwaway CA.
+        with pytest.raises(aiohttp.ClientConnectorCertificateError):
+            await http.get(f"{fake_kube.url}/version")
+        async with http.get(f"{fake_kube.url}/version", ssl=fake_kube.ssl_context()) as r:
+            assert r.status == 401  # trusted, then refused: no token
 
 
 async def test_unknown_path_is_404_and_wrong_method_405(api: client.ApiClient) -> None:

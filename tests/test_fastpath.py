@@ -11,7 +11,7 @@ the module. Both trust 127.0.0.1/32; an untrusted client connects from
 
 How a test tells which path answered: aiohttp's server adds a `Server` header,
 the fast path passes the service's head, and raw_http sends none. The raw client
-and the two-path wakegate are in tests/raw_client.py.
+is tests/raw_client.py; the two-path wakegate, tests/both_paths.py.
 """
 
 from __future__ import annotations
@@ -27,8 +27,9 @@ from typing import Any
 import aiohttp
 import pytest
 
+from .both_paths import both_paths, raw_service
 from .conftest import Wakegate, wait_until
-from .raw_client import IO_DEADLINE, Conn, Resp, both_paths, exchange, raw_service, request
+from .raw_client import IO_DEADLINE, Conn, Resp, connection, exchange, request
 
 ENV = "staging"  # public and always on
 SERVICE = "raw"
@@ -100,8 +101,7 @@ async def test_the_fast_wakegate_serves_simple_requests_on_the_fast_path(
 
 
 async def test_pipelined_requests_get_their_answers_in_order(fast: Wakegate) -> None:
-    conn = await Conn.open(fast)
-    try:
+    async with connection(fast) as conn:
         await conn.send(request("GET", "/echo?n=1")
                         + request("POST", "/echo?n=2", body=b"second")
                         + request("GET", "/echo?n=3"))
@@ -114,13 +114,10 @@ async def test_pipelined_requests_get_their_answers_in_order(fast: Wakegate) -> 
         # The connection stays open for more.
         await conn.send(request("GET", "/"))
         assert_ok(await conn.response())
-    finally:
-        conn.close()
 
 
 async def test_chunked_answer_arrives_intact_and_the_connection_is_kept(fast: Wakegate) -> None:
-    conn = await Conn.open(fast)
-    try:
+    async with connection(fast) as conn:
         await conn.send(request("GET", "/chunked"))
         resp = await conn.response()
         assert resp.status == 200, resp
@@ -132,13 +129,10 @@ async def test_chunked_answer_arrives_intact_and_the_connection_is_kept(fast: Wa
             assert_ok(await conn.response())
         await conn.send(request("GET", "/chunked"))
         assert (await conn.response()).body == b"hello world"
-    finally:
-        conn.close()
 
 
 async def test_answer_without_length_ends_with_the_connection(fast: Wakegate) -> None:
-    conn = await Conn.open(fast)
-    try:
+    async with connection(fast) as conn:
         await conn.send(request("GET", "/close"))
         resp = await conn.head()
         assert resp.status == 200, resp
@@ -147,27 +141,21 @@ async def test_answer_without_length_ends_with_the_connection(fast: Wakegate) ->
         body = await asyncio.wait_for(conn.reader.read(), IO_DEADLINE)  # to EOF
         assert body == b"until the end"
         assert conn.reader.at_eof()
-    finally:
-        conn.close()
     await assert_serves(fast)
 
 
 async def test_early_hints_then_the_final_answer(fast: Wakegate) -> None:
-    conn = await Conn.open(fast)
-    try:
+    async with connection(fast) as conn:
         await conn.send(request("GET", "/hints"))
         resp = await conn.response()
         assert resp.informational in ([], [103]), resp
         assert (resp.status, resp.body) == (200, b"hints"), resp
         await conn.send(request("GET", "/hints"))
         assert (await conn.response()).body == b"hints"
-    finally:
-        conn.close()
 
 
 async def test_head_sends_no_body_keeps_the_length_and_the_connection(fast: Wakegate) -> None:
-    conn = await Conn.open(fast)
-    try:
+    async with connection(fast) as conn:
         await conn.send(request("GET", "/echo"))
         # The echo names the method: one letter more for HEAD than for GET.
         head_length = len((await conn.response()).body) + 1
@@ -183,8 +171,6 @@ async def test_head_sends_no_body_keeps_the_length_and_the_connection(fast: Wake
         await conn.send(request("HEAD", "/chunked") + request("GET", "/"))
         assert (await conn.response(head_only=True)).status == 200
         assert_ok(await conn.response())
-    finally:
-        conn.close()
 
 
 async def test_big_answer_to_a_slow_reader_is_complete(fast: Wakegate) -> None:
@@ -192,8 +178,7 @@ async def test_big_answer_to_a_slow_reader_is_complete(fast: Wakegate) -> None:
     stalls longer than read_timeout once: flow control holds the upstream, nothing is cut,
     and the upstream connection is fit for the next requests."""
     n = 4 * 1024 * 1024
-    conn = await Conn.open(fast, rcvbuf=16 * 1024)
-    try:
+    async with connection(fast, rcvbuf=16 * 1024) as conn:
         await conn.send(request("GET", "/big"))
         resp = await conn.head()
         assert resp.status == 200, resp
@@ -214,8 +199,6 @@ async def test_big_answer_to_a_slow_reader_is_complete(fast: Wakegate) -> None:
         # The same connection, then new ones (they take the pooled upstream connections).
         await conn.send(request("GET", "/echo"))
         assert (await conn.response()).status == 200
-    finally:
-        conn.close()
     for _ in range(3):
         resp = await exchange(fast, request("GET", "/echo"))
         assert resp.status == 200, resp
@@ -376,8 +359,7 @@ async def test_forwarded_headers_are_the_same_on_both_paths(
 
 
 async def test_handed_off_requests_get_the_status_table_answers(fast: Wakegate) -> None:
-    conn = await Conn.open(fast)
-    try:
+    async with connection(fast) as conn:
         await conn.send(request("GET", "/"))
         first = await conn.response()
         assert_ok(first)
@@ -398,15 +380,12 @@ async def test_handed_off_requests_get_the_status_table_answers(fast: Wakegate) 
         assert resp.status == 400, resp
         assert resp.json()["error"] == "bad_request"
         assert await conn.closed_by_server()
-    finally:
-        conn.close()
     await assert_serves(fast)
 
 
 async def test_pipelined_mix_of_fast_and_handed_off_requests(fast: Wakegate) -> None:
     """The hand-off carries every byte not yet served, after a fast answer."""
-    conn = await Conn.open(fast)
-    try:
+    async with connection(fast) as conn:
         await conn.send(request("GET", "/echo?n=1")
                         + request("GET", "/", host="nothing.nowhere.localhost")
                         + request("GET", "/echo?n=3"))
@@ -414,13 +393,10 @@ async def test_pipelined_mix_of_fast_and_handed_off_requests(fast: Wakegate) -> 
         assert first.json()["target"] == "/echo?n=1"
         assert second.status == 404 and second.json()["error"] == "no_route"
         assert third.json()["target"] == "/echo?n=3"
-    finally:
-        conn.close()
 
 
 async def test_body_arriving_after_the_head_is_forwarded_whole(fast: Wakegate) -> None:
-    conn = await Conn.open(fast)
-    try:
+    async with connection(fast) as conn:
         for _ in range(2):  # on a new connection, then on a kept-alive one
             data = request("POST", "/echo", body=b"0123456789")
             head_len = data.index(b"\r\n\r\n") + 4
@@ -433,8 +409,6 @@ async def test_body_arriving_after_the_head_is_forwarded_whole(fast: Wakegate) -
             assert (seen["method"], seen["body"]) == ("POST", "0123456789"), seen
             assert ("Content-Length", "10") in [tuple(h) for h in seen["headers"]], seen
             assert not resp.served_by_aiohttp
-    finally:
-        conn.close()
 
 
 async def test_conflicting_content_lengths_are_a_400_on_both_paths(
@@ -446,21 +420,17 @@ async def test_conflicting_content_lengths_are_a_400_on_both_paths(
     data = (f"POST /echo HTTP/1.1\r\nHost: {HOST}\r\nContent-Length: 0\r\n"
             f"Content-Length: {len(smuggled)}\r\n\r\n").encode() + smuggled
     for name, wg in gates.items():
-        conn = await Conn.open(wg)
-        try:
+        async with connection(wg) as conn:
             await conn.send(data)
             resp = await conn.response()
             assert resp.status == 400, (name, resp)
             assert resp.json()["error"] == "bad_request", (name, resp)
             assert await conn.closed_by_server()
-        finally:
-            conn.close()
     await assert_serves(gates["fast"])
 
 
 async def test_connection_close_from_the_client(fast: Wakegate) -> None:
-    conn = await Conn.open(fast)
-    try:
+    async with connection(fast) as conn:
         await conn.send(request("GET", "/") + request("GET", "/echo", headers=(
             ("Connection", "close"),)) + request("GET", "/never"))
         assert_ok(await conn.response())
@@ -468,8 +438,6 @@ async def test_connection_close_from_the_client(fast: Wakegate) -> None:
         assert resp.status == 200 and resp.json()["target"] == "/echo", resp
         assert (resp.header("Connection") or "").lower() == "close", resp
         assert await conn.closed_by_server()  # and the request after it is not served
-    finally:
-        conn.close()
 
 
 async def test_the_aiohttp_client_sees_the_same_on_both_paths(
@@ -501,8 +469,7 @@ async def test_connection_naming_a_framing_header_smuggles_nothing(
     data = request("POST", "/echo", headers=(("Connection", "content-length"),),
                    body=smuggled)
     for name, wg in gates.items():
-        conn = await Conn.open(wg)
-        try:
+        async with connection(wg) as conn:
             await conn.send(data)
             resp = await conn.response()
             assert resp.status == 200, (name, resp)
@@ -513,15 +480,12 @@ async def test_connection_naming_a_framing_header_smuggles_nothing(
             await conn.send(request("GET", "/echo?second"))
             second = await conn.response()
             assert second.json()["target"] == "/echo?second", (name, second)
-        finally:
-            conn.close()
 
 
 async def test_chunk_sizes_are_parsed_strictly(fast: Wakegate) -> None:
     """A chunk size that is not plain hex (`0x5`) is a broken answer: a 502 when nothing of
     it went out yet, else cut; the connection is never reused."""
-    conn = await Conn.open(fast)
-    try:
+    async with connection(fast) as conn:
         await conn.send(request("GET", "/badchunk"))
         resp = await conn.response(head_only=True)
         if resp.status == 502:
@@ -530,6 +494,4 @@ async def test_chunk_sizes_are_parsed_strictly(fast: Wakegate) -> None:
         else:  # the head came in a packet of its own and went out before the body
             assert resp.status == 200, resp
             assert await conn.closed_by_server(), "the broken answer must be cut"
-    finally:
-        conn.close()
     await assert_serves(fast)

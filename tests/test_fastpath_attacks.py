@@ -1,7 +1,7 @@
 """Attacks on the llhttp fast path (proxy/fastpath.py, exchange.py, upstreams.py), and the
 aiohttp path it must agree with: each test is one finding of a review, over real HTTP.
 
-Two real `wakegate up` (tests/raw_client.py: fast path on and off), started once for the
+Two real `wakegate up` (tests/both_paths.py: fast path on and off), started once for the
 module, each with two always-on public services: `raw` (tests/upstreams/raw_http.py) and
 `odd`, a service written below (ODD_SERVICE) that answers at the byte level the way a
 buggy or hostile service does: a 1xx answer with a body, a reason phrase with control
@@ -22,8 +22,9 @@ from typing import Any
 
 import pytest
 
+from .both_paths import PATHS, both_paths, raw_service
 from .conftest import Wakegate
-from .raw_client import IO_DEADLINE, PATHS, Conn, both_paths, exchange, raw_service, request
+from .raw_client import IO_DEADLINE, Conn, connection, exchange, request
 
 ENV = "staging"
 RAW = f"raw.{ENV}.localhost"
@@ -103,9 +104,7 @@ def gates(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Wakega
     script = tmp / "odd_service.py"
     script.write_text(ODD_SERVICE)
     assert sys.executable  # the service runs under {python}, as raw_http does
-    with both_paths(tmp, attacks_config(script), (ENV, "raw")) as wgs:
-        for wg in wgs.values():
-            wg.wait_state(ENV, "odd", "ready", timeout=20.0)
+    with both_paths(tmp, attacks_config(script), (ENV, "raw"), (ENV, "odd")) as wgs:
         yield wgs
 
 
@@ -177,12 +176,9 @@ async def test_the_body_of_an_informational_answer_never_reaches_the_client(
     (self._overrun = True; owner.response_invalid()), or drop it."""
     wg = gates[path]
     since = len(wg.stderr())
-    conn = await Conn.open(wg)
-    try:
+    async with connection(wg) as conn:
         await conn.send(request("GET", "/informational-body", host=ODD))
         got = await read_for(conn, 0.5)
-    finally:
-        conn.close()
     assert re.match(rb"HTTP/1\.1 (200|502) ", got), f"{path}: the answer starts {got[:40]!r}"
     assert b"forged" not in got, (path, got)
     no_tracebacks(wg, since)

@@ -16,6 +16,7 @@ from typing import Any
 
 import aiohttp
 
+from .client import get
 from .conftest import Wakegate, hello_service, wait_until
 
 StartWakegate = Callable[..., Wakegate]
@@ -76,9 +77,19 @@ def demo_headers(wg: Wakegate, **extra: str) -> dict[str, str]:
 async def wake(http: aiohttp.ClientSession, wg: Wakegate, service: str = "hello",
                path: str = "/") -> None:
     """A first request, so that the instance is awake for what the test measures."""
-    async with http.get(wg.base + path, headers={"Host": wg.host(service, DEMO)}) as r:
-        assert r.status == 200, await r.text()
+    answer = await get(http, wg, service, DEMO, path)
+    assert answer.status == 200, answer.text
     assert wg.state(DEMO, service) == "ready"
+
+
+async def headers_seen(wg: Wakegate, **sent: str) -> dict[str, list[str]]:
+    """What demo/hello's /headers saw of a request with the fields `sent` (woken first):
+    {lower-case name: values}."""
+    async with aiohttp.ClientSession() as http:
+        await wake(http, wg)
+        answer = await get(http, wg, "hello", DEMO, "/headers", **sent)
+    assert answer.status == 200
+    return {name.lower(): values for name, values in answer.body.items()}
 
 
 def in_flight_is_zero(wg: Wakegate) -> bool:
@@ -223,18 +234,12 @@ async def test_hop_by_hop_headers_are_removed_and_the_rest_pass(
         "Proxy-Authorization": "x",
         "Upgrade": "h2c",
     }
-    async with aiohttp.ClientSession() as http:
-        await wake(http, wg)
-        async with http.get(wg.base + "/headers", headers=demo_headers(
-                wg, **hops, **{"X-Ordinary": "passes", "Accept-Language": "fr"})) as r:
-            assert r.status == 200
-            seen = await r.json()
-    names = {name.lower(): values for name, values in seen.items()}
+    names = await headers_seen(wg, **hops, **{"X-Ordinary": "passes", "Accept-Language": "fr"})
     for hop in ("x-secret-hop", "keep-alive", "te", "proxy-authorization", "upgrade"):
-        assert hop not in names, f"{hop} reached the service: {seen}"
+        assert hop not in names, f"{hop} reached the service: {names}"
     # The proxy may speak keep-alive to the service itself, but never forwards
     # the client's Connection header (which named X-Secret-Hop).
-    assert all("x-secret-hop" not in v.lower() for v in names.get("connection", [])), seen
+    assert all("x-secret-hop" not in v.lower() for v in names.get("connection", [])), names
     assert names["x-ordinary"] == ["passes"]
     assert names["accept-language"] == ["fr"]
     assert names["host"] == [wg.host("hello", DEMO)]
@@ -245,15 +250,10 @@ async def test_x_forwarded_from_an_untrusted_client_are_replaced(
 ) -> None:
     wg = wakegate(demo_config())
     host = wg.host("hello", DEMO)
-    async with aiohttp.ClientSession() as http:
-        await wake(http, wg)
-        async with http.get(wg.base + "/headers", headers=demo_headers(wg, **{
-                "X-Forwarded-For": "1.2.3.4",
-                "X-Forwarded-Proto": "https",
-                "X-Forwarded-Host": "admin.production.localhost"})) as r:
-            assert r.status == 200
-            seen = await r.json()
-    names = {name.lower(): values for name, values in seen.items()}
+    names = await headers_seen(wg, **{
+        "X-Forwarded-For": "1.2.3.4",
+        "X-Forwarded-Proto": "https",
+        "X-Forwarded-Host": "admin.production.localhost"})
     assert names["x-forwarded-for"] == ["127.0.0.1"]
     assert names["x-forwarded-proto"] == ["http"]
     assert names["x-forwarded-host"] == [host]
@@ -263,13 +263,7 @@ async def test_x_forwarded_for_from_a_trusted_proxy_is_kept_and_appended(
     wakegate: StartWakegate,
 ) -> None:
     wg = wakegate(demo_config(trusted_proxies=["127.0.0.1/32"]))
-    async with aiohttp.ClientSession() as http:
-        await wake(http, wg)
-        async with http.get(wg.base + "/headers",
-                            headers=demo_headers(wg, **{"X-Forwarded-For": "1.2.3.4"})) as r:
-            assert r.status == 200
-            seen = await r.json()
-    names = {name.lower(): values for name, values in seen.items()}
+    names = await headers_seen(wg, **{"X-Forwarded-For": "1.2.3.4"})
     assert names["x-forwarded-for"] == ["1.2.3.4, 127.0.0.1"]
     assert names["x-forwarded-proto"] == ["http"]
     assert names["x-forwarded-host"] == [wg.host("hello", DEMO)]

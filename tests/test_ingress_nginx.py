@@ -3,7 +3,7 @@
 One `wakegate controller` and two `wakegate proxy` processes; nginx, run in the
 foreground with its own prefix and config in a temp directory, listens on a free
 loopback port and balances over both proxies with upstream keepalive. Its
-configuration is the one the README's Operations section shows (NGINX_SERVER),
+configuration is the one docs/operations.md ("Behind an ingress") shows (NGINX_SERVER),
 plus what only a test needs: its own paths, and `proxy_bind 127.0.0.2`, so that
 the proxies see nginx at an address of its own, which is wakegate's only
 trusted proxy. Clients connect from 127.0.0.3.
@@ -26,7 +26,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from .client import Answer, fetch
+from .client import Answer, fetch, host
 from .conftest import Split, free_port, hello_service
 from .ops_stack import Child, accepts, program, running, running_split
 
@@ -36,7 +36,7 @@ SPOOFED = "203.0.113.7"
 SLOW_START_MS = 1000
 TIMEOUT = aiohttp.ClientTimeout(total=30)
 
-# The server block of the README's nginx example, verbatim apart from the
+# The server block of docs/operations.md's nginx example, verbatim apart from the
 # placeholders: the upstream's servers and the port.
 NGINX_SERVER = """\
 map $http_upgrade $connection_upgrade {
@@ -155,7 +155,7 @@ def client(address: str = CLIENT_ADDRESS) -> aiohttp.ClientSession:
 async def through(base: str, service: str, environment: str, path: str = "/",
                   **headers: str) -> Answer:
     async with client() as http:
-        return await fetch(http, base, f"{service}.{environment}.localhost", path, **headers)
+        return await fetch(http, base, host(service, environment), path, **headers)
 
 
 async def test_cold_start_is_held_through_nginx(stack: Stack) -> None:

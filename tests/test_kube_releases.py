@@ -12,9 +12,7 @@ import signal
 from collections.abc import Callable
 from typing import Any
 
-import aiohttp
-
-from .client import fetch, switch_under_load
+from .client import switch_under_load, version_of
 from .conftest import Wakegate, wait_until
 from .kube_cluster import Cluster
 
@@ -32,13 +30,6 @@ def production(cluster: Cluster, scale_down_delay: str = "30s") -> dict[str, Any
         "environments": {"production": {"scale_down_delay": scale_down_delay,
                                         "hold_timeout": "20s"}},
     }
-
-
-async def version_of(wg: Wakegate, environment: str) -> str:
-    async with aiohttp.ClientSession() as http:
-        a = await fetch(http, wg.base, wg.host("hello", environment))
-    assert a.status == 200, a
-    return str(a.body["version"])
 
 
 def annotations(cluster: Cluster, colour: str) -> dict[str, str]:

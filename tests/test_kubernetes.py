@@ -21,7 +21,7 @@ from typing import Any
 import aiohttp
 import yaml
 
-from .client import fetch
+from .client import fetch, get
 from .conftest import REPO, Wakegate, wait_until
 from .kube_cluster import Cluster
 
@@ -44,11 +44,6 @@ def demo_cluster(cluster: Cluster, **annotations: str) -> None:
     cluster.service("hello-demo", "hello", annotations=annotations)
 
 
-async def get(http: aiohttp.ClientSession, wg: Wakegate, environment: str = "demo",
-              path: str = "/", **headers: str) -> Any:
-    return await fetch(http, wg.base, wg.host("hello", environment), path, **headers)
-
-
 def wait_replicas(cluster: Cluster, namespace: str, name: str, n: int, timeout: float) -> None:
     wait_until(lambda: cluster.replicas(namespace, name) == n, timeout,
                f"{namespace}/{name} to be scaled to {n}")
@@ -64,21 +59,21 @@ async def test_cold_start_scales_up_and_idle_scales_to_zero(cluster: Cluster,
     assert wg.state("demo", "hello") == "sleeping"
     assert cluster.replicas("hello-demo", "hello") == 0
     async with aiohttp.ClientSession() as http:
-        answers = await asyncio.gather(*(get(http, wg) for _ in range(20)))
+        answers = await asyncio.gather(*(get(http, wg, "hello", "demo") for _ in range(20)))
         for a in answers:
             assert a.status == 200, a
             assert a.cold, a
             assert a.body["version"] == "1.0.0", a
         assert cluster.replicas("hello-demo", "hello") == 1, "exactly one replica for 20 waiters"
         assert len(cluster.pod_pids("hello-demo", "hello")) == 1
-        warm = await get(http, wg)
+        warm = await get(http, wg, "hello", "demo")
         assert warm.status == 200 and not warm.cold, warm
     # idle_timeout 1s: scaled back to zero, its pod gone.
     wg.wait_state("demo", "hello", "sleeping", timeout=10.0)
     wait_replicas(cluster, "hello-demo", "hello", 0, 5.0)
     wait_until(lambda: not cluster.pod_pids("hello-demo", "hello"), 5.0, "the pod to stop")
     async with aiohttp.ClientSession() as http:
-        again = await get(http, wg)
+        again = await get(http, wg, "hello", "demo")
     assert again.status == 200 and again.cold, again
 
 
@@ -90,7 +85,7 @@ async def test_a_deployment_scaled_by_hand_is_respected(cluster: Cluster, wakega
                "wakegate to see both replicas scaled by hand")
     assert wg.state("demo", "hello") == "ready"
     async with aiohttp.ClientSession() as http:
-        answers = [await get(http, wg) for _ in range(6)]
+        answers = [await get(http, wg, "hello", "demo") for _ in range(6)]
     assert all(a.status == 200 and not a.cold for a in answers), answers
     assert len({a.body["pid"] for a in answers}) == 2, "the load goes to both endpoints"
     assert cluster.replicas("hello-demo", "hello") == 2, "wakegate did not scale it back"
@@ -109,7 +104,7 @@ async def test_new_instances_are_discovered_and_annotations_override(cluster: Cl
     row = wg.status()[("demo", "hello")]
     assert row["idle_timeout"] == 0.5, row
     async with aiohttp.ClientSession() as http:
-        first = await get(http, wg)
+        first = await get(http, wg, "hello", "demo")
     assert first.status == 200 and first.cold
     wg.wait_state("demo", "hello", "sleeping", timeout=10.0)
 
@@ -129,7 +124,7 @@ async def test_watches_survive_a_cut_connection_and_410_gone(cluster: Cluster,
     assert wg.state("demo", "hello") == "sleeping"
     assert cluster.replicas("hello-demo", "hello") == 0
     async with aiohttp.ClientSession() as http:
-        a = await get(http, wg, "staging")
+        a = await get(http, wg, "hello", "staging")
     assert a.status == 200 and not a.cold, a
 
 
@@ -138,11 +133,11 @@ async def test_api_errors_are_retried(cluster: Cluster, wakegate: Start) -> None
     wg = wakegate(kube_config(cluster))
     cluster.call(cluster.kube.fail_next, 1, 500)
     async with aiohttp.ClientSession() as http:
-        a = await get(http, wg)
+        a = await get(http, wg, "hello", "demo")
     # One failed API call may fail one activation (503, retry); never a hang.
     assert a.status in (200, 503), a
     async with aiohttp.ClientSession() as http:
-        b = await get(http, wg)
+        b = await get(http, wg, "hello", "demo")
     assert b.status == 200, b
 
 
@@ -162,9 +157,9 @@ async def test_keys_live_in_a_secret(cluster: Cluster, wakegate: Start) -> None:
     assert stored == {hashlib.sha256(key.encode()).hexdigest()}, "only the digest is stored"
     assert key not in str(secret)
     async with aiohttp.ClientSession() as http:
-        denied = await get(http, wg, "private")
+        denied = await get(http, wg, "hello", "private")
         assert denied.status == 401, denied
-        allowed = await get(http, wg, "private", **{"X-API-Key": key})
+        allowed = await get(http, wg, "hello", "private", **{"X-API-Key": key})
         assert allowed.status == 200, allowed
 
 
@@ -173,7 +168,7 @@ async def test_last_activity_survives_a_controller_restart(cluster: Cluster,
     demo_cluster(cluster)
     wg = wakegate(kube_config(cluster, demo={"idle_timeout": "1h"}))
     async with aiohttp.ClientSession() as http:
-        assert (await get(http, wg)).status == 200
+        assert (await get(http, wg, "hello", "demo")).status == 200
     requested_at = time.time()
 
     def annotated() -> float | None:
@@ -222,7 +217,7 @@ async def test_leader_failover(cluster: Cluster, wakegate: Start) -> None:
         failover = time.monotonic() - killed_at
         assert failover < 1.0 + 1.5, f"took over after {failover:.2f}s (lease 1s)"
         async with aiohttp.ClientSession() as http:
-            a = await get(http, second)
+            a = await get(http, second, "hello", "demo")
         assert a.status == 200 and a.cold, a
     finally:
         thread.join(30)
@@ -259,7 +254,7 @@ async def test_rbac_grants_exactly_the_calls_the_controller_makes(cluster: Clust
     wg.cli("keys", "create", "hello", "--env", "private", check=True)
     wg.cli("keys", "create", "hello", "--env", "private", check=True)  # update, not create
     async with aiohttp.ClientSession() as http:
-        assert (await get(http, wg)).status == 200
+        assert (await get(http, wg, "hello", "demo")).status == 200
     wg.wait_state("demo", "hello", "sleeping", timeout=10.0)
     wg.stop()  # releases the lease
     seen = {(group, resource + (f"/{sub}" if sub else ""), verb)
@@ -304,7 +299,7 @@ async def test_push_sets_the_version_on_the_deployment(cluster: Cluster, wakegat
     cluster.service("hello-demo", "hello")
     wg = wakegate(kube_config(cluster, demo={"idle_timeout": "1h"}))
     async with aiohttp.ClientSession() as http:
-        assert (await get(http, wg)).body["version"] == "1.0.0"
+        assert (await get(http, wg, "hello", "demo")).body["version"] == "1.0.0"
     wg.cli("deploy", "hello", "1.2.0", "--env", "demo", check=True)
     dep = cluster.get("Deployment", "hello-demo", "hello")
     assert dep is not None
@@ -315,7 +310,7 @@ async def test_push_sets_the_version_on_the_deployment(cluster: Cluster, wakegat
 
     async def answered_by_new() -> bool:
         async with aiohttp.ClientSession() as http:
-            a = await get(http, wg)
+            a = await get(http, wg, "hello", "demo")
         return a.status == 200 and a.body["version"] == "1.2.0"
 
     # The Deployment rolls its pod; requests are answered throughout.

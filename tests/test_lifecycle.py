@@ -23,6 +23,7 @@ import aiohttp
 import pytest
 import yaml
 
+from .client import get
 from .conftest import HELLO, REPO, Wakegate, hello_service, wait_until
 
 StartWakegate = Callable[..., Wakegate]
@@ -97,14 +98,6 @@ def replicas_ready(wg: Wakegate, environment: str, service: str, n: int) -> bool
     return bool(row["state"] == "ready" and row["replicas"] == n)
 
 
-async def get(http: aiohttp.ClientSession, wg: Wakegate, environment: str,
-              service: str = "hello", path: str = "/",
-              **headers: str) -> tuple[int, dict[str, str], str]:
-    async with http.get(wg.base + path,
-                        headers={"Host": wg.host(service, environment), **headers}) as r:
-        return r.status, dict(r.headers), await r.text()
-
-
 def run_up(wg: Wakegate, timeout: float = 20.0) -> subprocess.CompletedProcess[str]:
     """`wakegate up` on wg's config file, expected to exit by itself."""
     return subprocess.run(
@@ -137,16 +130,22 @@ def samples(text: str) -> list[tuple[str, dict[str, str], float]]:
 # --- no orphans ---
 
 
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
-async def test_stopping_wakegate_stops_every_service_process(
-    wakegate: StartWakegate, sig: signal.Signals,
-) -> None:
+async def three_running(wakegate: StartWakegate) -> Wakegate:
+    """A wakegate with three_environments(): production's two replicas ready, demo woken."""
     wg = wakegate(three_environments())
     wait_until(lambda: replicas_ready(wg, "production", "hello", 2), 10.0,
                "production's two replicas to be ready")
     async with aiohttp.ClientSession() as http:
-        status, _, _ = await get(http, wg, "demo")
+        status, _, _ = await get(http, wg, "hello", "demo")
         assert status == 200
+    return wg
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+async def test_stopping_wakegate_stops_every_service_process(
+    wakegate: StartWakegate, sig: signal.Signals,
+) -> None:
+    wg = await three_running(wakegate)
     assert len(wg.service_pids()) == 3, "demo (1) and production (2) should be running"
 
     code = wg.stop(sig)
@@ -155,12 +154,7 @@ async def test_stopping_wakegate_stops_every_service_process(
 
 
 async def test_killing_wakegate_kills_its_services(wakegate: StartWakegate) -> None:
-    wg = wakegate(three_environments())
-    wait_until(lambda: replicas_ready(wg, "production", "hello", 2), 10.0,
-               "production's two replicas to be ready")
-    async with aiohttp.ClientSession() as http:
-        status, _, _ = await get(http, wg, "demo")
-        assert status == 200
+    wg = await three_running(wakegate)
     services = wg.service_pids()
     assert len(services) == 3
 
@@ -186,7 +180,8 @@ async def test_a_service_that_ignores_sigterm_is_killed_after_stop_grace(
         }},
     })
     async with aiohttp.ClientSession() as http:
-        status, _, body = await get(http, wg, "demo", "stubborn")
+        answer = await get(http, wg, "stubborn", "demo")
+        status, body = answer.status, answer.text
         assert status == 200
         pid = int(body)
         answered = time.monotonic()
@@ -202,7 +197,8 @@ async def test_a_service_that_ignores_sigterm_is_killed_after_stop_grace(
         assert gone_after >= 0.5, f"killed {gone_after:.2f}s after its last request"
 
         # wakegate's own shutdown does not hang on it either.
-        status, _, body = await get(http, wg, "demo", "stubborn")
+        answer = await get(http, wg, "stubborn", "demo")
+        status, body = answer.status, answer.text
         assert status == 200
         assert wg.service_pids() == [int(body)]
     started = time.monotonic()
@@ -218,7 +214,7 @@ async def test_status_shows_every_instance(wakegate: StartWakegate) -> None:
     wg = wakegate({"environments": {"private": {}, "demo": {}},
                    "services": {"hello": hello_service(version="1.2.3")}})
     async with aiohttp.ClientSession() as http:
-        status, _, _ = await get(http, wg, "demo")
+        status, _, _ = await get(http, wg, "hello", "demo")
         assert status == 200
 
     result = wg.cli("status", check=True)
@@ -283,8 +279,8 @@ async def test_up_prints_urls_and_each_new_key_once(wakegate: StartWakegate) -> 
         assert out.count(key) == 1
 
     async with aiohttp.ClientSession() as http:
-        status, _, _ = await get(http, wg, "private", "greeter", **{"X-API-Key":
-                                                                     keys["private/greeter"]})
+        status, _, _ = await get(http, wg, "greeter", "private",
+                                 **{"X-API-Key": keys["private/greeter"]})
         assert status == 200
 
     assert wg.stop() == 0
@@ -297,7 +293,7 @@ async def test_up_prints_urls_and_each_new_key_once(wakegate: StartWakegate) -> 
         assert key not in out
     async with aiohttp.ClientSession() as http:
         for name, key in keys.items():
-            status, _, _ = await get(http, wg, "private", name.split("/")[1],
+            status, _, _ = await get(http, wg, name.split("/")[1], "private",
                                      **{"X-API-Key": key})
             assert status == 200, f"the key of {name} no longer works after a restart"
 
@@ -321,20 +317,22 @@ async def test_the_example_config_validates_and_runs(wakegate: StartWakegate) ->
     wg = wakegate(example_config())
     key = wg.new_keys()["private/hello"]
     async with aiohttp.ClientSession() as http:
-        status, headers, body = await get(http, wg, "demo")
+        answer = await get(http, wg, "hello", "demo")
+        status, headers, body = answer.status, answer.headers, answer.text
         assert status == 200
         assert headers.get("X-Wakegate-Cold-Start") == "true"
         assert json.loads(body)["version"] == "1.0.0"
 
-        status, headers, _ = await get(http, wg, "private")
+        status, _, headers = await get(http, wg, "hello", "private")
         assert status == 401
         assert headers["WWW-Authenticate"] == 'ApiKey realm="wakegate"'
-        status, _, _ = await get(http, wg, "private", **{"X-API-Key": key})
+        status, _, _ = await get(http, wg, "hello", "private", **{"X-API-Key": key})
         assert status == 200
 
         pids = set()
         for _ in range(6):
-            status, _, body = await get(http, wg, "production")
+            answer = await get(http, wg, "hello", "production")
+            status, body = answer.status, answer.text
             assert status == 200
             pids.add(json.loads(body)["pid"])
     assert len(pids) == 2, "production's two replicas should share the requests"
@@ -345,7 +343,7 @@ async def test_production_answers_at_once_after_up(wakegate: StartWakegate) -> N
     """Production never sleeps: once `up` says it is up, production is not woken by a request."""
     wg = wakegate(example_config())
     async with aiohttp.ClientSession() as http:
-        status, headers, _ = await get(http, wg, "production")
+        status, _, headers = await get(http, wg, "hello", "production")
     assert status == 200
     assert "X-Wakegate-Cold-Start" not in headers, (
         "the first production request after `up` was held for a cold start"
@@ -403,11 +401,11 @@ async def test_each_instance_logs_its_service_output(wakegate: StartWakegate) ->
     })
     key = wg.new_keys()["private/hello"]
     async with aiohttp.ClientSession() as http:
-        status, _, _ = await get(http, wg, "demo")
+        status, _, _ = await get(http, wg, "hello", "demo")
         assert status == 200
-        status, _, _ = await get(http, wg, "private", **{"X-API-Key": key})
+        status, _, _ = await get(http, wg, "hello", "private", **{"X-API-Key": key})
         assert status == 200
-        status, _, _ = await get(http, wg, "demo", "broken")
+        status, _, _ = await get(http, wg, "broken", "demo")
         assert status == 503
 
     logs = wg.state_dir / "logs"
@@ -438,14 +436,14 @@ async def test_metrics_names_labels_and_health(wakegate: StartWakegate) -> None:
     wrong_key = "wg_" + "x" * 40
     secret_path = "/a-secret-path-7f3a"
     async with aiohttp.ClientSession() as http:
-        status, headers, _ = await get(http, wg, "demo", path=secret_path)
+        status, _, headers = await get(http, wg, "hello", "demo", path=secret_path)
         assert (status, headers.get("X-Wakegate-Cold-Start")) == (200, "true")
-        status, _, _ = await get(http, wg, "private", path=secret_path)
+        status, _, _ = await get(http, wg, "hello", "private", path=secret_path)
         assert status == 401
-        status, _, _ = await get(http, wg, "private", path=secret_path,
+        status, _, _ = await get(http, wg, "hello", "private", path=secret_path,
                                  **{"X-API-Key": wrong_key})
         assert status == 401
-        status, _, _ = await get(http, wg, "private", path=secret_path,
+        status, _, _ = await get(http, wg, "hello", "private", path=secret_path,
                                  **{"Authorization": f"Bearer {key}"})
         assert status == 200
         async with http.get(wg.base + secret_path,

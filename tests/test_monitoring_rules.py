@@ -25,8 +25,8 @@ import aiohttp
 import yaml
 
 from .client import fetch
-from .conftest import hello_service
-from .kustomize_lite import render
+from .conftest import hello_service, metrics_text
+from .kubectl import kustomize
 from .ops_stack import (
     DASHBOARD,
     MONITORING,
@@ -35,7 +35,6 @@ from .ops_stack import (
     RULES_TESTS,
     dashboard_queries,
     metric_names,
-    metrics_text,
     program,
     rule_exprs,
     running_split,
@@ -104,7 +103,7 @@ def test_the_prometheusrule_has_the_same_groups_and_renders() -> None:
             assert isinstance(r["expr"], str) and r["expr"].strip(), r
             for field in ("labels", "annotations"):
                 assert all(isinstance(v, str) for v in r.get(field, {}).values()), r
-    assert render(MONITORING) == [rule]
+    assert kustomize(MONITORING) == [rule]
 
 
 def test_metric_names_are_read_from_promql() -> None:

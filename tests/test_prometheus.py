@@ -24,12 +24,11 @@ import urllib.request
 from collections.abc import Callable, Iterator
 from typing import Any
 
-import aiohttp
 import pytest
 import yaml
 
-from .client import Answer, fetch
-from .conftest import ProxyProcess, Split, free_port, hello_service
+from .client import get_once
+from .conftest import Split, free_port, hello_service
 from .ops_stack import (
     RULES_FILE,
     Child,
@@ -130,11 +129,6 @@ def ready(url: str) -> bool:
         return False
 
 
-async def get(proxy: ProxyProcess, service: str) -> Answer:
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as http:
-        return await fetch(http, proxy.base, f"{service}.{DEMO}.localhost")
-
-
 def of(service: str, **more: str) -> str:
     labels = {"environment": DEMO, "service": service, **more}
     return "{" + ", ".join(f'{k}="{v}"' for k, v in labels.items()) + "}"
@@ -169,7 +163,7 @@ async def test_idle_seconds_grow_between_scrapes_and_drop_after_a_request(
 ) -> None:
     proxy = stack.sp.proxies[0]
     idle = "wakegate_instance_idle_seconds" + of("hello")
-    first = await get(proxy, "hello")
+    first = await get_once(proxy, "hello", DEMO)
     assert first.status == 200, first
     answered = time.time()
 
@@ -186,7 +180,7 @@ async def test_idle_seconds_grow_between_scrapes_and_drop_after_a_request(
     before = await asyncio.to_thread(
         stack.wait, lambda: (v := stack.value(idle)) is not None and v >= 0.6 and v,
         "the instance idle for 0.6 s")
-    again = await get(proxy, "hello")
+    again = await get_once(proxy, "hello", DEMO)
     assert again.status == 200 and not again.cold, again
     answered = time.time()
 
@@ -200,7 +194,7 @@ async def test_idle_seconds_grow_between_scrapes_and_drop_after_a_request(
 async def test_a_cold_start_is_counted_with_its_duration(stack: Stack) -> None:
     proxy = stack.sp.proxies[1]
     assert stack.query("wakegate_cold_starts_total" + of("cold")) == []
-    answer = await get(proxy, "cold")
+    answer = await get_once(proxy, "cold", DEMO)
     assert answer.status == 200 and answer.cold, answer
     waited = float(answer.headers["Server-Timing"].split("dur=")[1]) / 1000
 
@@ -225,7 +219,7 @@ async def test_held_requests_are_seen_during_a_slow_cold_start(stack: Stack) -> 
     a, b = stack.sp.proxies
     held = "wakegate_held_requests" + of("slow")
     assert not stack.query(f"{held} > 0")
-    tasks = [asyncio.create_task(get(p, "slow")) for p in (a, a, a, b, b)]
+    tasks = [asyncio.create_task(get_once(p, "slow", DEMO)) for p in (a, a, a, b, b)]
     try:
         def seen_while_held() -> bool:
             if all(t.done() for t in tasks):

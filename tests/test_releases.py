@@ -14,7 +14,7 @@ from typing import Any
 
 import aiohttp
 
-from .client import fetch, switch_under_load
+from .client import fetch, switch_under_load, version_of
 from .conftest import Wakegate, hello_service, wait_until
 
 Start = Callable[..., Wakegate]
@@ -26,13 +26,6 @@ def config(scale_down_delay: str = "30s") -> dict[str, Any]:
                            "hold_timeout": "20s"}}
     return {"environments": envs,
             "services": {"hello": hello_service(environments=list(envs), version="1.0.0")}}
-
-
-async def version_of(wg: Wakegate, environment: str, **headers: str) -> str:
-    async with aiohttp.ClientSession() as http:
-        a = await fetch(http, wg.base, wg.host("hello", environment), **headers)
-    assert a.status == 200, a
-    return str(a.body["version"])
 
 
 async def test_push_promote_deploy_release_promote_rollback(wakegate: Start) -> None:

@@ -21,8 +21,9 @@ from typing import Any
 
 import pytest
 
+from .both_paths import PATHS, both_paths, raw_service
 from .conftest import Wakegate
-from .raw_client import IO_DEADLINE, PATHS, Conn, Resp, both_paths, exchange, raw_service, request
+from .raw_client import IO_DEADLINE, Conn, Resp, connection, exchange, request
 
 PUBLIC = "raw.staging.localhost"
 PRIVATE = "raw.private.localhost"
@@ -152,13 +153,10 @@ async def test_options_star_is_answered_by_the_proxy(wg: Wakegate) -> None:
 
 
 async def read_status_line(data: bytes, wg: Wakegate) -> tuple[bytes, Resp]:
-    conn = await Conn.open(wg)
-    try:
+    async with connection(wg) as conn:
         await conn.send(data)
         line = await asyncio.wait_for(conn.reader.readuntil(b"\r\n"), IO_DEADLINE)
         rest = await asyncio.wait_for(conn.reader.read(), IO_DEADLINE)  # it closes
-    finally:
-        conn.close()
     head, _, body = rest.partition(b"\r\n\r\n")
     status = int(line.split()[1])
     fields = [tuple(x.strip() for x in h.decode().split(":", 1)) for h in head.split(b"\r\n")
@@ -179,12 +177,9 @@ async def test_versions_other_than_1_0_and_1_1_get_505(wg: Wakegate, version: st
 
 
 async def test_http_1_0_is_served(wg: Wakegate) -> None:
-    conn = await Conn.open(wg)
-    try:
+    async with connection(wg) as conn:
         await conn.send(f"GET /echo HTTP/1.0\r\nHost: {PUBLIC}\r\n\r\n".encode())
         resp = await conn.response()
-    finally:
-        conn.close()
     assert echoed(resp)["target"] == "/echo"
 
 
@@ -258,14 +253,11 @@ async def test_connect_with_a_body_smuggles_nothing(wg: Wakegate) -> None:
     before = (await exchange(wg, request("GET", "/seen?path=/smuggled/echo"))).json()
     data = (f"CONNECT /x HTTP/1.1\r\nHost: {PUBLIC}\r\nContent-Length: {len(smuggled)}"
             "\r\n\r\n").encode() + smuggled
-    conn = await Conn.open(wg)
-    try:
+    async with connection(wg) as conn:
         await conn.send(data)
         resp = await conn.response()
         assert_json_error(resp, 405, "method_not_allowed")
         assert await conn.closed_by_server()
-    finally:
-        conn.close()
     after = (await exchange(wg, request("GET", "/seen?path=/smuggled/echo"))).json()
     assert after == before, "the CONNECT's body reached the service as a request"
 

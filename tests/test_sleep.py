@@ -7,14 +7,15 @@ pass, and every wait for a state change has a deadline.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import aiohttp
 
-from .client import Answer, fetch
-from .conftest import Wakegate, hello_service, wait_until
+from .client import BURST_GAPS, Answer, bursts_across_sleep, get, paced
+from .conftest import Wakegate, hello_service, wait_for, wait_until
 from .modes import wakegate_in_every_mode  # noqa: F401  (every deployment)
 
 SERVICE = "hello"
@@ -37,22 +38,29 @@ def demo_config(idle_timeout: str, activity: dict[str, list[str]] | None = None,
     }
 
 
-async def wait_for(predicate: Callable[[], Any], timeout: float, what: str) -> Any:
-    """`wait_until` off the event loop, so that the test's own traffic keeps flowing."""
-    return await asyncio.to_thread(wait_until, predicate, timeout, what)
-
-
 def starts_in_log(wg: Wakegate) -> int:
     return wg.starts(DEMO, SERVICE)
 
 
-async def get(http: aiohttp.ClientSession, wg: Wakegate, path: str = "/",
-              **headers: str) -> Answer:
-    return await fetch(http, wg.base, wg.host(SERVICE, DEMO), path, **headers)
+async def sleeps_while(wg: Wakegate, poke: Callable[[], Awaitable[Any]], what: str) -> None:
+    """Call `poke()` every 0.1 s until the instance sleeps (failing after SLEEP_DEADLINE)."""
+    stop = asyncio.Event()
+
+    async def poke_forever() -> None:
+        while not stop.is_set():
+            await poke()
+            await asyncio.sleep(0.1)
+
+    poker = asyncio.create_task(poke_forever())
+    try:
+        await wait_for(lambda: wg.state(DEMO, SERVICE) == "sleeping", SLEEP_DEADLINE, what)
+    finally:
+        stop.set()
+        await poker
 
 
 async def wake(http: aiohttp.ClientSession, wg: Wakegate) -> Answer:
-    answer = await get(http, wg)
+    answer = await get(http, wg, SERVICE, DEMO)
     assert answer.status == 200 and answer.cold, answer
     return answer
 
@@ -100,11 +108,9 @@ async def test_requests_flowing_keep_it_awake(wakegate: Start) -> None:
     wg = wakegate(demo_config("400ms"))
     async with aiohttp.ClientSession() as http:
         first = await wake(http, wg)
-        deadline = time.monotonic() + 1.5
         sent = 0
-        while time.monotonic() < deadline:
-            await asyncio.sleep(0.1)  # the traffic's own pace, well under the idle timeout
-            answer = await get(http, wg)
+        # Every 0.1 s for 1.5 s: the traffic's own pace, well under the idle timeout.
+        async for answer in paced(lambda: get(http, wg, SERVICE, DEMO)):
             sent += 1
             assert answer.status == 200, answer
             assert not answer.cold, f"request {sent} was a cold start: it fell asleep"
@@ -119,36 +125,12 @@ async def test_requests_flowing_keep_it_awake(wakegate: Start) -> None:
 
 async def test_burst_across_the_moment_of_sleep_gets_no_error(wakegate: Start) -> None:
     """Bursts aimed before, at and after the moment the instance goes to sleep."""
-    idle = 0.2
+    idle = 0.2  # what BURST_GAPS are aimed at
     wg = wakegate(demo_config(f"{int(idle * 1000)}ms"))
-    burst = 50
-    # Coarse steps before and after the expected moment, fine ones across it.
-    gaps = [0.15, 0.18, *(0.19 + 0.005 * i for i in range(13)), 0.28, 0.35]
-    caught_asleep = 0
-    errors: list[tuple[float, str]] = []
     connector = aiohttp.TCPConnector(limit=0)
     async with aiohttp.ClientSession(connector=connector) as http:
-
-        async def one(at: float) -> Answer | BaseException:
-            await asyncio.sleep(max(at - time.monotonic(), 0))
-            try:
-                return await get(http, wg)
-            except (aiohttp.ClientError, TimeoutError) as exc:
-                return exc
-
-        for gap in gaps:
-            first = await get(http, wg)
-            assert first.status == 200, first
-            ended = time.monotonic()
-            # Spread over 40 ms around `gap` after the last request ended.
-            times = [ended + gap - 0.02 + 0.04 * i / burst for i in range(burst)]
-            answers = await asyncio.gather(*(one(t) for t in times))
-            errors.extend(
-                (gap, repr(a) if not isinstance(a, Answer) else f"{a.status} {a.body}")
-                for a in answers if not isinstance(a, Answer) or a.status != 200
-            )
-            if any(isinstance(a, Answer) and a.cold for a in answers):
-                caught_asleep += 1
+        seen = await bursts_across_sleep(lambda _: get(http, wg, SERVICE, DEMO))
+    errors, caught_asleep, gaps = seen.errors, seen.caught_asleep, BURST_GAPS
     assert not errors, f"{len(errors)} failed requests (gap, answer): {errors[:5]}"
     assert caught_asleep >= 2, (
         f"only {caught_asleep} bursts met a sleeping instance: the test missed the moment "
@@ -212,30 +194,20 @@ async def test_ignored_requests_neither_keep_it_awake_nor_wake_it(wakegate: Star
     ]
     async with aiohttp.ClientSession() as http:
         await wake(http, wg)
-        stop = asyncio.Event()
         while_awake: list[Answer] = []
+        in_turn = itertools.cycle(ignored)
 
-        async def probe_forever() -> None:
-            i = 0
-            while not stop.is_set():
-                path, headers = ignored[i % len(ignored)]
-                while_awake.append(await get(http, wg, path, **headers))
-                i += 1
-                await asyncio.sleep(0.1)
+        async def probe() -> None:
+            path, headers = next(in_turn)
+            while_awake.append(await get(http, wg, SERVICE, DEMO, path, **headers))
 
-        prober = asyncio.create_task(probe_forever())
-        try:
-            await wait_for(lambda: wg.state(DEMO, SERVICE) == "sleeping", SLEEP_DEADLINE,
-                           "the instance to sleep despite the ignored requests")
-        finally:
-            stop.set()
-            await prober
+        await sleeps_while(wg, probe, "the instance to sleep despite the ignored requests")
         assert len(while_awake) >= 3
         assert {a.status for a in while_awake} <= {200, 503}, while_awake
         assert any(a.status == 200 for a in while_awake), "they were forwarded while awake"
 
         for path, headers in ignored:
-            answer = await get(http, wg, path, **headers)
+            answer = await get(http, wg, SERVICE, DEMO, path, **headers)
             assert answer.status == 503, (path, answer)
             assert int(answer.headers["Retry-After"]) > 0
             assert answer.body["error"] == "sleeping", answer
@@ -269,20 +241,7 @@ async def test_admin_endpoints_neither_wake_nor_keep_awake(wakegate: Start) -> N
 
         # Awake: they do not keep it awake.
         await wake(http, wg)
-        stop = asyncio.Event()
-
-        async def poke_forever() -> None:
-            while not stop.is_set():
-                await poke_all()
-                await asyncio.sleep(0.1)
-
-        poker = asyncio.create_task(poke_forever())
-        try:
-            await wait_for(lambda: wg.state(DEMO, SERVICE) == "sleeping", SLEEP_DEADLINE,
-                           "the instance to sleep despite the admin requests")
-        finally:
-            stop.set()
-            await poker
+        await sleeps_while(wg, poke_all, "the instance to sleep despite the admin requests")
         for _ in range(3):  # and more of it while asleep
             await poke_all()
     assert wg.state(DEMO, SERVICE) == "sleeping"

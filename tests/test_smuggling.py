@@ -19,7 +19,7 @@ CRLF after the data, bare LF); NUL in a field value; Content-Length and
 Transfer-Encoding named in Connection; two spaces in the request line; HTTP/1.0 with
 keep-alive.
 
-Two real `wakegate up` (tests/raw_client.py: fast path on and off), started once for
+Two real `wakegate up` (tests/both_paths.py: fast path on and off), started once for
 the module, each with two always-on public services running tests/upstreams/
 raw_http.py: `raw` (the attacked route) and `raw2` (the smuggled request's). For each
 case and path:
@@ -44,8 +44,9 @@ from typing import Any
 
 import pytest
 
+from .both_paths import PATHS, both_paths, raw_service
 from .conftest import Wakegate
-from .raw_client import IO_DEADLINE, PATHS, both_paths, exchange, raw_service, request
+from .raw_client import IO_DEADLINE, exchange, request
 
 ENV = "staging"
 FRONT = "raw.staging.localhost"  # the route attacked
@@ -64,9 +65,7 @@ def smuggling_config() -> dict[str, Any]:
 @pytest.fixture(scope="module")
 def gates(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Wakegate]]:
     with both_paths(tmp_path_factory.mktemp("smuggling"), smuggling_config(),
-                    (ENV, "raw")) as wgs:
-        for wg in wgs.values():
-            wg.wait_state(ENV, "raw2", "ready", timeout=20.0)
+                    (ENV, "raw"), (ENV, "raw2")) as wgs:
         yield wgs
 
 

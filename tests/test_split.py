@@ -16,7 +16,6 @@ import signal
 import subprocess
 import sys
 import time
-import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -40,15 +39,14 @@ from controller.spec import (
     table_from_wire,
 )
 
-from .client import Answer, fetch
+from .client import BURST_GAPS, bursts_across_sleep, get, paced
 from .conftest import (
     HELLO,
     RUN_MARKER,
     Controller,
-    ProxyProcess,
     Split,
     hello_service,
-    wait_until,
+    wait_for,
 )
 
 SERVICE = "hello"
@@ -71,16 +69,6 @@ def demo_config(idle_timeout: str = "15m", env: dict[str, str] | None = None,
     }
 
 
-async def get(http: aiohttp.ClientSession, proxy: ProxyProcess, path: str = "/",
-              environment: str = DEMO, **headers: str) -> Answer:
-    return await fetch(http, proxy.base, f"{SERVICE}.{environment}.localhost", path, **headers)
-
-
-async def wait_for(predicate: Callable[[], Any], timeout: float, what: str) -> Any:
-    """`wait_until` off the event loop, so that the requests a test holds keep running."""
-    return await asyncio.to_thread(wait_until, predicate, timeout, what)
-
-
 def starts_in_log(sp: Split) -> int:
     return sp.log_of(DEMO, SERVICE).count(STARTING_LINE)
 
@@ -88,22 +76,6 @@ def starts_in_log(sp: Split) -> int:
 def session() -> aiohttp.ClientSession:
     return aiohttp.ClientSession(timeout=CLIENT_TIMEOUT,
                                  connector=aiohttp.TCPConnector(limit=0))
-
-
-def http_call(url: str, method: str = "GET", body: bytes | None = None,
-              token: str | None = None) -> tuple[int, Any]:
-    """(status, parsed JSON body or None) of one call to the controller API."""
-    request = urllib.request.Request(url, data=body, method=method)
-    if body is not None:
-        request.add_header("Content-Type", "application/json")
-    if token is not None:
-        request.add_header("Authorization", f"Bearer {token}")
-    try:
-        with urllib.request.urlopen(request, timeout=10) as resp:
-            status, raw = resp.status, resp.read()
-    except urllib.error.HTTPError as exc:
-        status, raw = exc.code, exc.read()
-    return status, json.loads(raw) if raw else None
 
 
 async def stays_ready_for(sp: Split, seconds: float) -> None:
@@ -343,10 +315,10 @@ async def test_cold_start_through_a_then_warm_through_b(split: Start) -> None:
     a, b = sp.proxies
     assert sp.status()[KEY]["state"] == "sleeping"
     async with session() as http:
-        first = await get(http, a)
+        first = await get(http, a, SERVICE, DEMO)
         assert first.status == 200 and first.cold, first
         await asyncio.to_thread(sp.wait_tables_current)
-        second = await get(http, b)
+        second = await get(http, b, SERVICE, DEMO)
         assert second.status == 200, second
         assert not second.cold, "B had the new table: no hold"
         assert second.body["pid"] == first.body["pid"]
@@ -364,7 +336,7 @@ async def test_many_held_requests_on_two_proxies_share_one_cold_start(split: Sta
     count = 200
     async with session() as http:
         answers = await asyncio.gather(
-            *(get(http, sp.proxies[i % 2]) for i in range(count))
+            *(get(http, sp.proxies[i % 2], SERVICE, DEMO) for i in range(count))
         )
     assert sorted({a.status for a in answers}) == [200], \
         [a for a in answers if a.status != 200][:3]
@@ -386,15 +358,15 @@ async def test_private_needs_its_key_through_every_proxy(split: Start) -> None:
     async with session() as http:
         for proxy in sp.proxies:
             for headers in ({}, {"X-API-Key": wrong}, {"Authorization": f"Bearer {wrong}"}):
-                denied = await get(http, proxy, environment="private", **headers)
+                denied = await get(http, proxy, SERVICE, "private", **headers)
                 assert denied.status == 401, denied
                 assert denied.headers["WWW-Authenticate"] == 'ApiKey realm="wakegate"'
                 assert denied.body["error"] == "unauthorized"
         assert sp.state("private", SERVICE) == "sleeping", "refused requests wake nothing"
         a, b = sp.proxies
-        first = await get(http, a, environment="private", **{"X-API-Key": key})
+        first = await get(http, a, SERVICE, "private", **{"X-API-Key": key})
         assert first.status == 200 and first.cold, first
-        second = await get(http, b, environment="private", Authorization=f"Bearer {key}")
+        second = await get(http, b, SERVICE, "private", Authorization=f"Bearer {key}")
         assert second.status == 200 and not second.cold, second
     for proxy in sp.proxies:
         assert proxy.metric("wakegate_auth_failures_total", environment="private",
@@ -405,14 +377,12 @@ async def test_traffic_on_b_alone_keeps_it_awake_while_a_is_idle(split: Start) -
     sp = split(demo_config("400ms"))
     a, b = sp.proxies
     async with session() as http:
-        first = await get(http, b)
+        first = await get(http, b, SERVICE, DEMO)
         assert first.status == 200 and first.cold, first
         # Requests that end (B's reports carry the time since the last one ended).
-        deadline = time.monotonic() + 1.5
         sent = 0
-        while time.monotonic() < deadline:
-            await asyncio.sleep(0.1)  # the traffic's own pace, well under the idle timeout
-            answer = await get(http, b)
+        # Every 0.1 s for 1.5 s: the traffic's own pace, well under the idle timeout.
+        async for answer in paced(lambda: get(http, b, SERVICE, DEMO)):
             sent += 1
             assert answer.status == 200 and not answer.cold, (sent, answer)
             assert answer.body["pid"] == first.body["pid"]
@@ -439,7 +409,7 @@ async def test_sleeps_after_idle_timeout_when_no_proxy_reports_activity(split: S
     sp = split(demo_config(f"{int(idle * 1000)}ms"))
     a, b = sp.proxies
     async with session() as http:
-        first = await get(http, a)
+        first = await get(http, a, SERVICE, DEMO)
         assert first.status == 200 and first.cold, first
         ended = time.monotonic()
         await wait_for(lambda: sp.state(DEMO, SERVICE) == "sleeping", SLEEP_DEADLINE,
@@ -448,7 +418,7 @@ async def test_sleeps_after_idle_timeout_when_no_proxy_reports_activity(split: S
         await wait_for(lambda: not sp.service_pids(), 2.0, "the service process to be gone")
         assert sp.controller_metric("wakegate_scale_events_total", direction="down",
                                     **LABELS) == 1
-        again = await get(http, b)
+        again = await get(http, b, SERVICE, DEMO)
         assert again.status == 200 and again.cold, again
         assert again.body["pid"] != first.body["pid"]
 
@@ -458,7 +428,7 @@ async def test_a_killed_proxy_counts_until_its_report_expires(split: Start) -> N
     sp = split(demo_config(f"{int(idle * 1000)}ms"), report_interval="200ms")
     a, b = sp.proxies
     async with session() as http:
-        woken = await get(http, b)
+        woken = await get(http, b, SERVICE, DEMO)
         assert woken.status == 200 and woken.cold, woken
         stream = await http.get(a.base + "/stream?chunks=400&interval_ms=25",
                                 headers={"Host": "hello.demo.localhost"})
@@ -497,14 +467,14 @@ async def test_proxies_keep_serving_with_their_last_table_when_the_controller_di
     sp = split({"environments": {DEMO: {}}, "services": {SERVICE: outliving_service()}})
     a, b = sp.proxies
     async with session() as http:
-        first = await get(http, a)
+        first = await get(http, a, SERVICE, DEMO)
         assert first.status == 200 and first.cold, first
         pid = first.body["pid"]
         sp.controller.stop(signal.SIGKILL)
         try:
             os.kill(pid, 0)
             for i in range(20):
-                answer = await get(http, sp.proxies[i % 2])
+                answer = await get(http, sp.proxies[i % 2], SERVICE, DEMO)
                 assert answer.status == 200 and not answer.cold, (i, answer)
                 assert answer.body["pid"] == pid
             for proxy in (a, b):
@@ -513,7 +483,7 @@ async def test_proxies_keep_serving_with_their_last_table_when_the_controller_di
             # Serving on while the links retry: the outage is logged once, not per retry.
             until = time.monotonic() + 1.5
             while time.monotonic() < until:
-                answer = await get(http, a)
+                answer = await get(http, a, SERVICE, DEMO)
                 assert answer.status == 200 and answer.body["pid"] == pid, answer
                 await asyncio.sleep(0.05)
             for proxy in (a, b):
@@ -532,7 +502,7 @@ async def test_request_held_while_the_controller_is_down_is_answered_when_it_is_
     sp.controller.stop(signal.SIGKILL)
     async with session() as http:
         started = time.monotonic()
-        held = asyncio.create_task(get(http, a))
+        held = asyncio.create_task(get(http, a, SERVICE, DEMO))
         await wait_for(lambda: a.metric("wakegate_held_requests", **LABELS) == 1, 5.0,
                        "the request to be held")
         await wait_for(lambda: "cannot reach the controller" in a.stderr(), 5.0,
@@ -543,7 +513,7 @@ async def test_request_held_while_the_controller_is_down_is_answered_when_it_is_
         assert answer.status == 200 and answer.cold, answer
         assert time.monotonic() - started < 20.0
         await asyncio.to_thread(sp.wait_tables_current)  # B's watch backs off up to 1 s
-        warm = await get(http, b)
+        warm = await get(http, b, SERVICE, DEMO)
         assert warm.status == 200 and not warm.cold, warm
         assert warm.body["pid"] == answer.body["pid"]
     assert "answers again" in a.stderr()
@@ -555,10 +525,10 @@ async def test_proxies_take_a_restarted_controllers_table_though_its_version_is_
     sp = split(demo_config("300ms"))
     a, b = sp.proxies
     async with session() as http:
-        first = await get(http, a)
+        first = await get(http, a, SERVICE, DEMO)
         assert first.status == 200 and first.cold, first
         sp.wait_state(DEMO, SERVICE, "sleeping", timeout=SLEEP_DEADLINE)
-        second = await get(http, b)
+        second = await get(http, b, SERVICE, DEMO)
         assert second.status == 200 and second.cold, second
         before = sp.controller.api("/v1/proxies")
         sp.restart_controller()  # stops the instance with it
@@ -574,10 +544,10 @@ async def test_proxies_take_a_restarted_controllers_table_though_its_version_is_
 
         await wait_for(both_on_the_new_table, 5.0, "both proxies to take the new table")
         assert sp.state(DEMO, SERVICE) == "sleeping"
-        woken = await get(http, b)
+        woken = await get(http, b, SERVICE, DEMO)
         assert woken.status == 200 and woken.cold, "B knew it was asleep: held, woken"
         assert woken.body["pid"] not in (first.body["pid"], second.body["pid"])
-        warm = await get(http, a)
+        warm = await get(http, a, SERVICE, DEMO)
         assert warm.status == 200 and not warm.cold and warm.body["pid"] == woken.body["pid"]
 
 
@@ -587,13 +557,13 @@ async def test_with_a_token_every_v1_call_needs_it(split: Start) -> None:
     api = sp.controller.controller
     for path in ("/v1/status", "/v1/routes", "/v1/proxies"):
         for sent in (None, "wrong"):
-            status, body = http_call(api + path, token=sent)
+            status, body, _ = sp.controller.call("GET", path, token=sent)
             assert status == 401, (path, status, body)
             assert body["error"] == "unauthorized" and "Bearer" in body["message"], body
-        status, _ = http_call(api + path, token=token)
+        status, _, _ = sp.controller.call("GET", path, token=token)
         assert status == 200, path
-    status, body = http_call(api + "/v1/activate", "POST",
-                             json.dumps({"environment": DEMO, "service": SERVICE}).encode())
+    status, body, _ = sp.controller.call("POST", "/v1/activate",
+                                         {"environment": DEMO, "service": SERVICE}, token=None)
     assert status == 401 and body["error"] == "unauthorized"
     for open_path in ("/healthz", "/readyz", "/metrics"):
         with urllib.request.urlopen(api + open_path, timeout=10) as resp:
@@ -602,7 +572,7 @@ async def test_with_a_token_every_v1_call_needs_it(split: Start) -> None:
 
     # Proxies given the token work; one without it never gets a table, and says why.
     async with session() as http:
-        answer = await get(http, sp.proxies[0])
+        answer = await get(http, sp.proxies[0], SERVICE, DEMO)
         assert answer.status == 200 and answer.cold, answer
     lost = sp.add_proxy(wait=False, without_token=True)
     lost.wait_up(table=False)
@@ -654,32 +624,30 @@ def test_proxy_with_bad_options_says_which_and_exits_2(
 
 async def test_route_watch_and_api_errors(split: Start) -> None:
     sp = split(demo_config(), proxies=0)
-    api = sp.controller.controller
     token = sp.controller.api_token()
-    status, table = http_call(api + "/v1/routes", token=token)
+    status, table, _ = sp.controller.call("GET", "/v1/routes", token=token)
     assert status == 200
     epoch, version = table["epoch"], table["version"]
     assert [r["host"] for r in table["routes"]] == ["hello.demo.localhost"]
     # Nothing new: answered 304 once the wait is over.
     started = time.monotonic()
-    status, _ = http_call(api + f"/v1/routes?epoch={epoch}&version={version}&wait=0.3",
-                          token=token)
+    status, _, _ = sp.controller.call(
+        "GET", f"/v1/routes?epoch={epoch}&version={version}&wait=0.3", token=token)
     assert status == 304 and time.monotonic() - started >= 0.3
     # A watch is answered as soon as the table changes.
     watch = asyncio.create_task(asyncio.to_thread(
-        http_call, api + f"/v1/routes?epoch={epoch}&version={version}&wait=25", "GET", None,
-        token))
+        sp.controller.call, "GET", f"/v1/routes?epoch={epoch}&version={version}&wait=25",
+        token=token))
     # Whether the watch gets there before the change or after it, it is answered at once.
     await asyncio.sleep(0.05)
-    status, body = http_call(api + "/v1/activate", "POST",
-                             json.dumps({"environment": DEMO, "service": SERVICE}).encode(),
-                             token)
+    status, body, _ = sp.controller.call("POST", "/v1/activate",
+                                         {"environment": DEMO, "service": SERVICE}, token=token)
     assert status == 202 and body["environment"] == DEMO, body
-    status, newer = await asyncio.wait_for(watch, 10.0)
+    status, newer, _ = await asyncio.wait_for(watch, 10.0)
     assert status == 200 and newer["version"] > version, newer
     # A restarted controller's table is new whatever its version: another epoch.
-    status, _ = http_call(api + f"/v1/routes?epoch=other&version={version}&wait=25",
-                          token=token)
+    status, _, _ = sp.controller.call(
+        "GET", f"/v1/routes?epoch=other&version={version}&wait=25", token=token)
     assert status == 200
 
     bad = [
@@ -695,7 +663,7 @@ async def test_route_watch_and_api_errors(split: Start) -> None:
         ("GET", "/v1/nothing", None, 404, "not_found", "/v1/nothing"),
     ]
     for method, path, body, want, code, words in bad:
-        status, answer = http_call(api + path, method, body, token)
+        status, answer, _ = sp.controller.call(method, path, body, token=token)
         assert status == want, (path, status, answer)
         assert answer["error"] == code and words in answer["message"], (path, answer)
     assert "Traceback" not in sp.controller.stderr()
@@ -705,35 +673,13 @@ async def test_burst_across_the_moment_of_sleep_through_two_proxies_gets_no_erro
     split: Start,
 ) -> None:
     """test_sleep's burst, spread over two proxies: the drain before a stop keeps it clean."""
-    idle = 0.2
+    idle = 0.2  # what BURST_GAPS are aimed at
     sp = split(demo_config(f"{int(idle * 1000)}ms"), report_interval="50ms")
-    burst = 50
-    gaps = [0.15, 0.18, *(0.19 + 0.005 * i for i in range(13)), 0.28, 0.35]
-    caught_asleep = 0
-    errors: list[tuple[float, str]] = []
     async with session() as http:
-
-        async def one(at: float, proxy: ProxyProcess) -> Answer | BaseException:
-            await asyncio.sleep(max(at - time.monotonic(), 0))
-            try:
-                return await get(http, proxy)
-            except (aiohttp.ClientError, TimeoutError) as exc:
-                return exc
-
-        for n, gap in enumerate(gaps):
-            first = await get(http, sp.proxies[n % 2])
-            assert first.status == 200, first
-            ended = time.monotonic()
-            times = [ended + gap - 0.02 + 0.04 * i / burst for i in range(burst)]
-            answers = await asyncio.gather(
-                *(one(t, sp.proxies[i % 2]) for i, t in enumerate(times))
-            )
-            errors.extend(
-                (gap, repr(a) if not isinstance(a, Answer) else f"{a.status} {a.body}")
-                for a in answers if not isinstance(a, Answer) or a.status != 200
-            )
-            if any(isinstance(a, Answer) and a.cold for a in answers):
-                caught_asleep += 1
+        # Request i of a burst (and the one before burst n) through proxy i % 2 (n % 2).
+        seen = await bursts_across_sleep(
+            lambda i: get(http, sp.proxies[i % 2], SERVICE, DEMO))
+    errors, caught_asleep, gaps = seen.errors, seen.caught_asleep, BURST_GAPS
     assert not errors, f"{len(errors)} failed requests (gap, answer): {errors[:5]}"
     assert caught_asleep >= 2, f"only {caught_asleep} bursts met a sleeping instance"
     assert caught_asleep < len(gaps), "every burst met it asleep: none came before the moment"

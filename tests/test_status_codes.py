@@ -20,6 +20,7 @@ import aiohttp
 
 from .client import fetch
 from .conftest import Wakegate, hello_service, wait_until
+from .raw_client import exchange
 
 DEMO = "hello.demo.localhost"
 PRIVATE = "hello.private.localhost"
@@ -46,13 +47,6 @@ def config(
     return cfg
 
 
-async def get(http: aiohttp.ClientSession, wg: Wakegate, host: str, path: str = "/",
-              **headers: str) -> tuple[int, Any, Any]:
-    """(status, JSON body or text, response headers)."""
-    a = await fetch(http, wg.base, host, path, **headers)
-    return a.status, a.body, a.headers
-
-
 def assert_error(body: Any, code: str, environment: str | None = None,
                  service: str | None = None) -> None:
     assert isinstance(body, dict), f"expected a JSON error body, got {body!r}"
@@ -72,39 +66,11 @@ def assert_retry_after(headers: Any) -> None:
 
 async def assert_healthy(http: aiohttp.ClientSession, wg: Wakegate) -> None:
     """The proxy itself answers, and a normal request to the demo instance gets 200."""
-    status, body, _ = await get(http, wg, NO_ROUTE, "/healthz")
+    status, body, _ = await fetch(http, wg.base, NO_ROUTE, "/healthz")
     assert status == 200, body
-    status, body, _ = await get(http, wg, DEMO, "/")
+    status, body, _ = await fetch(http, wg.base, DEMO, "/")
     assert status == 200, body
     assert body["service"] == "hello"
-
-
-async def raw_request(port: int, data: bytes, timeout: float = 10.0) -> tuple[int, dict[str, str],
-                                                                              bytes]:
-    """Send bytes as they are; return (status, headers with lower-case names, body)."""
-
-    async def exchange() -> tuple[int, dict[str, str], bytes]:
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        try:
-            writer.write(data)
-            await writer.drain()
-            head = await reader.readuntil(b"\r\n\r\n")
-            lines = head.decode("latin-1").split("\r\n")
-            status = int(lines[0].split(" ", 2)[1])
-            headers: dict[str, str] = {}
-            for line in lines[1:]:
-                if ":" in line:
-                    name, _, value = line.partition(":")
-                    headers[name.strip().lower()] = value.strip()
-            if "content-length" in headers:
-                body = await reader.readexactly(int(headers["content-length"]))
-            else:
-                body = await reader.read()
-            return status, headers, body
-        finally:
-            writer.close()
-
-    return await asyncio.wait_for(exchange(), timeout)
 
 
 def assert_json_error(body: bytes, code: str | None = None) -> dict[str, Any]:
@@ -123,17 +89,17 @@ async def test_no_route_is_404_and_admin_paths_are_the_proxys_own(wakegate) -> N
     wg = wakegate(config())
     async with aiohttp.ClientSession(timeout=CLIENT_TIMEOUT) as http:
         for host in (NO_ROUTE, "hello.staging.localhost", "other.demo.localhost"):
-            status, body, headers = await get(http, wg, host, "/some/path")
+            status, body, headers = await fetch(http, wg.base, host, "/some/path")
             assert status == 404, (host, body)
             assert headers["Content-Type"].startswith("application/json")
             assert_error(body, "no_route")
 
         # On a Host that is no route, the proxy answers these itself.
-        status, body, _ = await get(http, wg, NO_ROUTE, "/healthz")
+        status, body, _ = await fetch(http, wg.base, NO_ROUTE, "/healthz")
         assert status == 200 and body["status"] == "ok", body
-        status, body, _ = await get(http, wg, NO_ROUTE, "/readyz")
+        status, body, _ = await fetch(http, wg.base, NO_ROUTE, "/readyz")
         assert status == 200, body
-        status, text, headers = await get(http, wg, NO_ROUTE, "/metrics")
+        status, text, headers = await fetch(http, wg.base, NO_ROUTE, "/metrics")
         assert status == 200
         assert headers["Content-Type"].startswith("text/plain")
         assert "wakegate_requests_total" in text
@@ -141,11 +107,11 @@ async def test_no_route_is_404_and_admin_paths_are_the_proxys_own(wakegate) -> N
 
         # On a service's host the same paths are the service's: the example
         # has no /metrics, so its catch-all JSON answers, not Prometheus text.
-        status, body, headers = await get(http, wg, DEMO, "/metrics")
+        status, body, headers = await fetch(http, wg.base, DEMO, "/metrics")
         assert isinstance(body, dict), f"proxy's /metrics served on a service host: {body!r}"
         assert body.get("service") == "hello" and body.get("path") == "/metrics", body
         assert headers.get("X-Wakegate-Cold-Start") == "true"
-        status, body, _ = await get(http, wg, DEMO, "/healthz")
+        status, body, _ = await fetch(http, wg.base, DEMO, "/healthz")
         assert (status, body) == (200, "ok")
 
         await assert_healthy(http, wg)
@@ -160,14 +126,14 @@ async def test_private_without_or_with_wrong_key_is_401(wakegate) -> None:
     async with aiohttp.ClientSession(timeout=CLIENT_TIMEOUT) as http:
         for headers in ({}, {"X-API-Key": "wg_" + "x" * 43},
                         {"Authorization": "Bearer wg_not_the_key"}):
-            status, body, resp_headers = await get(http, wg, PRIVATE, "/", **headers)
+            status, body, resp_headers = await fetch(http, wg.base, PRIVATE, "/", **headers)
             assert status == 401, (headers, body)
             assert resp_headers.get("WWW-Authenticate") == 'ApiKey realm="wakegate"'
             assert_error(body, "unauthorized", "private", "hello")
         # None of that woke it.
         assert wg.state("private", "hello") == "sleeping"
 
-        status, body, _ = await get(http, wg, PRIVATE, "/", **{"X-API-Key": key})
+        status, body, _ = await fetch(http, wg.base, PRIVATE, "/", **{"X-API-Key": key})
         assert status == 200, body
         await assert_healthy(http, wg)
 
@@ -180,7 +146,7 @@ async def test_cold_start_passes_the_upstream_status_with_cold_start_headers(wak
     async with aiohttp.ClientSession(timeout=CLIENT_TIMEOUT) as http:
         # A path the example answers with 400: the held request gets the
         # upstream's status, not a 200 of the proxy's making.
-        status, body, headers = await get(http, wg, DEMO, "/slow?ms=oops")
+        status, body, headers = await fetch(http, wg.base, DEMO, "/slow?ms=oops")
         assert status == 400, body
         assert "must be an integer" in body
         assert headers.get("X-Wakegate-Cold-Start") == "true"
@@ -188,14 +154,14 @@ async def test_cold_start_passes_the_upstream_status_with_cold_start_headers(wak
         assert float(headers["Server-Timing"].split("=", 1)[1]) > 0
 
         # Warm now: no cold-start headers.
-        status, body, headers = await get(http, wg, DEMO, "/")
+        status, body, headers = await fetch(http, wg.base, DEMO, "/")
         assert status == 200, body
         assert "X-Wakegate-Cold-Start" not in headers
         assert "coldstart" not in headers.get("Server-Timing", "")
 
         # A second instance's cold start, answered 200.
         key = wg.new_keys()["private/hello"]
-        status, body, headers = await get(http, wg, PRIVATE, "/", **{"X-API-Key": key})
+        status, body, headers = await fetch(http, wg.base, PRIVATE, "/", **{"X-API-Key": key})
         assert status == 200, body
         assert headers.get("X-Wakegate-Cold-Start") == "true"
         assert SERVER_TIMING.match(headers.get("Server-Timing", "")), headers
@@ -212,16 +178,16 @@ async def test_not_ready_within_hold_timeout_is_504(wakegate) -> None:
         ok=hello_service(environments=["development"]),
     ))
     async with aiohttp.ClientSession(timeout=CLIENT_TIMEOUT) as http:
-        started = time.monotonic()
-        status, body, _ = await get(http, wg, DEMO, "/")
-        elapsed = time.monotonic() - started
+        answer = await fetch(http, wg.base, DEMO, "/")
+        status, body, _ = answer
+        elapsed = answer.seconds
         assert status == 504, body
         assert_error(body, "wake_timeout", "demo", "hello")
         assert 0.3 <= elapsed < 2.0, elapsed
 
         # The proxy still serves another instance normally (one whose hold
         # timeout, the default, leaves time for a cold start).
-        status, body, _ = await get(http, wg, "ok.development.localhost", "/")
+        status, body, _ = await fetch(http, wg.base, "ok.development.localhost", "/")
         assert status == 200, body
 
 
@@ -234,15 +200,15 @@ async def test_full_hold_queue_is_503_at_once_and_the_held_ones_succeed(wakegate
         hello=hello_service(environments=["demo"], env={"HELLO_STARTUP_DELAY_MS": "1500"}),
     ))
     async with aiohttp.ClientSession(timeout=CLIENT_TIMEOUT) as http:
-        held = [asyncio.create_task(get(http, wg, DEMO, f"/held/{i}")) for i in range(2)]
+        held = [asyncio.create_task(fetch(http, wg.base, DEMO, f"/held/{i}")) for i in range(2)]
         await asyncio.to_thread(
             wait_until, lambda: wg.metric("wakegate_held_requests", environment="demo",
                                           service="hello") == 2,
             10.0, "two requests to be held",
         )
-        started = time.monotonic()
-        status, body, headers = await get(http, wg, DEMO, "/third")
-        elapsed = time.monotonic() - started
+        answer = await fetch(http, wg.base, DEMO, "/third")
+        status, body, headers = answer
+        elapsed = answer.seconds
         assert status == 503, body
         assert_error(body, "hold_queue_full", "demo", "hello")
         assert_retry_after(headers)
@@ -269,7 +235,7 @@ async def test_failed_activation_is_503_at_once_not_at_the_hold_timeout(wakegate
     async with aiohttp.ClientSession(timeout=CLIENT_TIMEOUT) as http:
         started = time.monotonic()
         results = await asyncio.gather(
-            *(get(http, wg, "broken.demo.localhost", f"/{i}") for i in range(3))
+            *(fetch(http, wg.base, "broken.demo.localhost", f"/{i}") for i in range(3))
         )
         elapsed = time.monotonic() - started
         assert elapsed < 5.0, f"held requests failed only after {elapsed:.1f}s"
@@ -281,7 +247,7 @@ async def test_failed_activation_is_503_at_once_not_at_the_hold_timeout(wakegate
 
         # The next request tries again, and fails again at once.
         started = time.monotonic()
-        status, body, headers = await get(http, wg, "broken.demo.localhost", "/")
+        status, body, headers = await fetch(http, wg.base, "broken.demo.localhost", "/")
         assert status == 503, body
         assert_error(body, "activation_failed", "demo", "broken")
         assert time.monotonic() - started < 5.0
@@ -305,7 +271,7 @@ async def test_ignored_health_checker_gets_503_and_does_not_wake(wakegate) -> No
     async with aiohttp.ClientSession(timeout=CLIENT_TIMEOUT) as http:
         for path, agent in (("/healthz", "curl/8"), ("/internal/status", "curl/8"),
                             ("/", "kube-probe/1.29"), ("/anything", "Kube-Probe/1.30")):
-            status, body, headers = await get(http, wg, DEMO, path, **{"User-Agent": agent})
+            status, body, headers = await fetch(http, wg.base, DEMO, path, **{"User-Agent": agent})
             assert status == 503, (path, agent, body)
             assert_error(body, "sleeping", "demo", "hello")
             assert_retry_after(headers)
@@ -320,10 +286,11 @@ async def test_ignored_health_checker_gets_503_and_does_not_wake(wakegate) -> No
             await asyncio.sleep(0.05)
 
         # A normal request wakes it; then an ignored one is forwarded.
-        status, body, headers = await get(http, wg, DEMO, "/")
+        status, body, headers = await fetch(http, wg.base, DEMO, "/")
         assert status == 200, body
         assert headers.get("X-Wakegate-Cold-Start") == "true"
-        status, body, _ = await get(http, wg, DEMO, "/healthz", **{"User-Agent": "kube-probe/1"})
+        status, body, _ = await fetch(http, wg.base, DEMO, "/healthz",
+                                      **{"User-Agent": "kube-probe/1"})
         assert (status, body) == (200, "ok")
         await assert_healthy(http, wg)
 
@@ -334,23 +301,23 @@ async def test_ignored_health_checker_gets_503_and_does_not_wake(wakegate) -> No
 async def test_upstream_reset_is_502_and_upstream_timeout_is_504(wakegate) -> None:
     wg = wakegate(config(proxy={"read_timeout": "300ms"}))
     async with aiohttp.ClientSession(timeout=CLIENT_TIMEOUT) as http:
-        status, body, _ = await get(http, wg, DEMO, "/")
+        status, body, _ = await fetch(http, wg.base, DEMO, "/")
         assert status == 200, body  # awake, so what follows is the upstream's doing
 
         for path in ("/reset", "/reset?rst=1"):
-            status, body, _ = await get(http, wg, DEMO, path)
+            status, body, _ = await fetch(http, wg.base, DEMO, path)
             assert status == 502, (path, body)
             assert_error(body, "upstream_reset", "demo", "hello")
 
-        started = time.monotonic()
-        status, body, _ = await get(http, wg, DEMO, "/slow?ms=2000")
-        elapsed = time.monotonic() - started
+        answer = await fetch(http, wg.base, DEMO, "/slow?ms=2000")
+        status, body, _ = answer
+        elapsed = answer.seconds
         assert status == 504, body
         assert_error(body, "upstream_timeout", "demo", "hello")
         assert 0.3 <= elapsed < 1.8, elapsed
 
         # Within the read timeout is fine.
-        status, body, _ = await get(http, wg, DEMO, "/slow?ms=50")
+        status, body, _ = await fetch(http, wg.base, DEMO, "/slow?ms=50")
         assert (status, body) == (200, {"slept_ms": 50})
         await assert_healthy(http, wg)
 
@@ -360,11 +327,11 @@ async def test_upstream_that_dies_on_the_request_is_502_not_a_crash_loop(wakegat
     wg = wakegate(config(environments={"private": {}, "demo": {"hold_timeout": "4s"}}))
     starts = "--- wakegate: starting demo/hello"
     async with aiohttp.ClientSession(timeout=CLIENT_TIMEOUT) as http:
-        status, body, _ = await get(http, wg, DEMO, "/")
+        status, body, _ = await fetch(http, wg.base, DEMO, "/")
         assert status == 200, body
-        started = time.monotonic()
-        status, body, _ = await get(http, wg, DEMO, "/crash")
-        elapsed = time.monotonic() - started
+        answer = await fetch(http, wg.base, DEMO, "/crash")
+        status, body, _ = answer
+        elapsed = answer.seconds
         assert status == 502, (body, f"after {elapsed:.1f}s and "
                                f"{wg.log_of('demo', 'hello').count(starts)} starts")
         assert body["error"] == "upstream_reset", body
@@ -374,7 +341,7 @@ async def test_upstream_that_dies_on_the_request_is_502_not_a_crash_loop(wakegat
         assert wg.log_of("demo", "hello").count(starts) <= 2
 
         # The next request wakes it again.
-        status, body, headers = await get(http, wg, DEMO, "/")
+        status, body, headers = await fetch(http, wg.base, DEMO, "/")
         assert status == 200, body
         assert headers.get("X-Wakegate-Cold-Start") == "true"
 
@@ -384,28 +351,29 @@ async def test_upstream_that_dies_on_the_request_is_502_not_a_crash_loop(wakegat
 
 async def test_limits_and_malformed_requests(wakegate) -> None:
     wg = wakegate(config(proxy={"max_header_size": "2KiB", "max_body_size": "1KiB"}))
-    port = wg.proxy_port
     async with aiohttp.ClientSession(timeout=CLIENT_TIMEOUT) as http:
-        status, body, _ = await get(http, wg, DEMO, "/")
+        status, body, _ = await fetch(http, wg.base, DEMO, "/")
         assert status == 200, body
 
         # 431: one header larger than max_header_size.
         big = b"X-Big: " + b"a" * 4096 + b"\r\n"
-        status, headers, raw = await raw_request(
-            port, b"GET / HTTP/1.1\r\nHost: " + DEMO.encode() + b"\r\n" + big + b"\r\n"
+        resp = await exchange(
+            wg, b"GET / HTTP/1.1\r\nHost: " + DEMO.encode() + b"\r\n" + big + b"\r\n"
         )
+        status, raw = resp.status, resp.body
         assert status == 431, raw
-        assert headers["content-type"].startswith("application/json")
+        assert (resp.header("Content-Type") or "").startswith("application/json")
         assert_json_error(raw)
         # 431: too many headers, each small.
         many = b"".join(b"X-H%d: v\r\n" % i for i in range(300))
-        status, headers, raw = await raw_request(
-            port, b"GET / HTTP/1.1\r\nHost: " + DEMO.encode() + b"\r\n" + many + b"\r\n"
+        resp = await exchange(
+            wg, b"GET / HTTP/1.1\r\nHost: " + DEMO.encode() + b"\r\n" + many + b"\r\n"
         )
+        status, raw = resp.status, resp.body
         assert status == 431, raw
         assert_json_error(raw)
         # Just under the limit is fine.
-        status, body, _ = await get(http, wg, DEMO, "/", **{"X-Big": "a" * 1500})
+        status, body, _ = await fetch(http, wg.base, DEMO, "/", **{"X-Big": "a" * 1500})
         assert status == 200, body
 
         # 413: a body larger than max_body_size, declared with Content-Length...
@@ -444,16 +412,18 @@ async def test_limits_and_malformed_requests(wakegate) -> None:
             + b"\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
         }
         for what, data in malformed.items():
-            status, headers, raw = await raw_request(port, data)
+            resp = await exchange(wg, data)
+            status, raw = resp.status, resp.body
             assert status == 400, (what, raw)
-            assert headers.get("content-type", "").startswith("application/json"), what
+            assert (resp.header("Content-Type") or "").startswith("application/json"), what
             assert_json_error(raw)
 
         await assert_healthy(http, wg)
         # And a raw, well-formed request on a new connection too.
-        status, headers, raw = await raw_request(
-            port, b"GET /raw HTTP/1.1\r\nHost: " + DEMO.encode() + b"\r\nConnection: close\r\n\r\n"
+        resp = await exchange(
+            wg, b"GET /raw HTTP/1.1\r\nHost: " + DEMO.encode() + b"\r\nConnection: close\r\n\r\n"
         )
+        status, raw = resp.status, resp.body
         assert status == 200 and json.loads(raw)["path"] == "/raw", raw
 
 
@@ -468,7 +438,7 @@ async def test_body_over_the_limit_after_the_upstream_answered_is_cut_not_left_h
     """
     wg = wakegate(config(proxy={"max_body_size": "1KiB", "read_timeout": "2s"}))
     async with aiohttp.ClientSession(timeout=CLIENT_TIMEOUT) as http:
-        status, body, _ = await get(http, wg, DEMO, "/")
+        status, body, _ = await fetch(http, wg.base, DEMO, "/")
         assert status == 200, body
 
         answered = asyncio.Event()

@@ -13,7 +13,7 @@ from typing import Any
 
 import aiohttp
 
-from .client import fetch
+from .client import fetch, version_of
 from .conftest import HELLO, Wakegate, hello_service, wait_until
 
 Start = Callable[..., Wakegate]
@@ -38,10 +38,7 @@ async def version_at(wg: Wakegate, environment: str) -> str:
         if state not in _KEYS:
             _KEYS[state] = wg.new_keys()["private/hello"]
         headers["X-API-Key"] = _KEYS[state]
-    async with aiohttp.ClientSession() as http:
-        a = await fetch(http, wg.base, wg.host("hello", environment), **headers)
-    assert a.status == 200, a
-    return str(a.body["version"])
+    return await version_of(wg, environment, **headers)
 
 
 async def test_push_then_promote(wakegate: Start) -> None:

@@ -35,7 +35,7 @@ from .conftest import (
     stop_process,
     wait_until,
 )
-from .procs import processes_with
+from .procs import alive, cmdline, live_pids, processes_with, stat
 
 DEMO, SERVICE = "demo", "hello"
 HOST = f"{SERVICE}.{DEMO}.localhost"
@@ -48,30 +48,11 @@ def demo_config(idle_timeout: str = "15m") -> dict[str, Any]:
             "services": {SERVICE: hello_service(environments=[DEMO])}}
 
 
-def alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            return f.read().rsplit(b")", 1)[1].split()[0] != b"Z"
-    except OSError:
-        return False
-
-
 def workers_of(parent: int) -> list[int]:
     """Pids of the live worker children of `parent` (not the services it runs)."""
-    pids = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat", "rb") as f:
-                fields = f.read().rsplit(b")", 1)[1].split()
-            with open(f"/proc/{entry}/cmdline", "rb") as f:
-                argv = f.read().split(b"\0")
-        except OSError:
-            continue
-        if fields[0] != b"Z" and int(fields[1]) == parent and b"--worker-index" in argv:
-            pids.append(int(entry))
-    return sorted(pids)
+    return sorted(pid for pid in live_pids()
+                  if (fields := stat(pid)) is not None and int(fields[1]) == parent
+                  and b"--worker-index" in cmdline(pid))
 
 
 def fresh_connections() -> aiohttp.ClientSession:

@@ -1,37 +1,104 @@
-"""What the scaler needs from a runtime, whichever one actually starts things.
+"""The ports between the controller and a runtime, whichever one actually starts things.
 
-A replica is anything with an address the proxy can forward to and a future
-that resolves when it is gone. The local runtime's replicas are processes;
-the Kubernetes runtime's are ready endpoints of a Deployment.
+Three directions, each a Protocol that says exactly what crosses it:
+
+- `Runtime`: what the scaler asks of a platform (start and stop replicas, where
+  versions and API keys are kept, production's colours);
+- `ColourStore`: where a runtime keeps production's two colours, and how it
+  runs the idle one (the release commands use it);
+- `RuntimeEvents`: the callbacks a runtime makes into the controller (the
+  scaler implements them), given to it when it opens.
+
+Only the model sits below: a runtime never imports the scaler or the release
+commands, and they never import a runtime (the composition root picks one,
+see runtimes/__init__.py).
 """
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Callable
+from collections.abc import Mapping
 from typing import Protocol
 
-from ..spec import InstanceSpec
+from ..keys import KeyInfo
+from ..model import Instance, Key, Release, Replica
+from ..spec import Config, InstanceSpec
 
-Key = tuple[str, str]
+__all__ = ["ColourStore", "KeyStore", "Runtime", "RuntimeEvents", "StartFailed"]
 
 
 class StartFailed(Exception):
     pass
 
 
-class ReplicaLike(Protocol):
-    endpoint: str  # "host:port"
-    exited: asyncio.Future[int]
-
-
 class RuntimeEvents(Protocol):
-    """Callbacks a runtime makes into the scaler."""
+    """What a runtime tells the controller (all from the event loop, none awaited)."""
 
-    def replica_exited(self, key: Key, replica: ReplicaLike, code: int) -> None: ...
+    def sync_instances(self, specs: list[InstanceSpec], stop_removed: bool = True) -> None:
+        """The instances are exactly `specs` now (Kubernetes: as discovered)."""
+
+    def replica_appeared(self, key: Key, replica: Replica, active_at: float | None = None
+                         ) -> None:
+        """A ready replica the scaler did not start; `active_at`: last known activity."""
+
+    def colour_replica_appeared(self, key: Key, colour: str, replica: Replica) -> None:
+        """A ready replica of a production instance's idle colour."""
+
+    def replica_exited(self, key: Key, replica: Replica, code: int) -> None:
+        """A replica that was serving is gone."""
+
+    def keys_changed(self, key: Key) -> None:
+        """The instance's API keys changed (made or revoked elsewhere)."""
+
+    def running_activity(self, key: Key) -> tuple[int, float] | None:
+        """(requests in flight, monotonic last activity) of an instance with replicas, else
+        None."""
+
+    def stop_acting(self) -> None:
+        """Another controller may act from now on (Kubernetes: the Lease was lost)."""
 
 
-ExitCallback = Callable[[Key, ReplicaLike, int], None]
+class KeyStore(Protocol):
+    """Where API key digests are kept (local: keys.json; Kubernetes: a Secret per instance)."""
+
+    def hashes(self, environment: str, service: str) -> tuple[bytes, ...]: ...
+
+    def has_key(self, environment: str, service: str) -> bool: ...
+
+    def list(self) -> list[KeyInfo]: ...
+
+    def note_used(self, uses: Mapping[str, float]) -> None: ...
+
+    def flush(self) -> None: ...
+
+    async def create_async(self, environment: str, service: str) -> str:
+        """A new key, its digest stored before the key is returned."""
+
+    async def revoke_async(self, ident: str) -> Key | None:
+        """Remove the key with this id; the (environment, service) it was for, None if unknown."""
+
+
+class ColourStore(Protocol):
+    """Where a runtime keeps production's two colours, and how it runs the idle one."""
+
+    def refused(self, inst: Instance) -> str | None:
+        """Why this instance cannot have blue/green releases, or None."""
+
+    def load(self, inst: Instance) -> Release:
+        """The instance's release as last recorded (a controller restart resumes from it)."""
+
+    def save(self, inst: Instance, release: Release) -> None:
+        """Record the release after a change made in memory (no await: atomic for the loop)."""
+
+    async def start(self, inst: Instance, colour: str, version: str, size: int,
+                    running: list[Replica]) -> list[Replica]:
+        """`version` on `colour` with `size` ready replicas (`running` already are)."""
+
+    async def stop(self, inst: Instance, colour: str, replicas: list[Replica],
+                   grace: float) -> None:
+        """Scale `colour` to nothing."""
+
+    async def switch(self, inst: Instance, release: Release, live: str, verb: str) -> None:
+        """Record `live` as the live colour, before traffic moves; raise and nothing moved."""
 
 
 class Runtime(Protocol):
@@ -41,17 +108,29 @@ class Runtime(Protocol):
     # True when an instance's version is kept on the platform's objects
     # (Kubernetes) rather than in wakegate's state_dir.
     versions_on_objects: bool
+    # Where this platform keeps API key digests.
+    keys: KeyStore
+    # Where this platform keeps production's two colours.
+    colours: ColourStore
 
-    async def open(self) -> None:
-        """Connect and learn the current state; returns when the scaler may act."""
+    async def open(self, events: RuntimeEvents) -> None:
+        """Connect and learn the current state, telling `events` from now on; returns when the
+        scaler may act."""
 
-    async def start(self, inst: InstanceSpec, version: str, count: int) -> list[ReplicaLike]:
+    async def start(self, inst: InstanceSpec, version: str, count: int) -> list[Replica]:
         """`count` more ready replicas, or StartFailed with none left behind."""
 
-    async def stop(self, replicas: list[ReplicaLike], grace: float) -> None: ...
+    async def stop(self, replicas: list[Replica], grace: float) -> None: ...
+
+    async def set_version(self, inst: InstanceSpec, version: str) -> None:
+        """Versions on objects only: point the instance at `version`."""
+
+    def config_changed(self, config: Config) -> None:
+        """An applied config (versions on objects: the instances are rediscovered with it)."""
 
     async def shutdown(self, grace: float) -> None: ...
 
-    def kill_all_now(self) -> None: ...
+    def kill_all_now(self) -> None:
+        """Last resort on the way out: no await, no grace."""
 
     def log_path(self, inst: InstanceSpec) -> str: ...

@@ -7,6 +7,8 @@ Paths follow the real layout:
     /apis/{group}/{version}/...                                    the same for named groups
     /api/v1/watch/... and /apis/{group}/{version}/watch/...         the legacy watch prefix
 
+besides /version, discovery (/api, /apis, /apis/{group}) and /openapi/v3 (openapi.py).
+
 Each resource request is recorded as (group, resource, subresource, RBAC verb)
 once it is authenticated, before a fault injected by a test can fail it.
 """
@@ -23,7 +25,7 @@ from typing import Any
 import yaml
 from aiohttp import web
 
-from . import discovery, errors
+from . import discovery, errors, openapi
 from .errors import ApiError, FieldError
 from .registry import Registry
 from .resources import ResourceType, lookup
@@ -105,6 +107,8 @@ class ApiServer:
         parts = [p for p in request.path.split("/") if p]
         if parts == ["version"]:
             return self._get_only(request, discovery.VERSION)
+        if parts[:2] == ["openapi", "v3"]:
+            return self._get_only(request, _openapi_v3(parts[2:]))
         if not parts or parts[0] not in ("api", "apis"):
             raise errors.not_found_path()
         if parts[0] == "api":
@@ -228,6 +232,16 @@ class ApiServer:
         return _json(self.registry.delete_collection(
             rt, t.namespace, labels=labels, fields=fields, options=options,
             dry_run=_dry_run(request, "DeleteOptions")))
+
+
+def _openapi_v3(rest: list[str]) -> Obj | None:
+    if not rest:
+        return openapi.index()
+    if rest[0] == "api" and len(rest) == 2:
+        return openapi.document("", rest[1])
+    if rest[0] == "apis" and len(rest) == 3:
+        return openapi.document(rest[1], rest[2])
+    return None
 
 
 # --- request parsing ---

@@ -12,7 +12,9 @@
   pod that has an IP, ready only while the pod is Ready and not terminating; a
   placeholder slice (no endpoints, no ports) when nothing matches.
 - Garbage collection: pods of a deleted Deployment, slices of a deleted Service.
-- Namespaces: a namespace being deleted is emptied, then removed.
+- Namespaces: a namespace being deleted is emptied, then removed, 5 s after its
+  deletion, as the real controller waits (so that `kubectl delete -k` still
+  finds the objects of the namespaces it deleted first).
 
 Everything is level-triggered: any write to a watched resource wakes one loop
 that reconciles the whole (small) state and writes only what differs, so it
@@ -32,10 +34,11 @@ import uuid
 from typing import Any
 
 from .errors import ApiError
+from .loop import ControlLoop
 from .registry import Registry
 from .resources import RESOURCES, by_kind
 from .selectors import from_map
-from .store import Event, Store
+from .store import Store
 from .strategies import now_time
 
 log = logging.getLogger("tests.kube.controllers")
@@ -48,6 +51,9 @@ SERVICE_NAME = "kubernetes.io/service-name"
 REVISION = "deployment.kubernetes.io/revision"
 NODE_NAME = "fake-node"
 _HASH_ALPHABET = "bcdfghjklmnpqrstvwxz2456789"
+# The namespace controller's namespaceDeletionGracePeriod: it empties a namespace this long
+# after its deletion.
+NAMESPACE_DELETION_GRACE = 5.0
 
 
 def template_hash(template: Obj) -> str:
@@ -76,40 +82,23 @@ def _scaled(value: Any, total: int, round_up: bool) -> int:
     return 0
 
 
-class Controllers:
+class Controllers(ControlLoop):
     def __init__(self, store: Store, registry: Registry) -> None:
+        super().__init__("fake controllers")
         self.store = store
         self.registry = registry
-        self._wake = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
         # deployment uid -> {pod-template-hash: revision}
         self._revisions: dict[str, dict[str, int]] = {}
+        # namespace uid -> when the controller may start emptying it (loop time)
+        self._namespace_due: dict[str, float] = {}
 
     def start(self) -> None:
-        self.store.add_listener(self._on_event)
-        self._task = asyncio.create_task(self._loop(), name="fake controllers")
-        self._wake.set()
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-
-    def _on_event(self, event: Event) -> None:
         # Any write may matter (a namespace being emptied waits for every kind of object).
-        self._wake.set()
+        self.store.add_listener(lambda event: self.wake())
+        super().start()
 
-    async def _loop(self) -> None:
-        while True:
-            await self._wake.wait()
-            self._wake.clear()
-            try:
-                self.reconcile()
-            except Exception:
-                log.exception("fake controllers: reconcile failed")
-
-    def reconcile(self) -> None:
+    def step(self) -> None:
+        """One pass over everything."""
         self._namespaces()
         for dep in self.store.items("apps/deployments"):
             self._guard(self._deployment, dep)
@@ -130,9 +119,15 @@ class Controllers:
     # --- namespaces ---
 
     def _namespaces(self) -> None:
+        loop = asyncio.get_running_loop()
         for ns in self.store.items("/namespaces"):
             meta = ns["metadata"]
             if not meta.get("deletionTimestamp"):
+                continue
+            if meta["uid"] not in self._namespace_due:
+                self._namespace_due[meta["uid"]] = loop.time() + NAMESPACE_DELETION_GRACE
+                loop.call_later(NAMESPACE_DELETION_GRACE, self.wake)
+            if loop.time() < self._namespace_due[meta["uid"]]:
                 continue
             name = meta["name"]
             left = 0
@@ -146,6 +141,7 @@ class Controllers:
                             self.registry.delete(rt, name, obj["metadata"]["name"])
             if left == 0:
                 self.store.remove("/namespaces", "", name)
+                del self._namespace_due[meta["uid"]]
 
     # --- deployments ---
 

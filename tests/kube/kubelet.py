@@ -27,12 +27,14 @@ import os
 import random
 import re
 import signal
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 
 from .errors import ApiError
+from .loop import ControlLoop
 from .registry import Registry
 from .resources import by_kind
 from .store import Event, Store
@@ -131,14 +133,14 @@ class PodRunner:
 
     def stop(self, grace: float) -> None:
         if not self.stopping.is_set():
-            self.grace = min(max(grace, 0.0), self.kubelet.kill_after)
+            self.grace = min(max(grace, 0.0), self.kubelet.settings.kill_after)
             self.stopping.set()
 
     # --- the pod's life ---
 
     async def _run(self) -> None:
         try:
-            if await self._sleep_or_stop(self.kubelet.start_delay):
+            if await self._sleep_or_stop(self.kubelet.settings.start_delay):
                 return
             while not self.stopping.is_set():
                 try:
@@ -173,7 +175,7 @@ class PodRunner:
             self.kubelet.finished(self)
 
     def _backoff(self) -> float:
-        base = self.kubelet.restart_backoff
+        base = self.kubelet.settings.restart_backoff
         return min(base * 2 ** max(self.restarts - 1, 0), RESTART_BACKOFF_MAX)
 
     async def _sleep_or_stop(self, seconds: float) -> bool:
@@ -184,7 +186,7 @@ class PodRunner:
 
     def environment(self) -> dict[str, str]:
         env = dict(os.environ)
-        env.update(self.kubelet.markers)
+        env.update(self.kubelet.settings.markers)
         ports = self.container.get("ports") or []
         if ports:
             env["PORT"] = str(ports[0].get("containerPort"))
@@ -231,9 +233,10 @@ class PodRunner:
         if not argv:
             raise ContainerConfigError(
                 "the fake kubelet has no image entrypoint: the container needs a command")
+        settings = self.kubelet.settings
         workdir = self.container.get("workingDir")
-        cwd = workdir if workdir and os.path.isabs(workdir) else str(self.kubelet.repo_root)
-        log_path = self.kubelet.log_dir / f"{self.namespace}_{self.name}.log"
+        cwd = workdir if workdir and os.path.isabs(workdir) else str(settings.repo_root)
+        log_path = settings.log_dir / f"{self.namespace}_{self.name}.log"
         with open(log_path, "ab") as out:
             self.proc = await asyncio.create_subprocess_exec(
                 *argv, cwd=cwd, env=env, stdin=asyncio.subprocess.DEVNULL, stdout=out,
@@ -398,46 +401,41 @@ def _deployment_of(pod: Obj) -> str | None:
     return None
 
 
-class Kubelet:
-    def __init__(self, store: Store, registry: Registry, *, repo_root: Path, log_dir: Path,
-                 start_delay: float, kill_after: float, restart_backoff: float,
-                 markers: dict[str, str]) -> None:
+@dataclass(frozen=True)
+class PodSettings:
+    """How the fake kubelet runs every pod (see FakeKube's constructor)."""
+
+    repo_root: Path  # the working directory of a container without an absolute workingDir
+    log_dir: Path  # <namespace>_<pod>.log for each pod's output
+    start_delay: float  # from the pod's creation to its process's start
+    kill_after: float  # cap on the SIGTERM -> SIGKILL grace period
+    restart_backoff: float  # first delay before a restart, doubling up to RESTART_BACKOFF_MAX
+    markers: dict[str, str]  # environment variables every pod process carries
+
+
+class Kubelet(ControlLoop):
+    def __init__(self, store: Store, registry: Registry, settings: PodSettings) -> None:
+        super().__init__("fake kubelet")
         self.store = store
         self.registry = registry
-        self.repo_root = repo_root
-        self.log_dir = log_dir
-        self.start_delay = start_delay
-        self.kill_after = kill_after
-        self.restart_backoff = restart_backoff
-        self.markers = markers
+        self.settings = settings
         self.runners: dict[str, PodRunner] = {}
-        self._wake = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
         self._session: aiohttp.ClientSession | None = None
         self._shutting_down = False
 
     def start(self) -> None:
-        self.log_dir.mkdir(parents=True, exist_ok=True)
+        self.settings.log_dir.mkdir(parents=True, exist_ok=True)
         # Probes must never reuse a connection: each one is a fresh request, as the kubelet's.
         self._session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True))
         self.store.add_listener(self._on_event)
-        self._task = asyncio.create_task(self._loop(), name="fake kubelet")
-        self._wake.set()
+        super().start()
 
     def _on_event(self, event: Event) -> None:
         if event.resource == "/pods":
-            self._wake.set()
+            self.wake()
 
-    async def _loop(self) -> None:
-        while True:
-            await self._wake.wait()
-            self._wake.clear()
-            try:
-                self._sync()
-            except Exception:
-                log.exception("fake kubelet: sync failed")
-
-    def _sync(self) -> None:
+    def step(self) -> None:
+        """A process for every new pod; stop those of pods deleted or marked for deletion."""
         seen = set()
         for pod in self.store.items("/pods"):
             meta = pod["metadata"]
@@ -515,7 +513,7 @@ class Kubelet:
         if not command:
             return False
         proc = await asyncio.create_subprocess_exec(
-            *command, cwd=str(self.repo_root), env=runner.environment(),
+            *command, cwd=str(self.settings.repo_root), env=runner.environment(),
             stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
             stderr=asyncio.subprocess.DEVNULL, start_new_session=True,
             preexec_fn=_die_with_parent)
@@ -544,10 +542,7 @@ class Kubelet:
     async def shutdown(self, grace: float = 1.0) -> None:
         """Stop every pod process (SIGTERM, then SIGKILL after `grace`) and wait for them."""
         self._shutting_down = True
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await self.stop()
         runners = list(self.runners.values())
         for runner in runners:
             runner.stop(grace)

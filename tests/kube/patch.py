@@ -223,78 +223,75 @@ def _index(token: str, size: int, allow_end: bool) -> int:
     return index
 
 
+def _missing(path: str) -> PatchError:
+    return PatchError(f'doc is missing path: "{path}": missing value')
+
+
 def _parent(doc: Any, tokens: list[str], path: str) -> Any:
     node = doc
     for tok in tokens[:-1]:
         if isinstance(node, dict):
             if tok not in node:
-                raise PatchError(f'doc is missing path: "{path}": missing value')
+                raise _missing(path)
             node = node[tok]
         elif isinstance(node, list):
             node = node[_index(tok, len(node), False)]
         else:
-            raise PatchError(f'doc is missing path: "{path}": missing value')
+            raise _missing(path)
     return node
 
 
-def _get(doc: Any, path: str) -> Any:
+def _locate(doc: Any, path: str) -> tuple[Any, str] | None:
+    """The container a JSON pointer ends in and its last token; None for the whole document."""
     tokens = _pointer(path)
     if not tokens:
+        return None
+    return _parent(doc, tokens, path), tokens[-1]
+
+
+def _get(doc: Any, path: str) -> Any:
+    where = _locate(doc, path)
+    if where is None:
         return doc
-    parent = _parent(doc, tokens, path)
-    last = tokens[-1]
-    if isinstance(parent, dict):
-        if last not in parent:
-            raise PatchError(f'doc is missing path: "{path}": missing value')
+    parent, last = where
+    if isinstance(parent, dict) and last in parent:
         return parent[last]
     if isinstance(parent, list):
         return parent[_index(last, len(parent), False)]
-    raise PatchError(f'doc is missing path: "{path}": missing value')
+    raise _missing(path)
 
 
-def _add(doc: Any, path: str, value: Any) -> Any:
-    tokens = _pointer(path)
-    if not tokens:
+def _set(doc: Any, path: str, value: Any, *, add: bool) -> Any:
+    """RFC 6902 `add` (a new key, or an insertion into a list) or `replace` (an existing one)."""
+    where = _locate(doc, path)
+    if where is None:
         return value
-    parent = _parent(doc, tokens, path)
-    last = tokens[-1]
-    if isinstance(parent, dict):
+    parent, last = where
+    if isinstance(parent, dict) and (add or last in parent):
         parent[last] = value
-    elif isinstance(parent, list):
+    elif isinstance(parent, list) and add:
         parent.insert(_index(last, len(parent), True), value)
+    elif isinstance(parent, list):
+        parent[_index(last, len(parent), False)] = value
+    elif add:
+        raise _missing(path)
     else:
-        raise PatchError(f'doc is missing path: "{path}": missing value')
+        raise PatchError(f'doc is missing key: {path}: missing value')
     return doc
 
 
 def _remove(doc: Any, path: str) -> tuple[Any, Any]:
-    tokens = _pointer(path)
-    if not tokens:
+    where = _locate(doc, path)
+    if where is None:
         raise PatchError("unable to remove the whole document")
-    parent = _parent(doc, tokens, path)
-    last = tokens[-1]
+    parent, last = where
     if isinstance(parent, dict):
         if last not in parent:
             raise PatchError(f'unable to remove nonexistent key: {last}: missing value')
         return doc, parent.pop(last)
     if isinstance(parent, list):
         return doc, parent.pop(_index(last, len(parent), False))
-    raise PatchError(f'doc is missing path: "{path}": missing value')
-
-
-def _replace(doc: Any, path: str, value: Any) -> Any:
-    tokens = _pointer(path)
-    if not tokens:
-        return value
-    parent = _parent(doc, tokens, path)
-    last = tokens[-1]
-    if isinstance(parent, dict) and last in parent:
-        parent[last] = value
-    elif isinstance(parent, list):
-        parent[_index(last, len(parent), False)] = value
-    else:
-        raise PatchError(f'doc is missing key: {path}: missing value')
-    return doc
+    raise _missing(path)
 
 
 def json_patch(document: Any, operations: Any) -> Any:
@@ -309,11 +306,11 @@ def json_patch(document: Any, operations: Any) -> Any:
         if kind in ("add", "replace", "test") and "value" not in op:
             raise PatchError(f"missing value for {kind} operation", 400)
         if kind == "add":
-            doc = _add(doc, path, copy.deepcopy(op["value"]))
+            doc = _set(doc, path, copy.deepcopy(op["value"]), add=True)
         elif kind == "remove":
             doc, _ = _remove(doc, path)
         elif kind == "replace":
-            doc = _replace(doc, path, copy.deepcopy(op["value"]))
+            doc = _set(doc, path, copy.deepcopy(op["value"]), add=False)
         elif kind in ("move", "copy"):
             source = op.get("from")
             if kind == "move" and (path == source or str(path).startswith(f"{source}/")):
@@ -323,7 +320,7 @@ def json_patch(document: Any, operations: Any) -> Any:
             value = copy.deepcopy(_get(doc, source))
             if kind == "move":
                 doc, _ = _remove(doc, source)
-            doc = _add(doc, path, value)
+            doc = _set(doc, path, value, add=True)
         elif kind == "test":
             if _get(doc, path) != op["value"]:
                 raise PatchError(f"testing value {path} failed: test failed")

@@ -87,6 +87,14 @@ _POD_FIELDS = {
     "status.nominatedNodeName": _path("status", "nominatedNodeName"),
 }
 
+
+def _stored(group: str, version: str, plural: str, kind: str, namespaced: bool = True,
+            short_names: tuple[str, ...] = ()) -> ResourceType:
+    """A kind the manifests use that nothing in the fake acts on."""
+    return ResourceType(group, version, plural, kind.lower(), kind, namespaced,
+                        strategies.StoredAsGiven(kind), short_names=short_names)
+
+
 RESOURCES: tuple[ResourceType, ...] = (
     ResourceType("", "v1", "namespaces", "namespace", "Namespace", False,
                  strategies.NamespaceStrategy(), name_rule="label",
@@ -112,6 +120,22 @@ RESOURCES: tuple[ResourceType, ...] = (
                  True, strategies.EndpointSliceStrategy()),
     ResourceType("coordination.k8s.io", "v1", "leases", "lease", "Lease", True,
                  strategies.LeaseStrategy()),
+    # The other kinds of manifests/ (the ServiceMonitors as if the Prometheus Operator's
+    # CRDs were installed), stored as given: `kubectl apply -k` needs every kind served.
+    _stored("", "v1", "configmaps", "ConfigMap", short_names=("cm",)),
+    _stored("", "v1", "serviceaccounts", "ServiceAccount", short_names=("sa",)),
+    _stored("rbac.authorization.k8s.io", "v1", "roles", "Role"),
+    _stored("rbac.authorization.k8s.io", "v1", "rolebindings", "RoleBinding"),
+    _stored("rbac.authorization.k8s.io", "v1", "clusterroles", "ClusterRole", False),
+    _stored("rbac.authorization.k8s.io", "v1", "clusterrolebindings", "ClusterRoleBinding",
+            False),
+    _stored("policy", "v1", "poddisruptionbudgets", "PodDisruptionBudget",
+            short_names=("pdb",)),
+    _stored("autoscaling", "v2", "horizontalpodautoscalers", "HorizontalPodAutoscaler",
+            short_names=("hpa",)),
+    _stored("networking.k8s.io", "v1", "ingresses", "Ingress", short_names=("ing",)),
+    _stored("monitoring.coreos.com", "v1", "servicemonitors", "ServiceMonitor",
+            short_names=("smon",)),
 )
 
 BY_PATH: dict[tuple[str, str, str], ResourceType] = {

@@ -9,11 +9,13 @@ Every hook below runs its work on that loop and waits for the answer.
 from __future__ import annotations
 
 import asyncio
+import base64
 import concurrent.futures
 import contextlib
 import os
 import secrets
 import signal
+import ssl
 import sys
 import threading
 import uuid
@@ -29,10 +31,11 @@ from ..procs import processes_with
 from .api import ApiServer
 from .controllers import Controllers
 from .errors import ApiError
-from .kubelet import Kubelet
+from .kubelet import Kubelet, PodSettings
 from .registry import Registry
 from .resources import by_api_version_kind, by_kind
 from .store import Store
+from .tls import credentials
 
 Obj = dict[str, Any]
 T = TypeVar("T")
@@ -69,10 +72,9 @@ class _Cluster:
         run = _run_marker()
         if run:
             markers["WAKEGATE_TEST_RUN"] = run
-        self.kubelet = Kubelet(self.store, self.registry, repo_root=REPO_ROOT,
-                               log_dir=directory / "pods", start_delay=start_delay,
-                               kill_after=kill_after, restart_backoff=restart_backoff,
-                               markers=markers)
+        self.kubelet = Kubelet(self.store, self.registry, PodSettings(
+            repo_root=REPO_ROOT, log_dir=directory / "pods", start_delay=start_delay,
+            kill_after=kill_after, restart_backoff=restart_backoff, markers=markers))
         self.runner: web.AppRunner | None = None
 
     async def start(self) -> str:
@@ -83,13 +85,14 @@ class _Cluster:
         self.runner = web.AppRunner(self.api.app(), access_log=None,
                                     handler_cancellation=True, shutdown_timeout=1.0)
         await self.runner.setup()
-        site = web.TCPSite(self.runner, "127.0.0.1", 0)
+        site = web.TCPSite(self.runner, "127.0.0.1", 0,
+                           ssl_context=credentials().server_context())
         await site.start()
         host, port = self.runner.addresses[0][:2]
         self.api.server_address = f"{host}:{port}"
         self.controllers.start()
         self.kubelet.start()
-        return f"http://{host}:{port}"
+        return f"https://{host}:{port}"
 
     async def stop(self) -> None:
         try:
@@ -238,10 +241,12 @@ class FakeKube:
         return self._submit(call()).result(CALL_TIMEOUT)
 
     def _write_kubeconfig(self) -> None:
+        ca_data = base64.b64encode(credentials().ca_pem).decode()
         config = {
             "apiVersion": "v1",
             "kind": "Config",
-            "clusters": [{"name": "fake", "cluster": {"server": self.url}}],
+            "clusters": [{"name": "fake", "cluster": {
+                "server": self.url, "certificate-authority-data": ca_data}}],
             "users": [{"name": "fake", "user": {"token": self.token}}],
             "contexts": [{"name": "fake", "context": {"cluster": "fake", "user": "fake",
                                                       "namespace": "default"}}],
@@ -251,6 +256,10 @@ class FakeKube:
         path = Path(self.kubeconfig)
         path.write_text(yaml.safe_dump(config, sort_keys=False))
         path.chmod(0o600)
+
+    def ssl_context(self) -> ssl.SSLContext:
+        """For a raw HTTP client (urllib, aiohttp): trusts the fake's CA, as kubectl does."""
+        return credentials().client_context()
 
     # --- direct access for tests ---
 

@@ -82,6 +82,18 @@ def _int(kind: str, obj: Any, path: str) -> None:
             f"json: cannot unmarshal {type_name} into Go struct field {kind}.{path} of type int32")
 
 
+def _expand(node: Any, parts: list[str], prefix: str = "") -> list[str]:
+    """The concrete paths of a dotted path whose `*` stands for every index of a list."""
+    if not parts:
+        return [prefix]
+    head, rest = parts[0], parts[1:]
+    if head == "*":
+        items = node if isinstance(node, list) else []
+        return [p for i, item in enumerate(items) for p in _expand(item, rest, f"{prefix}.{i}")]
+    child = node.get(head) if isinstance(node, dict) else None
+    return _expand(child, rest, f"{prefix}.{head}" if prefix else head)
+
+
 def _map(kind: str, obj: Obj, *keys: str) -> None:
     for key in keys:
         if obj.get(key) is not None and not isinstance(obj[key], dict):
@@ -103,10 +115,17 @@ class Strategy:
     allow_create_on_update = False
     # A PUT without metadata.resourceVersion overwrites whatever is stored.
     allow_unconditional_update = True
+    # Dotted paths of int32 fields the decoder checks (`*`: every item of a list).
+    int_fields: tuple[str, ...] = ()
+    # Dotted paths of fields an update may not change.
+    immutable_fields: tuple[str, ...] = ()
 
     def decode(self, obj: Obj) -> None:
         """Type checks the real decoder does before anything else (400 on failure)."""
         _map(self.kind, obj, "spec", "status")
+        for pattern in self.int_fields:
+            for path in _expand(obj, pattern.split(".")):
+                _int(self.kind, obj, path)
 
     def prepare_create(self, obj: Obj) -> None:
         if self.has_status:
@@ -152,7 +171,27 @@ class Strategy:
         return []
 
     def validate_update(self, new: Obj, old: Obj) -> list[FieldError]:
-        return self.validate(new)
+        out = self.validate(new)
+        for path in self.immutable_fields:
+            value = _value_at(new, path)
+            if value != _value_at(old, path):
+                out.append(FieldError("FieldValueInvalid", path, value, "field is immutable"))
+        return out
+
+
+def _value_at(obj: Obj, path: str) -> Any:
+    node: Any = obj
+    for key in path.split("."):
+        node = node.get(key) if isinstance(node, dict) else None
+    return node
+
+
+class StoredAsGiven(Strategy):
+    """A kind nothing in the fake acts on (RBAC, ConfigMaps, Ingresses...): stored as sent,
+    so that `kubectl apply` of the manifests finds every kind it names."""
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
 
 
 # --- pods and pod templates ---
@@ -247,12 +286,7 @@ def validate_pod_spec(spec: Any, path: str, template: bool) -> list[FieldError]:
 class PodStrategy(Strategy):
     kind = "Pod"
     has_status = True
-
-    def decode(self, obj: Obj) -> None:
-        super().decode(obj)
-        for i, c in enumerate((obj.get("spec") or {}).get("containers") or []):
-            for j, _ in enumerate((c or {}).get("ports") or []):
-                _int(self.kind, obj, f"spec.containers.{i}.ports.{j}.containerPort")
+    int_fields = ("spec.containers.*.ports.*.containerPort",)
 
     def initial_status(self, obj: Obj) -> Obj:
         return {"phase": "Pending", "qosClass": "BestEffort"}
@@ -286,12 +320,9 @@ class DeploymentStrategy(Strategy):
     kind = "Deployment"
     has_status = True
     has_generation = True
-
-    def decode(self, obj: Obj) -> None:
-        super().decode(obj)
-        for path in ("spec.replicas", "spec.revisionHistoryLimit", "spec.minReadySeconds",
-                     "spec.progressDeadlineSeconds"):
-            _int(self.kind, obj, path)
+    int_fields = ("spec.replicas", "spec.revisionHistoryLimit", "spec.minReadySeconds",
+                  "spec.progressDeadlineSeconds")
+    immutable_fields = ("spec.selector",)
 
     def default(self, obj: Obj) -> None:
         spec = obj.setdefault("spec", {})
@@ -343,13 +374,6 @@ class DeploymentStrategy(Strategy):
                                   'supported values: "Recreate", "RollingUpdate"'))
         return out
 
-    def validate_update(self, new: Obj, old: Obj) -> list[FieldError]:
-        out = self.validate(new)
-        if (new.get("spec") or {}).get("selector") != (old.get("spec") or {}).get("selector"):
-            out.append(FieldError("FieldValueInvalid", "spec.selector",
-                                  (new.get("spec") or {}).get("selector"), "field is immutable"))
-        return out
-
     def prepare_status_update(self, new: Obj, old: Obj) -> None:
         super().prepare_status_update(new, old)
         new["metadata"]["labels"] = copy.deepcopy(old["metadata"].get("labels"))
@@ -387,6 +411,7 @@ _CONFIG_KEY = re.compile(r"^[-._a-zA-Z0-9]+$")
 
 class SecretStrategy(Strategy):
     kind = "Secret"
+    immutable_fields = ("type",)
 
     def decode(self, obj: Obj) -> None:
         _map(self.kind, obj, "data", "stringData")
@@ -426,10 +451,7 @@ class SecretStrategy(Strategy):
         return out
 
     def validate_update(self, new: Obj, old: Obj) -> list[FieldError]:
-        out = self.validate(new)
-        if new.get("type") != old.get("type"):
-            out.append(FieldError("FieldValueInvalid", "type", new.get("type"),
-                                  "field is immutable"))
+        out = super().validate_update(new, old)
         if old.get("immutable"):
             if new.get("data") != old.get("data"):
                 out.append(FieldError("FieldValueForbidden", "data", None,
@@ -451,11 +473,7 @@ def _bad_byte(value: str) -> int:
 class ServiceStrategy(Strategy):
     kind = "Service"
     has_status = True
-
-    def decode(self, obj: Obj) -> None:
-        super().decode(obj)
-        for i, _ in enumerate((obj.get("spec") or {}).get("ports") or []):
-            _int(self.kind, obj, f"spec.ports.{i}.port")
+    int_fields = ("spec.ports.*.port",)
 
     def initial_status(self, obj: Obj) -> Obj:
         return {"loadBalancer": {}}
@@ -544,34 +562,31 @@ class LeaseStrategy(Strategy):
     kind = "Lease"
     allow_create_on_update = True
     allow_unconditional_update = False
+    int_fields = ("spec.leaseDurationSeconds", "spec.leaseTransitions")
 
     def decode(self, obj: Obj) -> None:
         super().decode(obj)
         spec = obj.get("spec") or {}
-        for path in ("spec.leaseDurationSeconds", "spec.leaseTransitions"):
-            _int(self.kind, obj, path)
         for key in ("acquireTime", "renewTime"):
             if spec.get(key) is not None:
                 spec[key] = _time(self.kind, spec[key], micro=True)
 
+    # (field, smallest value allowed, the message when it is smaller)
+    _LOWER_BOUNDS = (("leaseDurationSeconds", 1, "must be greater than 0"),
+                     ("leaseTransitions", 0, "must be greater than or equal to 0"))
+
     def validate(self, obj: Obj) -> list[FieldError]:
-        out = []
         spec = obj.get("spec") or {}
-        duration = spec.get("leaseDurationSeconds")
-        if duration is not None and duration <= 0:
-            out.append(FieldError("FieldValueInvalid", "spec.leaseDurationSeconds", duration,
-                                  "must be greater than 0"))
-        transitions = spec.get("leaseTransitions")
-        if transitions is not None and transitions < 0:
-            out.append(FieldError("FieldValueInvalid", "spec.leaseTransitions", transitions,
-                                  "must be greater than or equal to 0"))
-        return out
+        return [FieldError("FieldValueInvalid", f"spec.{field}", spec[field], message)
+                for field, least, message in self._LOWER_BOUNDS
+                if spec.get(field) is not None and spec[field] < least]
 
 
 class EndpointSliceStrategy(Strategy):
     kind = "EndpointSlice"
     has_generation = True
     spec_fields = ("endpoints", "ports", "addressType")
+    immutable_fields = ("addressType",)
 
     def validate(self, obj: Obj) -> list[FieldError]:
         out: list[FieldError] = []
@@ -589,13 +604,6 @@ class EndpointSliceStrategy(Strategy):
             elif len(addresses) > 100:
                 out.append(FieldError("FieldValueTooMany", f"endpoints[{i}].addresses",
                                       len(addresses), "must have at most 100 items"))
-        return out
-
-    def validate_update(self, new: Obj, old: Obj) -> list[FieldError]:
-        out = self.validate(new)
-        if new.get("addressType") != old.get("addressType"):
-            out.append(FieldError("FieldValueInvalid", "addressType", new.get("addressType"),
-                                  "field is immutable"))
         return out
 
 

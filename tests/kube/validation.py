@@ -92,32 +92,30 @@ def label_value(value: str) -> list[str]:
     return errs
 
 
-def labels(value: Any, path: str) -> list[FieldError]:
+def _string_map(value: Any, path: str, *, label_values: bool) -> list[FieldError]:
+    """Labels or annotations: qualified-name keys (annotation keys in any case), string values,
+    and for labels, values a label may hold."""
     if value is None:
         return []
     if not isinstance(value, dict):
         return [FieldError("FieldValueInvalid", path, value, "must be a map of strings")]
     out = []
     for key, val in value.items():
-        out += [FieldError("FieldValueInvalid", path, key, e) for e in qualified_name(key)]
+        name = key if label_values else key.lower()
+        out += [FieldError("FieldValueInvalid", path, key, e) for e in qualified_name(name)]
         if not isinstance(val, str):
             out.append(FieldError("FieldValueInvalid", f"{path}[{key}]", val, "must be a string"))
-        else:
+        elif label_values:
             out += [FieldError("FieldValueInvalid", path, val, e) for e in label_value(val)]
     return out
 
 
+def labels(value: Any, path: str) -> list[FieldError]:
+    return _string_map(value, path, label_values=True)
+
+
 def annotations(value: Any, path: str) -> list[FieldError]:
-    if value is None:
-        return []
-    if not isinstance(value, dict):
-        return [FieldError("FieldValueInvalid", path, value, "must be a map of strings")]
-    out = []
-    for key, val in value.items():
-        out += [FieldError("FieldValueInvalid", path, key, e) for e in qualified_name(key.lower())]
-        if not isinstance(val, str):
-            out.append(FieldError("FieldValueInvalid", f"{path}[{key}]", val, "must be a string"))
-    return out
+    return _string_map(value, path, label_values=False)
 
 
 def object_meta(meta: dict[str, Any], name_rule: str, path: str = "metadata") -> list[FieldError]:

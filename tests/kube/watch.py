@@ -26,6 +26,7 @@ import asyncio
 import copy
 import json
 import random
+from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
@@ -122,15 +123,16 @@ def event_line(kind: str, obj: Obj) -> bytes:
     return json.dumps({"type": kind, "object": obj}, separators=(",", ":")).encode() + b"\n"
 
 
+@dataclass(frozen=True)
 class WatchStream:
-    def __init__(self, store: Store, hub: WatchHub, rt: ResourceType, namespace: str | None,
-                 params: WatchParams, bookmark_interval: float) -> None:
-        self.store = store
-        self.hub = hub
-        self.rt = rt
-        self.namespace = namespace
-        self.params = params
-        self.bookmark_interval = bookmark_interval
+    """One watch request: what it watches, and how it is served."""
+
+    store: Store
+    hub: WatchHub
+    rt: ResourceType
+    namespace: str | None
+    params: WatchParams
+    bookmark_interval: float
 
     def _matches(self, obj: Obj | None) -> bool:
         if obj is None:

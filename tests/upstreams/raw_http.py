@@ -19,11 +19,12 @@ HEAD gets the same head as GET, without the body.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
 import urllib.parse
 from collections import Counter
+
+from listen import serve_from_command_line  # beside this script
 
 SEEN: Counter[str] = Counter()  # requests by path, for /seen
 
@@ -125,13 +126,5 @@ async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> N
         writer.close()
 
 
-async def main(port: int) -> None:
-    server = await asyncio.start_server(serve, "127.0.0.1", port)
-    async with server:
-        await server.serve_forever()
-
-
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--port", type=int, required=True)
-    asyncio.run(main(parser.parse_args().port))
+    serve_from_command_line(serve)

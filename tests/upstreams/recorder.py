@@ -23,15 +23,15 @@ connection of its own and no example's bytes can leak into the next one's.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import base64
 import json
 import os
 
+from listen import serve_from_command_line  # beside this script
+
 MAX_HEAD = 64 * 1024
 READ_DEADLINE = 10.0  # a request the proxy never finishes sending is given up on
-ADDRESS = ""  # 127.0.0.1:PORT, set by main()
 
 
 async def _chunked(reader: asyncio.StreamReader) -> bytes:
@@ -75,7 +75,8 @@ async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> N
                       "problem": f"{type(exc).__name__}: {exc}"}
         record["service"] = os.environ.get("WAKEGATE_SERVICE", "")
         record["environment"] = os.environ.get("WAKEGATE_ENVIRONMENT", "")
-        record["address"] = ADDRESS
+        host, port = writer.get_extra_info("sockname")[:2]
+        record["address"] = f"{host}:{port}"
         payload = json.dumps(record).encode()
         head = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
         if record["method"] == "HEAD":
@@ -89,15 +90,5 @@ async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> N
         writer.close()
 
 
-async def main(port: int) -> None:
-    global ADDRESS
-    ADDRESS = f"127.0.0.1:{port}"
-    server = await asyncio.start_server(serve, "127.0.0.1", port, limit=MAX_HEAD)
-    async with server:
-        await server.serve_forever()
-
-
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--port", type=int, required=True)
-    asyncio.run(main(parser.parse_args().port))
+    serve_from_command_line(serve, limit=MAX_HEAD)

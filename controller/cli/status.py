@@ -1,0 +1,29 @@
+"""`wakegate status`: every instance's state, as the running controller tells it."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from .client import call
+from .output import human_seconds, print_table
+
+
+def cmd_status(args: argparse.Namespace) -> None:
+    rows = call(args, "GET", "/v1/status", fields=("instances",))["instances"]
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return
+    for row in rows:
+        row["idle"] = human_seconds(row["idle_seconds"]) if row["idle_seconds"] else "-"
+        if row.get("backoff_seconds"):
+            row["state"] = (f"{row['state']} (crash back-off: {row['failures_in_a_row']} "
+                            f"failed starts, next try in {row['backoff_seconds']:g}s)")
+        elif row["state"] == "sleeping" and row.get("error"):
+            row["state"] = "sleeping (last start failed)"
+    print_table(rows, ("environment", "service", "state", "replicas", "version", "idle", "url"))
+    failed = [row for row in rows if row.get("error")]
+    if failed:
+        print()
+        for row in failed:
+            print(f"{row['environment']}/{row['service']}: last start failed: {row['error']}")

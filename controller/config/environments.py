@@ -1,0 +1,155 @@
+"""The environments section: each name and its settings into a `spec.Environment`.
+
+An environment's kind (spec.KINDS) picks the defaults of its unset keys
+(spec.KIND_DEFAULTS); the kind may be left out when the name is itself a
+kind. A file without an environments section has `private` and `demo`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from controller import spec
+from controller.config.fields import (
+    NameRule,
+    duration,
+    integer,
+    named_entries,
+    one_of,
+    section,
+    take,
+)
+from controller.config.report import Report, describe, join
+from controller.names import is_environment_name
+from controller.units import parse_duration, show
+
+__all__ = ["DEFAULT_SERVICE_ENVIRONMENTS", "read_environments"]
+
+ENVIRONMENT_KEYS = (
+    "kind", "access", "idle_timeout", "min_replicas", "max_replicas", "hold_timeout",
+    "hold_queue_size", "scale_down_delay", "wake_strategy", "crash_backoff",
+)
+CRASH_BACKOFF_KEYS = ("after", "first", "max")
+ACCESS_MODES = ("public", "api_key")
+# The environments of a file that has no environments section, and where a
+# service goes when it does not say.
+DEFAULT_SERVICE_ENVIRONMENTS = ("private", "demo")
+NEVER = "never"
+
+_ENVIRONMENT_NAME = NameRule(
+    "environment",
+    is_environment_name,
+    "is not valid: use 1 to 24 letters, digits and dashes, starting with a letter",
+)
+
+
+def read_environments(
+    report: Report, value: object
+) -> tuple[dict[str, spec.Environment], list[str]]:
+    """The valid environments, and every name the file defines (valid or not).
+
+    Services are checked against all defined names so that one bad environment
+    setting does not also make every service placed in it look wrong.
+    """
+    if value is None:
+        value = {name: {} for name in DEFAULT_SERVICE_ENVIRONMENTS}
+    if not isinstance(value, dict):
+        report.add(
+            "environments",
+            f"must be a mapping of environment name to settings, got {describe(value)}",
+        )
+        return {}, []
+    result = named_entries(report, "environments", value, _ENVIRONMENT_NAME, _environment)
+    return result, [name for name in value if isinstance(name, str)]
+
+
+def _environment(
+    report: Report, path: str, name: object, settings: object
+) -> spec.Environment | None:
+    raw = section(report, path, settings, ENVIRONMENT_KEYS)
+    if raw is None:
+        return None
+    before = len(report)
+    kind = _environment_kind(report, path, name, raw)
+    defaults = spec.KIND_DEFAULTS.get(kind or "", spec.KIND_DEFAULTS["private"])
+    access = take(report, raw, path, "access", one_of(ACCESS_MODES), defaults.access)
+    idle_timeout = take(report, raw, path, "idle_timeout", _idle_timeout, defaults.idle_timeout)
+    replicas_before = len(report)
+    min_replicas = take(report, raw, path, "min_replicas", integer(0), defaults.min_replicas)
+    max_replicas = take(report, raw, path, "max_replicas", integer(0), defaults.max_replicas)
+    if kind is not None and len(report) == replicas_before and min_replicas > max_replicas:
+        report.add(
+            join(path, "min_replicas"),
+            f"is {min_replicas}, more than max_replicas ({max_replicas}"
+            f"{'' if 'max_replicas' in raw else f', the {kind} default'}); "
+            "min_replicas must not exceed max_replicas",
+        )
+    hold_timeout = take(
+        report, raw, path, "hold_timeout", duration(positive=True), spec.DEFAULT_HOLD_TIMEOUT
+    )
+    hold_queue_size = take(
+        report, raw, path, "hold_queue_size", integer(1), spec.DEFAULT_HOLD_QUEUE_SIZE
+    )
+    scale_down_delay = take(
+        report, raw, path, "scale_down_delay", duration(positive=False),
+        spec.DEFAULT_SCALE_DOWN_DELAY,
+    )
+    wake_strategy = take(report, raw, path, "wake_strategy", one_of(spec.WAKE_STRATEGIES),
+                         "hold")
+    crash_backoff = _crash_backoff(report, join(path, "crash_backoff"), raw.get("crash_backoff"))
+    if kind is None or len(report) > before:
+        return None
+    return spec.Environment(
+        name=str(name),
+        kind=kind,
+        access=access,  # type: ignore[arg-type]  # checked against ACCESS_MODES
+        idle_timeout=idle_timeout,
+        min_replicas=min_replicas,
+        max_replicas=max_replicas,
+        hold_timeout=hold_timeout,
+        hold_queue_size=hold_queue_size,
+        scale_down_delay=scale_down_delay,
+        wake_strategy=wake_strategy,
+        crash_backoff=crash_backoff,
+    )
+
+
+def _idle_timeout(value: object) -> float | None:
+    # null and "never" both mean the environment never sleeps.
+    if value is None or value == NEVER:
+        return None
+    try:
+        seconds = parse_duration(value)
+    except ValueError as exc:
+        raise ValueError(f'{exc}, or "never" for an environment that never sleeps') from None
+    if seconds == 0:
+        raise ValueError('must be more than 0 (e.g. 15m), or "never" to never sleep')
+    return seconds
+
+
+def _crash_backoff(report: Report, path: str, value: object) -> spec.CrashBackoff:
+    raw = section(report, path, value, CRASH_BACKOFF_KEYS) or {}
+    d = spec.CrashBackoff()
+    before = len(report)
+    backoff = spec.CrashBackoff(
+        after=take(report, raw, path, "after", integer(1), d.after),
+        first=take(report, raw, path, "first", duration(positive=True), d.first),
+        max=take(report, raw, path, "max", duration(positive=True), d.max),
+    )
+    if len(report) == before and backoff.first > backoff.max:
+        report.add(join(path, "first"), f"is {backoff.first:g}s, more than max "
+                   f"({backoff.max:g}s); the back-off starts at first and doubles up to max")
+    return backoff
+
+
+def _environment_kind(report: Report, path: str, name: object, raw: dict[Any, Any]) -> str | None:
+    if "kind" in raw:
+        return take(report, raw, path, "kind", one_of(spec.KINDS), None)
+    if isinstance(name, str) and name in spec.KINDS:
+        return name
+    report.add(
+        join(path, "kind"),
+        f"is required because {show(name)} is not itself a kind; "
+        f"add kind: with one of {', '.join(spec.KINDS)}",
+    )
+    return None

@@ -1,0 +1,206 @@
+"""The services section: each name and its settings into a `spec.Service`.
+
+A service names the environments it is placed in; they are checked against
+every environment the file defines, valid or not, so that one bad
+environment setting does not also make each service in it look wrong.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import re
+from typing import Any
+
+from controller import spec
+from controller.config.environments import DEFAULT_SERVICE_ENVIRONMENTS
+from controller.config.fields import NameRule, duration, named_entries, section, take, take_list
+from controller.config.report import Report, describe, join, suggest
+from controller.config.values import (
+    parse_command,
+    parse_http_path,
+    parse_ignore_path,
+    parse_user_agent,
+    parse_version,
+)
+from controller.names import is_service_name
+from controller.units import show
+
+__all__ = ["read_services"]
+
+SERVICE_KEYS = (
+    "command", "version", "environments", "readiness", "env", "start_timeout", "stop_grace",
+    "activity",
+)
+READINESS_KEYS = ("http", "tcp", "timeout")
+ACTIVITY_KEYS = ("ignore_paths", "ignore_user_agents")
+DEFAULT_VERSION = "0.0.0"
+
+_SERVICE_NAME = NameRule(
+    "service",
+    is_service_name,
+    "is not a DNS label: use 1 to 63 lowercase letters, digits and dashes, starting and "
+    "ending with a letter or digit",
+)
+_ENV_VAR = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_READINESS_DEFAULTS = spec.Readiness()
+_SERVICE_DEFAULTS = {
+    f.name: f.default
+    for f in dataclasses.fields(spec.Service)
+    if f.default is not dataclasses.MISSING
+}
+
+
+def read_services(report: Report, value: object, defined: list[str]) -> dict[str, spec.Service]:
+    """The valid services; `defined`: every environment name the file defines."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        report.add(
+            "services", f"must be a mapping of service name to settings, got {describe(value)}"
+        )
+        return {}
+    read_service = functools.partial(_service, defined=defined)
+    return named_entries(report, "services", value, _SERVICE_NAME, read_service)
+
+
+def _service(
+    report: Report, path: str, name: object, settings: object, defined: list[str]
+) -> spec.Service | None:
+    raw = section(report, path, settings, SERVICE_KEYS)
+    if raw is None:
+        return None
+    before = len(report)
+    if "command" not in raw:
+        report.add(
+            join(path, "command"),
+            "is required: the command that starts one replica, "
+            'e.g. "{python} app.py --port {port}"',
+        )
+    d = _SERVICE_DEFAULTS
+    command = take(report, raw, path, "command", parse_command, "")
+    version = take(report, raw, path, "version", parse_version, DEFAULT_VERSION)
+    environments = _service_environments(
+        report, join(path, "environments"), raw.get("environments"), defined
+    )
+    readiness = _readiness(report, join(path, "readiness"), raw.get("readiness"))
+    env = _env_vars(report, join(path, "env"), raw.get("env"))
+    start_timeout = take(
+        report, raw, path, "start_timeout", duration(positive=True), d["start_timeout"]
+    )
+    stop_grace = take(report, raw, path, "stop_grace", duration(positive=False), d["stop_grace"])
+    ignore_paths, ignore_user_agents = _activity(
+        report, join(path, "activity"), raw.get("activity")
+    )
+    if len(report) > before:
+        return None
+    return spec.Service(
+        name=str(name),
+        command=command,
+        version=version,
+        environments=environments,
+        readiness=readiness,
+        env=env,
+        ignore_paths=ignore_paths,
+        ignore_user_agents=ignore_user_agents,
+        start_timeout=start_timeout,
+        stop_grace=stop_grace,
+    )
+
+
+def _service_environments(
+    report: Report, path: str, value: object, defined: list[str]
+) -> tuple[str, ...]:
+    explicit = value not in (None, [])
+    if not explicit:
+        names: list[Any] = list(DEFAULT_SERVICE_ENVIRONMENTS)
+    elif isinstance(value, list):
+        names = value
+    else:
+        report.add(
+            path,
+            f"must be a list of environment names, e.g. [private, demo], got {describe(value)}",
+        )
+        return ()
+    result: list[str] = []
+    for index, name in enumerate(names):
+        item = f"{path}[{index}]" if explicit else path
+        problem = _placement_problem(name, result, defined)
+        if problem is None:
+            result.append(name)
+        elif explicit:
+            report.add(item, problem)
+        else:
+            report.add(item, f"defaults to [private, demo], but {problem}; list the environments")
+    return tuple(result)
+
+
+def _placement_problem(name: object, placed: list[str], defined: list[str]) -> str | None:
+    if not isinstance(name, str):
+        return f"must be an environment name, got {describe(name)}"
+    if name in placed:
+        return f"environment {show(name)} is listed twice; list each environment once"
+    if name not in defined:
+        known = ", ".join(defined) if defined else "none"
+        return (
+            f"environment {show(name)} is not defined{suggest(name, defined)}; "
+            f"defined environments: {known}"
+        )
+    return None
+
+
+def _readiness(report: Report, path: str, value: object) -> spec.Readiness:
+    d = _READINESS_DEFAULTS
+    raw = section(report, path, value, READINESS_KEYS)
+    if raw is None:
+        return d
+    timeout = take(report, raw, path, "timeout", duration(positive=True), d.timeout)
+    if "http" in raw and "tcp" in raw:
+        report.add(
+            path, "has both http and tcp; choose exactly one: {http: /healthz} or {tcp: true}"
+        )
+        return d
+    if "tcp" in raw:
+        if raw["tcp"] is not True:
+            report.add(
+                join(path, "tcp"),
+                f"must be true (probe by TCP connect), got {describe(raw['tcp'])}; "
+                "to probe by HTTP write http: /path instead",
+            )
+        return spec.Readiness(http_path=None, tcp=True, timeout=timeout)
+    http_path = take(report, raw, path, "http", parse_http_path, d.http_path)
+    return spec.Readiness(http_path=http_path, tcp=False, timeout=timeout)
+
+
+def _env_vars(report: Report, path: str, value: object) -> tuple[tuple[str, str], ...]:
+    if value is None:
+        return ()
+    if not isinstance(value, dict):
+        report.add(path, f"must be a mapping of variable name to value, got {describe(value)}")
+        return ()
+    pairs: list[tuple[str, str]] = []
+    for key, item in value.items():
+        item_path = join(path, key)
+        if not isinstance(key, str) or not _ENV_VAR.fullmatch(key):
+            report.add(
+                item_path,
+                f"{show(key)} is not a valid environment variable name: use letters, digits "
+                "and underscores, not starting with a digit",
+            )
+        elif isinstance(item, str | int | float):  # bool is an int: "True"/"False"
+            pairs.append((key, str(item)))
+        else:
+            report.add(item_path, f"must be a string, got {describe(item)}")
+    return tuple(pairs)
+
+
+def _activity(report: Report, path: str, value: object) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    raw = section(report, path, value, ACTIVITY_KEYS)
+    if raw is None:
+        return (), ()
+    paths = take_list(report, join(path, "ignore_paths"), raw.get("ignore_paths"),
+                      parse_ignore_path)
+    agents = take_list(
+        report, join(path, "ignore_user_agents"), raw.get("ignore_user_agents"), parse_user_agent
+    )
+    return paths, agents
