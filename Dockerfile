@@ -12,6 +12,7 @@ WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY controller/ controller/
 COPY proxy/ proxy/
+COPY common/ common/
 # The runtime dependencies only: no test extras.
 RUN /opt/wakegate/bin/pip install .
 

@@ -3,7 +3,7 @@
 Each proxy reports every `report_interval`: per instance, its requests in
 flight and the seconds since its last request ended (never a raw clock
 reading: clocks differ between processes and hosts), and how long the report
-holds (its TTL). DESIGN.md: a proxy that stopped reporting is treated as
+holds (its TTL). docs/contract.md: a proxy that stopped reporting is treated as
 possibly active until its report expires. So while a report has not expired,
 its in-flight counts count and an instance it had requests in flight for was
 active at the time of the report; once it expires the proxy is forgotten,

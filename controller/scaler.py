@@ -37,7 +37,7 @@ from .spec import Config, InstanceSpec, RouteTable
 from .status import status_rows
 from .versions import VersionStore
 
-__all__ = ["DeployRefused", "Instance", "Scaler"]
+__all__ = ["Instance", "Scaler"]
 
 log = logging.getLogger("wakegate.controller")
 
@@ -335,18 +335,6 @@ class Scaler:
         return {"added": sorted("/".join(k) for k in after - before),
                 "removed": sorted("/".join(k) for k in before - after),
                 "instances": len(after)}
-
-    # --- versions (the commands are releases.py's) ---
-
-    async def deploy(self, environment: str, service: str, version: str) -> dict[str, Any]:
-        return await self.releases.deploy(environment, service, version)
-
-    async def promote(self, service: str) -> dict[str, Any]:
-        """The private version becomes the demo (public) version."""
-        return await self.releases.promote_private(service)
-
-    def production_instance(self, service: str) -> Instance:
-        return self.releases.production_instance(service)
 
     # --- lifecycle ---
 

@@ -44,7 +44,7 @@ class KindDefaults:
     max_replicas: int
 
 
-# DESIGN.md's first table.
+# The first table of docs/contract.md.
 KIND_DEFAULTS: dict[str, KindDefaults] = {
     "private": KindDefaults("api_key", 15 * 60.0, 0, 1),
     "demo": KindDefaults("public", 15 * 60.0, 0, 1),

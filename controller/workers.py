@@ -203,11 +203,14 @@ class Workers:
                     worker.proc.pid if worker.proc else 0, describe_exit(code), delay)
             worker.announce = worker.announce or not failing
             failing = True
-            if not await self._spawn_after(worker, delay, backoff):
+            if not await self._spawn_after(worker, delay):
                 return
 
-    async def _spawn_after(self, worker: _Worker, delay: float, backoff: Backoff) -> bool:
-        """Restart `worker` after `delay` (longer while it cannot even be started)."""
+    async def _spawn_after(self, worker: _Worker, delay: float) -> bool:
+        """Restart `worker` after `delay` (longer while it cannot even be started: a back-off
+        of its own, so failed starts do not lengthen the wait after the next crash)."""
+        backoff = Backoff(delay, max(delay, RESTART_CAP), jitter=False)
+        backoff.next()  # `delay` is the first wait; the next failed start waits twice as long
         while True:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stopping.wait(), delay)

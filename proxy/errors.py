@@ -1,4 +1,4 @@
-"""JSON error responses: DESIGN.md's status table, with a sentence a person can act on."""
+"""JSON error responses: the status table of docs/contract.md, with a sentence to act on."""
 
 from __future__ import annotations
 

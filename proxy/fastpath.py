@@ -384,8 +384,7 @@ class FastConnection(asyncio.Protocol):
         # From now on the aiohttp path times this connection (server.ProxyRequestHandler).
         self._client_deadline.cancel()
         self.upstream_deadline.cancel()
-        take_over(self._slow_protocol, transport, bytes(self._buf), answered=self._served,
-                  replayed=replayed, writing_paused=self.writing_paused)
-        self._buf = bytearray()
-        if self._paused:
-            transport.resume_reading()
+        unserved, self._buf = bytes(self._buf), bytearray()
+        take_over(self._slow_protocol, transport, unserved, answered=self._served,
+                  replayed=replayed, writing_paused=self.writing_paused,
+                  reading_paused=self._paused)

@@ -43,14 +43,16 @@ def wrong_version(request: web.BaseRequest) -> web.Response:
 
 
 def take_over(server: Callable[[], asyncio.Protocol], transport: asyncio.Transport,
-              unserved: bytes, *, answered: bool, replayed: bool, writing_paused: bool) -> None:
+              unserved: bytes, *, answered: bool, replayed: bool, writing_paused: bool,
+              reading_paused: bool) -> None:
     """A handler of `server` takes over a connection the fast path served until now.
 
     `unserved`: every byte not served yet, from the first byte of a request;
     `answered`: the connection had answers already (a late head gets no 408);
     `replayed`: its first request was sent upstream once already and its
     upstream died on it (it may wake the instance once more, not twice);
-    `writing_paused`: the client is behind on reading.
+    `writing_paused`: the client is behind on reading;
+    `reading_paused`: the fast path stopped reading this client.
     """
     handler = server()
     if answered:
@@ -62,6 +64,10 @@ def take_over(server: Callable[[], asyncio.Protocol], transport: asyncio.Transpo
     if writing_paused:
         # aiohttp must know, or it buffers its answers without limit.
         handler.pause_writing()
+    if reading_paused:
+        # Before the bytes go in: aiohttp may pause reading itself while it takes them
+        # (a large body, a full queue), and resuming after would undo its pause.
+        transport.resume_reading()
     if unserved:
         handler.data_received(unserved)
 

@@ -36,10 +36,20 @@ RUN_MARKER = uuid.uuid4().hex
 START_DEADLINE = 20.0
 
 
+_HANDED_OUT: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A free loopback port, never one this test process handed out before: the kernel
+    may give the port it just freed to the next bind(0), and two calls in a row (a
+    proxy's and a controller's port) then named the same one."""
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = int(s.getsockname()[1])
+        if port not in _HANDED_OUT:
+            _HANDED_OUT.add(port)
+            return port
 
 
 def hello_service(**overrides: Any) -> dict[str, Any]:

@@ -1,6 +1,6 @@
 """Private access through a real wakegate: who gets in, with which key, and by no other way.
 
-DESIGN.md: a private instance needs the service's API key, read from `X-API-Key`
+docs/contract.md: a private instance needs the service's API key, read from `X-API-Key`
 or `Authorization: Bearer`, never from the query string; the key is validated
 against stored SHA-256 hashes, stripped before forwarding, and never appears in
 logs or metrics; only the Host header picks the route.

@@ -226,6 +226,16 @@ async def test_leader_failover(cluster: Cluster, wakegate: Start) -> None:
     assert not errors, errors
 
 
+async def test_a_stopped_controller_releases_its_lease(cluster: Cluster, wakegate: Start) -> None:
+    """A clean stop gives the Lease up, so the next controller need not wait for it to expire."""
+    demo_cluster(cluster)
+    wg = wakegate(kube_config(cluster))
+    wg.stop()
+    lease = cluster.get("Lease", "wakegate-system", "wakegate-controller")
+    assert lease is not None
+    assert not lease["spec"].get("holderIdentity"), f"the Lease is still held: {lease['spec']}"
+
+
 # --- RBAC: the manifests grant exactly what the code uses ---
 
 

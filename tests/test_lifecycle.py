@@ -3,7 +3,7 @@
 No process outlives wakegate (SIGTERM, Ctrl-C, or wakegate itself killed), a
 service that ignores SIGTERM is killed after its stop_grace, `up` and `status`
 print what they promise, bad configs and taken ports fail cleanly, every
-instance has a log, and /metrics carries DESIGN.md's metric names.
+instance has a log, and /metrics carries the metric names of docs/contract.md.
 """
 
 from __future__ import annotations

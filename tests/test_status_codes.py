@@ -1,4 +1,4 @@
-"""Every row of DESIGN.md's "HTTP behaviour of the proxy" table, through a real wakegate.
+"""Every row of the contract's status table (docs/contract.md), through a real wakegate.
 
 Each test starts its own `wakegate up` with the example service and checks what a
 user sees: the status, the JSON error body (`error`, `message`, `environment`,

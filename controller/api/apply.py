@@ -9,7 +9,8 @@ import logging
 from aiohttp import web
 
 from ..config import ConfigError, load_config
-from ..scaler import DeployRefused, Scaler
+from ..releases import DeployRefused
+from ..scaler import Scaler
 from .answers import error
 
 log = logging.getLogger("wakegate.api")

@@ -10,9 +10,9 @@ from aiohttp import web
 
 from ..config import parse_version
 from ..keys import SHA256_HEX
-from ..releases import ReleaseConflict, ReleaseRefused
+from ..releases import DeployRefused, ReleaseConflict, ReleaseRefused
 from ..runtimes.base import StartFailed
-from ..scaler import DeployRefused, Scaler
+from ..scaler import Scaler
 from .answers import BadRequest, error, json_body, json_object, not_leader
 from .apply import apply_file
 from .idempotency import IdempotentAnswers
@@ -46,15 +46,16 @@ class ChangeRoutes:
             return error(400, "bad_version", f"version: {exc}. Nothing was changed.")
         if not self.scaler.acting:
             return not_leader()
+        releases = self.scaler.releases
         return await self._versions(request,
-                                    lambda: self.scaler.deploy(environment, service, version))
+                                    lambda: releases.deploy(environment, service, version))
 
     async def promote(self, request: web.Request) -> web.Response:
         """`POST /v1/promote {"service"}`: the private version becomes the demo version."""
         service = await _service(request)
         if not self.scaler.acting:
             return not_leader()
-        return await self._versions(request, lambda: self.scaler.promote(service))
+        return await self._versions(request, lambda: self.scaler.releases.promote_private(service))
 
     async def apply(self, request: web.Request) -> web.Response:
         """`POST /v1/apply {"sha256": HEX?}`: re-read the controller's own config file and
@@ -85,7 +86,7 @@ class ChangeRoutes:
         action = request.match_info["action"]
 
         async def switch() -> dict[str, Any]:
-            inst = self.scaler.production_instance(service)
+            inst = self.scaler.releases.production_instance(service)
             releases = self.scaler.releases
             return await (releases.promote(inst) if action == "promote"
                           else releases.rollback(inst))
@@ -96,7 +97,7 @@ class ChangeRoutes:
         """`GET /v1/release/status?service=S`: both colours, which is live."""
         service = request.query.get("service", "")
         try:
-            inst = self.scaler.production_instance(service)
+            inst = self.scaler.releases.production_instance(service)
         except LookupError as exc:
             return error(404, "not_found", f"{exc}.")
         except ReleaseRefused as exc:

@@ -154,11 +154,16 @@ class LeaderElector:
         s = self._s
         # Best effort, and bounded: a slow API server must not keep this controller
         # from exiting (its successor then waits for the Lease to expire instead).
-        with contextlib.suppress(Exception), asyncio.timeout(s.renew_deadline):
-            lease = await call(self._api.read_namespaced_lease, s.lease_name, s.lease_namespace)
-            spec = lease.get("spec") or {}
-            if spec.get("holderIdentity") != self.identity:
-                return
-            spec["holderIdentity"] = ""
-            spec["renewTime"] = "1970-01-01T00:00:00.000000Z"
-            await call(self._api.replace_namespaced_lease, s.lease_name, s.lease_namespace, lease)
+        # (`async with`: asyncio.timeout is an async context manager only; in a plain
+        # `with` it raised at once, the suppress hid it, and no Lease was ever released.)
+        with contextlib.suppress(Exception):
+            async with asyncio.timeout(s.renew_deadline):
+                lease = await call(self._api.read_namespaced_lease, s.lease_name,
+                                   s.lease_namespace)
+                spec = lease.get("spec") or {}
+                if spec.get("holderIdentity") != self.identity:
+                    return
+                spec["holderIdentity"] = ""
+                spec["renewTime"] = "1970-01-01T00:00:00.000000Z"
+                await call(self._api.replace_namespaced_lease, s.lease_name,
+                           s.lease_namespace, lease)
