@@ -1,4 +1,4 @@
-"""Tests for controller/config.py: parsing wakegate.yaml into spec.Config, and its problems."""
+"""Tests for controller/config/: parsing wakegate.yaml into spec.Config, and its problems."""
 
 from __future__ import annotations
 
