@@ -19,10 +19,10 @@ import traceback
 from collections.abc import Callable
 from typing import Any
 
-from bench import coldstart, hold, report, routes, sleep_accuracy, warm
+from bench import autoscale, coldstart, hold, report, routes, sleep_accuracy, warm
 from bench.tools import RESULTS, Skip, skipped, write_result
 
-ORDER = ("warm", "coldstart", "kubernetes", "hold", "routes", "sleep_accuracy")
+ORDER = ("warm", "coldstart", "kubernetes", "hold", "routes", "sleep_accuracy", "autoscale")
 
 
 def _scenarios(args: argparse.Namespace) -> dict[str, Callable[[], dict[str, Any]]]:
@@ -40,6 +40,8 @@ def _scenarios(args: argparse.Namespace) -> dict[str, Callable[[], dict[str, Any
         "hold": lambda: hold.run(args.hold_connections),
         "routes": lambda: routes.run(args.route_instances, args.seconds, args.rounds),
         "sleep_accuracy": lambda: sleep_accuracy.run(args.sleep_runs),
+        "autoscale": lambda: autoscale.run(
+            autoscale.Settings(seconds=autoscale.phase_seconds(args.autoscale_seconds))),
     }
 
 
@@ -81,11 +83,14 @@ def main() -> None:
     parser.add_argument("--hold-connections", type=int, default=10000)
     parser.add_argument("--route-instances", type=int, default=10000)
     parser.add_argument("--sleep-runs", type=int, default=10)
+    parser.add_argument("--autoscale-seconds", default="10,20,40",
+                        help="the autoscale load's phases: low, step, low again")
     args = parser.parse_args()
     if args.quick:
         args.seconds, args.rounds, args.openloop_seconds = 1.0, 1, 1.0
         args.cold_runs, args.failovers, args.hold_connections = 2, 1, 50
         args.route_instances, args.sleep_runs = 50, 2
+        args.autoscale_seconds = "1,2,2"
     names = args.only.split(",") if args.only else list(ORDER)
     unknown = [n for n in names if n not in ORDER]
     if unknown:

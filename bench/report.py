@@ -1,6 +1,7 @@
 """The combined report: every bench/results/<name>.json as markdown, and the goals.
 
-The goals are issue 5's, and issue 12's bar for the warm path (bench/warm.py).
+The goals are issue 5's, issue 12's bar for the warm path (bench/warm.py), and issue 14's
+for autoscaling (bench/autoscale.py).
 
 Usage: python -m bench.report [--results bench/results] [--out bench/results/summary.md]
 """
@@ -16,7 +17,8 @@ from typing import Any
 from bench.tools import RESULTS
 
 # The order of the report; each name is a results file and a scenario.
-SCENARIOS = ("warm", "coldstart", "kubernetes", "hold", "routes", "sleep_accuracy")
+SCENARIOS = ("warm", "coldstart", "kubernetes", "hold", "routes", "sleep_accuracy",
+             "autoscale")
 
 
 def _fmt(value: Any, digits: int = 2) -> str:
@@ -133,6 +135,60 @@ def sleep_table(result: dict[str, Any]) -> str:
             f"{result['poll_ms']:g} ms.")
 
 
+def _replicas(ready: Any, desired: Any) -> str:
+    return f"{_fmt(ready)}/{_fmt(desired)}"
+
+
+def autoscale_table(result: dict[str, Any]) -> str:
+    """The figures, then one row per phase and one per second of the load."""
+    f, s = result["figures"], result["settings"]
+    step, latency = result["phases"][1], f["step_latency"]
+
+    def seconds(value: float | None, unreached: str) -> str:
+        return unreached if value is None else f"{value:.2f} s"
+
+    figures = [
+        [f"load step → {f['replicas_needed']} replicas ready (their capacity covers "
+         f"{step['rate']:g} req/s)", seconds(f["step_to_enough_ready_s"], "not reached")],
+        ["p50 / p99 / max latency during the step",
+         f"{_fmt(latency['p50_ms'])} / {_fmt(latency['p99_ms'])} / {_fmt(latency['max_ms'])} ms"],
+        ["requests failed during scale-up (the step)", f["failed_during_scale_up"]],
+        ["requests failed during scale-down (after the step)", f["failed_during_scale_down"]],
+        ["load drop → the replicas added for the step gone",
+         seconds(f["drop_to_extra_replicas_gone_s"], "none added" if f["peak_ready"] is None
+                 or f["peak_ready"] <= (f["replicas_before_step"] or 0) else "not within the run")],
+        ["replicas ready before the step / at most / desired at most",
+         f"{_fmt(f['replicas_before_step'])} / {_fmt(f['peak_ready'])} / "
+         f"{_fmt(f['peak_desired'])}"],
+    ]
+    phases = [[p["name"], p["rate"], p["seconds"], p["requests"], p["failed"],
+               p["latency"]["p50_ms"], p["latency"]["p99_ms"], p["latency"]["max_ms"]]
+              for p in result["phases"]]
+    per_second = [[r["t_s"], r["phase"], r["offered"], _replicas(r["ready"], r["desired"]),
+                   r["p50_ms"], r["p99_ms"], r["non_2xx"], r["client_errors"]]
+                  for r in result["seconds"]]
+    out = [_table(["autoscale", "figure"], figures), "",
+           f"One replica serves {s['concurrency']} requests at a time, {s['service_ms']:g} ms "
+           f"each: {s['capacity_per_replica_rps']:g} req/s. {s['environment']}: replicas "
+           f"{s['min_replicas']}..{s['max_replicas']}, target_concurrency {s['concurrency']}, "
+           f"target_utilization {s['target_utilization']:g}; windows shortened for a one-minute "
+           f"run: stable {s['window']:g} s, panic {s['panic_window']:g} s (threshold "
+           f"{s['panic_threshold']:g}), scale_down_delay {s['scale_down_delay']:g} s, drain "
+           f"before a replica stops {s['drain']:g} s. Open "
+           f"loop over {s['connections']} connections, latency from each request's due time; "
+           f"replicas read from /v1/status every {s['poll_ms']:g} ms.", "",
+           _table(["phase", "req/s", "s", "requests", "failed", "p50 ms", "p99 ms", "max ms"],
+                  phases), "",
+           _table(["s", "phase", "offered", "ready/desired", "p50 ms", "p99 ms", "non-2xx",
+                   "no answer"], per_second)]
+    bad = result["non_2xx"]
+    out.append("\nNot 2xx: " + (", ".join(f"{kind}: {n}" for kind, n in bad["by_kind"].items())
+                                if bad["count"] else "none") + ".")
+    if not result["desired_reported"]:
+        out.append("The controller's /v1/status has no `desired_replicas`: desired is not shown.")
+    return "\n".join(out)
+
+
 def _coldstart(result: dict[str, Any]) -> str:
     from bench.coldstart import markdown
 
@@ -147,11 +203,11 @@ def _kubernetes(result: dict[str, Any]) -> str:
 
 TABLES: dict[str, Callable[[dict[str, Any]], str]] = {
     "warm": warm_table, "coldstart": _coldstart, "kubernetes": _kubernetes, "hold": hold_table,
-    "routes": routes_table, "sleep_accuracy": sleep_table,
+    "routes": routes_table, "sleep_accuracy": sleep_table, "autoscale": autoscale_table,
 }
 TITLES = {"warm": "Warm path", "coldstart": "Cold start", "kubernetes": "Kubernetes runtime",
           "hold": "Hold capacity", "routes": "Route table scale",
-          "sleep_accuracy": "Sleep accuracy"}
+          "sleep_accuracy": "Sleep accuracy", "autoscale": "Autoscaling"}
 
 
 def goals(results: dict[str, dict[str, Any]]) -> str:
@@ -183,6 +239,12 @@ def goals(results: dict[str, dict[str, Any]]) -> str:
         ratio = big.get("vs_1_instance")
         add(f"{max(routes['sizes']):,} instances: throughput within 10 % of 1", ratio,
             None if ratio is None else ratio >= 0.9)
+    autoscale = results.get("autoscale", {})
+    if autoscale.get("status") == "ok":
+        f = autoscale["figures"]
+        failed = f["failed_during_scale_up"] + f["failed_during_scale_down"]
+        add("autoscale: 0 requests failed while scaling up and down (issue 14)", failed,
+            failed == 0)
     return _table(["goal (issue 5 unless marked)", "figure", "met"], rows) if rows else ""
 
 

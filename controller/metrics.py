@@ -43,6 +43,23 @@ class ControllerMetrics(Collector):
             "starts no start is tried and requests get 503.",
             labels=_LABELS,
         )
+        desired = GaugeMetricFamily(
+            "wakegate_instance_desired_replicas",
+            "Replicas the instance should have now: by load while it scales by load, else "
+            "1 or min_replicas while it runs, 0 while it sleeps.",
+            labels=_LABELS,
+        )
+        concurrency = GaugeMetricFamily(
+            "wakegate_instance_concurrency",
+            "Requests in flight on all proxies (held ones included), averaged over the "
+            "autoscale window; only for instances that scale by load (max_replicas > 1).",
+            labels=_LABELS,
+        )
+        max_replicas = GaugeMetricFamily(
+            "wakegate_instance_max_replicas",
+            "The most replicas the instance may have (its environment's max_replicas).",
+            labels=_LABELS,
+        )
         events = CounterMetricFamily(
             "wakegate_scale_events",
             "Instances scaled up (woke, replica added) or down (slept, replica lost).",
@@ -54,6 +71,10 @@ class ControllerMetrics(Collector):
                 labels = list(inst.key)
                 in_flight, last = self.scaler.activity(inst)
                 replicas.add_metric(labels, len(inst.replicas))
+                desired.add_metric(labels, inst.desired())
+                max_replicas.add_metric(labels, inst.spec.environment.max_replicas)
+                if inst.concurrency is not None:  # scaled by load now (scaling.py)
+                    concurrency.add_metric(labels, inst.concurrency)
                 backoff.add_metric(labels, inst.backoff_left(now))
                 idle.add_metric(labels, 0.0 if in_flight else max(now - last, 0.0))
                 last_request.add_metric(labels, wall - (now - last))
@@ -71,4 +92,5 @@ class ControllerMetrics(Collector):
                 live = self.scaler.releases.of(inst).live
                 for colour in ("blue", "green"):
                     release.add_metric([*key, colour], 1.0 if live == colour else 0.0)
-        yield from (replicas, idle, last_request, backoff, events, release)
+        yield from (replicas, desired, concurrency, max_replicas, idle, last_request, backoff,
+                    events, release)

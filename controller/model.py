@@ -128,6 +128,11 @@ class Instance:
         self.backoff_until = 0.0
         # Production only: its colours, once loaded from the runtime's colour store.
         self.release: Release | None = None
+        # Scaling by load (scaling.py): the replicas it wants now (0: not scaled by load
+        # now), and the concurrency averaged over its stable window (None: not scaled by
+        # load here, by wakegate).
+        self.desired_replicas = 0
+        self.concurrency: float | None = None
 
     # --- the state, in the words the route table carries ---
 
@@ -136,6 +141,12 @@ class Instance:
         self.state = READY
         self.error = None
         self.ready_since = time.monotonic() if since is None else since
+
+    def desired(self) -> int:
+        """Replicas wanted now: the load's while it is scaled by load, else the state's."""
+        if self.state not in (READY, STARTING):
+            return 0  # asleep, or going to sleep
+        return self.desired_replicas or max(self.spec.environment.min_replicas, 1)
 
     def fell_asleep(self) -> None:
         """No replica is left: the next request wakes it."""

@@ -14,10 +14,13 @@ live) or the *previous* live colour after a switch, kept running for
 rollback is instant.
 
 Promote and rollback swap the colours in one route-table version, so every
-proxy switches at once. Where the colours are kept is the runtime's
-(`ColourStore`): the local runtime writes `state_dir/releases.json`
-atomically (runtimes/local/colours.py); the Kubernetes runtime keeps them on the
-`<service>-blue`/`<service>-green` Deployments. Either way the switch is
+proxy switches at once. A promote first scales the preview to as many ready
+replicas as the live colour has (scaling.py may have scaled it up by load),
+so the switch does not overload it; then the new live colour scales by load.
+Where the colours are kept is the runtime's (`ColourStore`): the local
+runtime writes `state_dir/releases.json` atomically (runtimes/local/colours.py);
+the Kubernetes runtime keeps them on the `<service>-blue`/`<service>-green`
+Deployments. Either way the switch is
 recorded before traffic moves, and a restarted controller never leaves
 production without a live colour.
 
@@ -243,12 +246,30 @@ class Releases:
                 if not other.replicas or any(r.exited.done() for r in other.replicas):
                     raise ReleaseRefused(f"the preview colour ({other.version}) is not ready: "
                                          "run the deploy again")
+                await self._scale_preview(inst, other)
                 return await self._swap(inst, release, PROMOTE)
             if release.last == PROMOTE:
                 raise ReleaseRefused(f"there is nothing to promote: {inst.version} on the "
                                      f"{release.live} colour is live already (promoted)")
             raise ReleaseRefused("there is nothing to promote: deploy a version to "
                                  "production first (it goes to the preview colour)")
+
+    async def _scale_preview(self, inst: Instance, other: OtherColour) -> None:
+        """The preview gets as many ready replicas as the live colour has now (scaled up by
+        load since the deploy, say), so that the switch does not overload it."""
+        async with inst.lock:  # a step up of the live colour under way counts
+            size = len(inst.replicas)
+        if len(other.replicas) >= size:
+            return
+        try:
+            other.replicas = await self.colours.start(inst, other.colour, other.version, size,
+                                                      list(other.replicas))
+        except Exception as exc:
+            raise ReleaseRefused(f"the preview colour ({other.version}) could not be scaled "
+                                 f"to the live colour's {size} replicas: {exc}") from exc
+        self._machine.publish()
+        log.info("%s: the %s colour (preview) scaled to %d replicas", inst.name, other.colour,
+                 size, extra=event(inst.spec, "preview_scaled", replicas=size))
 
     async def rollback(self, inst: Instance) -> dict[str, Any]:
         async with self._exclusive(inst) as release:

@@ -3,7 +3,8 @@
 Every change of an instance's state is published to the proxies as a new
 route-table version (routes.py derives it from the model). Start and stop of
 one instance are serialised by its lock, so there is one activation at a time
-however many requests wait; when an idle instance goes to sleep is sleep.py's.
+however many requests wait; when an idle instance goes to sleep is sleep.py's,
+and how many replicas a running one has under load is scaling.py's.
 
 The scaler is given its runtime (the composition root picks it, see
 runtimes/__init__.py) and is the runtime's `RuntimeEvents`: what the runtime
@@ -32,6 +33,7 @@ from .model import (
 from .releases import DeployRefused, Releases
 from .routes import RouteBoard
 from .runtimes.base import KeyStore, Runtime
+from .scaling import LoadScaler
 from .sleep import Activity, Sleeper
 from .spec import Config, InstanceSpec, RouteTable
 from .status import status_rows
@@ -69,6 +71,7 @@ class Scaler:
         self._closing = False
         self._sleeper = Sleeper(self.instances, self.activity, self.publish, runtime.stop,
                                 on_scale)
+        self._load = LoadScaler(self.instances, self.activity, self.publish, runtime, on_scale)
         self.publish()
 
     # --- the set of instances (config, cluster discovery, apply) ---
@@ -340,7 +343,7 @@ class Scaler:
 
     async def run(self) -> None:
         """Open the runtime, start the always-on instances, then watch for idle ones
-        (sleep.py)."""
+        (sleep.py) and for the load (scaling.py)."""
         await self.runtime.open(self)
         self.acting = True
         for inst in list(self.instances.values()):
@@ -348,6 +351,7 @@ class Scaler:
                 self.request_activation(inst.key)
         self._pending.clear()
         self._sleeper.start()
+        self._load.start()
 
     async def always_on_started(self) -> None:
         """Wait for the first start of every always-on instance, ready or failed.
@@ -372,10 +376,10 @@ class Scaler:
         self._closing = True
         for inst in self.instances.values():
             self.releases.forget(inst)
-        sleeping = self._sleeper.close()
+        stopping = [*self._sleeper.close(), *self._load.close()]
         for task in list(self._tasks):
             task.cancel()
-        await asyncio.gather(*sleeping, *self._tasks, return_exceptions=True)
+        await asyncio.gather(*stopping, *self._tasks, return_exceptions=True)
         grace = max((s.stop_grace for s in self.config.services.values()), default=10.0)
         await self.runtime.shutdown(grace)
         self.keys.flush()  # when keys were last used

@@ -7,7 +7,7 @@ data and no I/O, so the data plane never depends on the control plane's code.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from typing import Literal
 
@@ -55,6 +55,23 @@ KIND_DEFAULTS: dict[str, KindDefaults] = {
 }
 
 @dataclass(frozen=True, slots=True)
+class Autoscale:
+    """Scaling by load between min_replicas and max_replicas, the way Knative's KPA does it
+    (its defaults): desired = ceil(concurrency averaged over `window` / (target_concurrency
+    x target_utilization)); when the `panic_window` average asks for `panic_threshold` x
+    the current capacity, scale up on it and do not scale down until the panic has been
+    over for a whole `window`; scale down one replica at a time, at most every
+    `scale_down_delay`. Set per environment (`autoscale:`), overridden per service."""
+
+    target_concurrency: float = 100.0  # requests in flight one replica is meant to take
+    target_utilization: float = 0.7  # of target_concurrency, the headroom kept for bursts
+    window: float = 60.0  # seconds: the stable window
+    panic_window: float = 6.0  # seconds
+    panic_threshold: float = 2.0  # x current capacity
+    scale_down_delay: float = 30.0  # seconds between two steps down
+
+
+@dataclass(frozen=True, slots=True)
 class CrashBackoff:
     """After `after` failed activations in a row, no start for `first` seconds, doubling up
     to `max` (like Kubernetes' CrashLoopBackOff); a successful start, a new version or an
@@ -94,6 +111,7 @@ class Environment:
     scale_down_delay: float = DEFAULT_SCALE_DOWN_DELAY
     wake_strategy: str = "hold"
     crash_backoff: CrashBackoff = field(default_factory=CrashBackoff)
+    autoscale: Autoscale = field(default_factory=Autoscale)
 
     @property
     def sleeps(self) -> bool:
@@ -121,6 +139,8 @@ class Service:
     ignore_user_agents: tuple[str, ...] = ()
     start_timeout: float = 120.0
     stop_grace: float = 10.0
+    # `autoscale:` keys set on the service, over its environment's (field name, value).
+    autoscale_overrides: tuple[tuple[str, float], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,6 +195,13 @@ class InstanceSpec:
     @property
     def name(self) -> str:
         return f"{self.environment.name}/{self.service.name}"
+
+    @property
+    def autoscale(self) -> Autoscale:
+        """The environment's autoscale settings with the service's overrides."""
+        overrides = self.service.autoscale_overrides
+        return replace(self.environment.autoscale, **dict(overrides)) if overrides \
+            else self.environment.autoscale
 
 
 @dataclass(frozen=True, slots=True)

@@ -30,7 +30,8 @@ def status_rows(instances: Iterable[Instance], activity: Callable[[Instance], tu
                 "kind": inst.spec.environment.kind,
                 "access": inst.spec.environment.access,
                 "state": inst.state,
-                "replicas": len(inst.replicas),
+                "replicas": len(inst.replicas),  # ready: in the route table
+                "desired_replicas": inst.desired(),
                 "version": inst.version,
                 "in_flight": in_flight,
                 "idle_seconds": 0.0 if in_flight else round(now - last, 3),

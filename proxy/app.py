@@ -24,7 +24,7 @@ from . import policy
 from .activator import Activator
 from .activity import ActivityTracker
 from .aiohttp_path import AiohttpPath
-from .balancer import RoundRobin
+from .balancer import LeastOutstanding
 from .context import ProxyContext
 from .fastpath import FastConnection
 from .forward import Forwarder
@@ -57,7 +57,7 @@ class Proxy:
         self.context = ProxyContext(
             settings=settings, trusted=TrustedProxies(settings.trusted_proxies),
             activity=self.activity, metrics=metrics, request_log=request_log,
-            balancer=RoundRobin(), upstreams=UpstreamPool(settings.connect_timeout),
+            balancer=LeastOutstanding(), upstreams=UpstreamPool(settings.connect_timeout),
             refusals=refusals)
         self.activator = Activator(link, metrics)
         self.forwarder = Forwarder(self.context)
@@ -88,7 +88,9 @@ class Proxy:
         self._apply_view()
 
     def _apply_view(self) -> None:
-        table = self.context.table = self.context.refusals.view(self._given)
+        context = self.context
+        table = context.table = context.refusals.view(self._given)
+        context.balancer.forget(table)
         self.activator.on_table(table)
 
     def _in_flight_counts(self) -> dict[tuple[str, str], int]:

@@ -1,26 +1,82 @@
-"""Which of an instance's ready endpoints a request goes to: round robin, shared by both paths.
+"""Which of an instance's ready endpoints a request goes to: least outstanding requests.
 
-The fast path and the aiohttp path take turns from the same counter, so an
-instance's replicas share its load whichever path serves a request.
+Round robin sends the next request to a replica still busy with a slow one.
+Instead each request goes to the less loaded of two endpoints drawn at random
+(the power of two choices): nearly as good as scanning for the least loaded
+one, at a constant cost however many replicas there are, and without the herd
+a strict "least loaded" sends to the same replica from every proxy at once.
+
+The load is the requests this proxy has in flight to each endpoint, counted
+by both paths: `take` counts one when a request is sent, `release` ends it,
+exactly once however the exchange ends (answered, failed, cut, client gone,
+handed over, retried elsewhere); a WebSocket counts while it is open. Counts
+are per process: each proxy (and worker) balances what it sends.
+
+Endpoints are keyed by their address alone ("host:port": unique among the
+replicas of a table). The counts of endpoints that left the route table are
+dropped once idle (`forget`), so the dict stays as large as the table.
 """
 
 from __future__ import annotations
 
-from controller.spec import Route
+from random import random
+
+from controller.spec import Route, RouteTable
 
 
-class RoundRobin:
-    __slots__ = ("_next",)
+class LeastOutstanding:
+    __slots__ = ("in_flight",)
 
     def __init__(self) -> None:
-        self._next: dict[tuple[str, str], int] = {}
+        self.in_flight: dict[str, int] = {}  # endpoint → requests this proxy has there
 
-    def pick(self, route: Route, attempt: int) -> str:
-        """Round robin; `attempt` 1, 2, ...: the endpoints after the one attempt 0 took."""
-        if len(route.endpoints) == 1:
-            return route.endpoints[0]
-        n = self._next.get(route.key, 0)
-        if attempt == 0:
-            self._next[route.key] = n + 1
-            return route.endpoints[n % len(route.endpoints)]
-        return route.endpoints[(n - 1 + attempt) % len(route.endpoints)]
+    def take(self, route: Route) -> str:
+        """The endpoint for a new request (counted in flight until `release`).
+
+        Two distinct endpoints drawn at random, the one with fewer in flight; a
+        tie keeps the first draw, itself uniform, so ties are broken at random.
+        """
+        endpoints = route.endpoints
+        counts = self.in_flight
+        n = len(endpoints)
+        if n == 1:
+            chosen = endpoints[0]
+            counts[chosen] = counts.get(chosen, 0) + 1
+            return chosen
+        i = int(random() * n)
+        j = int(random() * (n - 1))
+        if j >= i:
+            j += 1  # distinct from i, uniform over the others
+        chosen = endpoints[i]
+        load = counts.get(chosen, 0)
+        other = endpoints[j]
+        other_load = counts.get(other, 0)
+        if other_load < load:
+            chosen, load = other, other_load
+        counts[chosen] = load + 1
+        return chosen
+
+    def take_other(self, route: Route, tried: str) -> str:
+        """The endpoint for a retry of a request that broke on `tried` (released first by
+        the caller): the least loaded of the others, `tried` only if it is the only one."""
+        others = [e for e in route.endpoints if e != tried]
+        if not others:
+            return self.take(route)
+        counts = self.in_flight
+        least = min(counts.get(e, 0) for e in others)
+        idle = [e for e in others if counts.get(e, 0) == least]
+        chosen = idle[int(random() * len(idle))]
+        counts[chosen] = least + 1
+        return chosen
+
+    def release(self, endpoint: str) -> None:
+        """A request `take` counted on `endpoint` is over."""
+        self.in_flight[endpoint] -= 1
+
+    def forget(self, table: RouteTable) -> None:
+        """Drop the idle counts of endpoints `table` no longer lists (a count still in flight
+        stays until its release, and goes with the next table)."""
+        counts = self.in_flight
+        listed = {e for route in table.by_key.values() for e in route.endpoints}
+        for endpoint in [e for e, n in counts.items() if n == 0 and e not in listed]:
+            del counts[endpoint]

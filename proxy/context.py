@@ -15,7 +15,7 @@ from typing import Protocol
 from controller.spec import EMPTY_TABLE, ProxySettings, Route, RouteTable
 
 from .activity import ActivityTracker
-from .balancer import RoundRobin
+from .balancer import LeastOutstanding
 from .metrics import ProxyMetrics
 from .policy import TrustedProxies
 from .refusals import RefusedEndpoints
@@ -39,7 +39,7 @@ class ProxyContext:
     activity: ActivityTracker  # requests in flight per instance, for the controller
     metrics: ProxyMetrics
     request_log: RequestLog | None
-    balancer: RoundRobin  # which endpoint a request goes to (both paths take turns)
+    balancer: LeastOutstanding  # which endpoint a request goes to (both paths count in it)
     upstreams: UpstreamPool  # the fast path's keep-alive upstream connections
     refusals: RefusedEndpoints
     table: RouteTable = EMPTY_TABLE  # this proxy's view of the controller's table

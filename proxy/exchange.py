@@ -16,8 +16,9 @@ passes the answer back as llhttp reads it, and ends exactly once, through
   over, with the request (refused connects, replicas gone).
 
 `end()` releases the upstream connection, stops counting the request as in
-flight, counts it in the metrics and the request log (all but HANDED_OFF), then
-tells the client connection what to do.
+flight (for its instance, and on its endpoint for the balancer: the one place
+an exchange's count ends), counts it in the metrics and the request log (all
+but HANDED_OFF), then tells the client connection what to do.
 """
 
 from __future__ import annotations
@@ -58,7 +59,7 @@ class ClientSide(Protocol):
 
 class Exchange:
     __slots__ = ("_answered", "_chunked", "_connecting", "_on_fresh", "_out", "_retry_ok",
-                 "close_after", "conn", "consumed", "counted", "ended", "failure",
+                 "close_after", "conn", "consumed", "counted", "ended", "endpoint", "failure",
                  "head_only", "method", "path", "request", "route", "started",
                  "status", "until_close", "up")
 
@@ -72,6 +73,7 @@ class Exchange:
         self.consumed = consumed  # bytes of the client's buffer this request took
         self.close_after = not keep_alive  # close the client connection once answered
         self.counted = counted  # the InstanceActivity it counts in (None: ignored)
+        self.endpoint: str | None = None  # where it is sent, in flight in the balancer
         self.head_only = method == b"HEAD"
         # An idempotent request without a body is sent again once, on a new connection,
         # when a pooled connection breaks before answering (policy.IDEMPOTENT_METHODS).
@@ -96,7 +98,7 @@ class Exchange:
         if self.counted is not None:
             self.counted.in_flight += 1
         context = self.conn.context
-        endpoint = context.balancer.pick(self.route, 0)
+        endpoint = self.endpoint = context.balancer.take(self.route)
         up = context.upstreams.take(endpoint)
         if up is not None:
             self._send(up)
@@ -230,7 +232,11 @@ class Exchange:
             # new connection.
             self._retry_ok = False
             self._on_fresh = True
-            endpoint = self.conn.context.balancer.pick(self.route, 1)
+            balancer = self.conn.context.balancer
+            tried = self.endpoint
+            assert tried is not None
+            balancer.release(tried)
+            endpoint = self.endpoint = balancer.take_other(self.route, tried)
             self._connecting = asyncio.ensure_future(self._connect_and_send(endpoint, False))
             return
         if self._on_fresh and up is not None:
@@ -291,6 +297,11 @@ class Exchange:
                 connecting is not asyncio.current_task():
             connecting.cancel()  # the client left while a connect was under way
         self._connecting = None
+        conn = self.conn
+        endpoint = self.endpoint
+        if endpoint is not None:
+            self.endpoint = None
+            conn.context.balancer.release(endpoint)
         now = time.monotonic()
         counted = self.counted
         if counted is not None:
@@ -298,7 +309,6 @@ class Exchange:
             if how != HANDED_OFF:
                 counted.last_end = now
             self.counted = None
-        conn = self.conn
         if how != HANDED_OFF:
             conn.context.request_done(self.route, 499 if how == LEFT else status or self.status,
                                       now - self.started, self.method, self.path, conn.peer,

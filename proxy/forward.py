@@ -5,8 +5,10 @@ The upstream URL is built from parts: the endpoint (from the route table)
 and the origin-form target (targets.py), never from the raw request target.
 A refused connect takes that endpoint out of the proxy's table (refusals.py)
 and is retried on the next one; when none is left the request is held while
-the instance wakes again (NeedsWake), never answered 502. The answer goes
-back through respond.py; WebSockets are relayed by websocket.py.
+the instance wakes again (NeedsWake), never answered 502. The endpoint is the
+balancer's choice (balancer.py), counted in flight there until the answer's
+last byte or the try's end. The answer goes back through respond.py;
+WebSockets are relayed by websocket.py.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from yarl import URL
 from controller.spec import Route
 
 from . import policy
+from .balancer import LeastOutstanding
 from .context import ProxyContext
 from .errors import UpstreamError
 from .refusals import accepts
@@ -133,13 +136,15 @@ class Forwarder:
         assert self._session is not None
         return self._session
 
+    @property
+    def balancer(self) -> LeastOutstanding:
+        """Which endpoint a request goes to, and how many are in flight on each."""
+        return self._context.balancer
+
     async def close(self) -> None:
         for session in (self._session, self._fresh):
             if session is not None:
                 await session.close()
-
-    def pick(self, route: Route, attempt: int) -> str:
-        return self._context.balancer.pick(route, attempt)
 
     def refused(self, route: Route, endpoint: str) -> Route:
         """`endpoint` refused the connection (nothing of the request reached anyone): it is
@@ -180,68 +185,75 @@ class Forwarder:
             replayable = body is None and request.method in policy.IDEMPOTENT_METHODS
             fresh = False  # the next try goes on a new connection
             path, query = split_target(target)
-            attempt = 0
+            balancer = self._context.balancer
+            tried: str | None = None  # the endpoint a replayable request broke on
             while True:
-                endpoint = self.pick(route, attempt)
-                url = upstream_url(endpoint, path, query)
-                session = self._fresh if fresh else self._session
-                assert session is not None
+                # Counted on its endpoint from here to the end of its answer, or of this
+                # try: a retry goes elsewhere if it can (the one it broke on, released).
+                endpoint = (balancer.take(route) if tried is None
+                            else balancer.take_other(route, tried))
                 try:
-                    upstream = await session.request(
-                        request.method, url, headers=headers, data=body,
-                        allow_redirects=False, compress=False,
-                    )
-                except aiohttp.ClientConnectorError:
-                    # Refused: nothing of this try reached anyone. Try the next
-                    # endpoint, or hold the request.
-                    route = self.refused(route, endpoint)
-                    attempt = 0
-                    continue
-                except TimeoutError:
-                    raise UpstreamError.of(policy.timed_out(settings.connect_timeout,
-                                                            settings.read_timeout)) from None
-                except aiohttp.ClientConnectionError as exc:
-                    # The body stream's own limit surfaces wrapped by the client.
-                    if isinstance(exc.__cause__, BodyTooLarge) or guard.overflowed:
-                        raise too_large(settings.max_body_size) from None
-                    # Reset before answering. A pooled keep-alive connection the
-                    # upstream just closed looks the same: an idempotent, body-less
-                    # request is tried again on a new connection. If even that one
-                    # breaks and nothing listens there any more, the replica is gone
-                    # (its controller may have died, taking it along): it is taken
-                    # out, and the request goes to the next one or is held while the
-                    # instance wakes. `AiohttpPath.serve` lets a request wake an
-                    # instance again only once: a request that kills its service is
-                    # never replayed into a crash loop.
-                    if replayable:
-                        if not fresh:
-                            fresh = True
-                            attempt += 1
-                            continue
-                        if await accepts(endpoint, settings.connect_timeout):
-                            # It listens: it is this request it breaks on. Not sent again.
-                            raise UpstreamError.of(policy.RESET) from None
+                    url = upstream_url(endpoint, path, query)
+                    session = self._fresh if fresh else self._session
+                    assert session is not None
+                    try:
+                        upstream = await session.request(
+                            request.method, url, headers=headers, data=body,
+                            allow_redirects=False, compress=False,
+                        )
+                    except aiohttp.ClientConnectorError:
+                        # Refused: nothing of this try reached anyone. Try the next
+                        # endpoint, or hold the request.
                         route = self.refused(route, endpoint)
-                        attempt = 0
+                        tried = None
                         continue
-                    raise UpstreamError.of(policy.RESET) from None
-                except aiohttp.ClientPayloadError:
-                    raise UpstreamError(
-                        400, "bad_request_body",
-                        "The request body ended before its declared length.") from None
-                except aiohttp.ClientResponseError:
-                    # What came back is not HTTP ("Bad status line", a broken head).
-                    raise UpstreamError.of(policy.INVALID) from None
-                slot.release()  # answered: the next held request may go
-                guard.upstream = upstream
-                if guard.overflowed:
-                    upstream.close()
-                try:
-                    return await respond(request, upstream, extra, settings.read_timeout)
-                except UpstreamError:
+                    except TimeoutError:
+                        raise UpstreamError.of(policy.timed_out(settings.connect_timeout,
+                                                                settings.read_timeout)) from None
+                    except aiohttp.ClientConnectionError as exc:
+                        # The body stream's own limit surfaces wrapped by the client.
+                        if isinstance(exc.__cause__, BodyTooLarge) or guard.overflowed:
+                            raise too_large(settings.max_body_size) from None
+                        # Reset before answering. A pooled keep-alive connection the
+                        # upstream just closed looks the same: an idempotent, body-less
+                        # request is tried again on a new connection. If even that one
+                        # breaks and nothing listens there any more, the replica is gone
+                        # (its controller may have died, taking it along): it is taken
+                        # out, and the request goes to the next one or is held while the
+                        # instance wakes. `AiohttpPath.serve` lets a request wake an
+                        # instance again only once: a request that kills its service is
+                        # never replayed into a crash loop.
+                        if replayable:
+                            if not fresh:
+                                fresh = True
+                                tried = endpoint
+                                continue
+                            if await accepts(endpoint, settings.connect_timeout):
+                                # It listens: it is this request it breaks on. Not sent again.
+                                raise UpstreamError.of(policy.RESET) from None
+                            route = self.refused(route, endpoint)
+                            tried = None
+                            continue
+                        raise UpstreamError.of(policy.RESET) from None
+                    except aiohttp.ClientPayloadError:
+                        raise UpstreamError(
+                            400, "bad_request_body",
+                            "The request body ended before its declared length.") from None
+                    except aiohttp.ClientResponseError:
+                        # What came back is not HTTP ("Bad status line", a broken head).
+                        raise UpstreamError.of(policy.INVALID) from None
+                    slot.release()  # answered: the next held request may go
+                    guard.upstream = upstream
                     if guard.overflowed:
-                        raise too_large(settings.max_body_size) from None
-                    raise
+                        upstream.close()
+                    try:
+                        return await respond(request, upstream, extra, settings.read_timeout)
+                    except UpstreamError:
+                        if guard.overflowed:
+                            raise too_large(settings.max_body_size) from None
+                        raise
+                finally:
+                    balancer.release(endpoint)
         finally:
             slot.release()
 

@@ -13,6 +13,7 @@ import contextlib
 import aiohttp
 from aiohttp import web
 from multidict import CIMultiDict
+from yarl import URL
 
 from controller.spec import Route
 
@@ -31,7 +32,6 @@ async def relay_websocket(
     extra: dict[str, str] | None,
 ) -> web.StreamResponse:
     """Open the upstream WebSocket first, so a refusal becomes an HTTP error."""
-    session = forwarder.session
     offered = [
         p.strip()
         for p in request.headers.get("Sec-WebSocket-Protocol", "").split(",")
@@ -46,26 +46,19 @@ async def relay_websocket(
     for name in policy.WEBSOCKET_HANDSHAKE:
         headers.popall(name, None)
     path, query = split_target(target)
+    balancer = forwarder.balancer
     while True:
-        endpoint = forwarder.pick(route, 0)
+        # Counted in flight on its endpoint until the WebSocket closes (or this try fails).
+        endpoint = balancer.take(route)
         try:
-            up = await session.ws_connect(
-                upstream_url(endpoint, path, query), headers=headers, protocols=offered,
-                autoping=True, max_msg_size=0,
-                timeout=aiohttp.ClientWSTimeout(ws_close=5.0), receive_timeout=None,
-            )
+            up = await _open(forwarder, upstream_url(endpoint, path, query), headers, offered)
+        except BaseException:
+            balancer.release(endpoint)
+            raise
+        if up is not None:
             break
-        except aiohttp.WSServerHandshakeError as exc:
-            raise UpstreamError(
-                exc.status if exc.status >= 400 else 502, "websocket_refused",
-                "The service refused the WebSocket upgrade.",
-            ) from None
-        except aiohttp.ClientConnectorError:
-            route = forwarder.refused(route, endpoint)
-        except TimeoutError:
-            settings = forwarder.settings
-            raise UpstreamError.of(policy.timed_out(
-                settings.connect_timeout, settings.read_timeout)) from None
+        balancer.release(endpoint)
+        route = forwarder.refused(route, endpoint)
     ws = web.WebSocketResponse(
         protocols=(up.protocol,) if up.protocol else (), autoping=True, max_msg_size=0,
         heartbeat=None,
@@ -76,10 +69,32 @@ async def relay_websocket(
         await ws.prepare(request)
         await _pump_both_ways(ws, up)
     finally:
+        balancer.release(endpoint)  # first: the closes below await, and may be cancelled
         await up.close()
         if ws.prepared and not ws.closed:
             await ws.close()
     return ws
+
+
+async def _open(forwarder: Forwarder, url: URL, headers: CIMultiDict[str],
+                offered: list[str]) -> aiohttp.ClientWebSocketResponse | None:
+    """The upstream WebSocket at `url`; None if the connection was refused."""
+    try:
+        return await forwarder.session.ws_connect(
+            url, headers=headers, protocols=offered, autoping=True, max_msg_size=0,
+            timeout=aiohttp.ClientWSTimeout(ws_close=5.0), receive_timeout=None,
+        )
+    except aiohttp.WSServerHandshakeError as exc:
+        raise UpstreamError(
+            exc.status if exc.status >= 400 else 502, "websocket_refused",
+            "The service refused the WebSocket upgrade.",
+        ) from None
+    except aiohttp.ClientConnectorError:
+        return None
+    except TimeoutError:
+        settings = forwarder.settings
+        raise UpstreamError.of(policy.timed_out(
+            settings.connect_timeout, settings.read_timeout)) from None
 
 
 async def _pump_both_ways(

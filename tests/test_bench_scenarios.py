@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from bench import cpu, hold, openloop, report, routes, sleep_accuracy, warm
+from bench import autoscale, cpu, hold, openloop, report, routes, sleep_accuracy, warm
 from bench.tools import (
     REPO,
     find_tool,
@@ -262,6 +262,36 @@ def test_sleep_accuracy_sees_each_run_go_to_sleep(isolated: Path) -> None:
     # Each run saw "stopping" (or already "sleeping") before "sleeping".
     assert stopped["p50_ms"] >= decided["p50_ms"] and stopped["max_ms"] >= decided["max_ms"]
     assert "idle → sleeping" in report.sleep_table(result)
+
+
+def test_autoscale_scenario_reports_replicas_over_time_and_the_figures(isolated: Path) -> None:
+    settings = autoscale.Settings(concurrency=2, seconds=(1.0, 1.5, 1.5), connections=64)
+    result = autoscale.run(settings)
+    capacity = settings.capacity  # 100 req/s: 50, 400, 50 in the three phases
+    assert [p["requests"] for p in result["phases"]] == [50, 600, 75], result["phases"]
+    assert result["scheduled"] == 725
+    rows = result["seconds"]
+    assert [r["t_s"] for r in rows] == [0, 1, 2, 3] and sum(r["offered"] for r in rows) == 725
+    assert rows[0]["phase"] == "low" and rows[1]["offered"] == 4 * capacity, rows
+    # Every request was answered or counted as unanswered, in its second and its phase.
+    unanswered = sum(r["client_errors"] for r in rows)
+    assert result["answered"] + unanswered == 725, result["non_2xx"]
+    assert sum(p["failed"] for p in result["phases"]) == result["non_2xx"]["count"]
+    assert result["status_reads"] > 0
+    for row in rows:  # the staging instance is always on, within 1..max_replicas
+        assert row["ready"] is not None and 1 <= row["ready"] <= settings.max_replicas, row
+        assert row["desired"] is None or 1 <= row["desired"] <= settings.max_replicas, row
+    figures = result["figures"]
+    assert figures["failed_during_scale_up"] == result["phases"][1]["failed"]
+    assert figures["failed_during_scale_down"] == result["phases"][2]["failed"]
+    assert figures["replicas_needed"] == 4 and figures["replicas_before_step"] >= 1
+    assert 600 - unanswered <= figures["step_latency"]["n"] <= 600
+    for name in ("step_to_enough_ready_s", "drop_to_extra_replicas_gone_s"):
+        assert figures[name] is None or figures[name] >= 0, figures
+    table = report.autoscale_table(result)
+    assert "load step → 4 replicas ready" in table and "| 0 | low | 50 |" in table
+    assert "requests failed during scale-down" in table
+    assert "autoscale: 0 requests failed" in report.render({"autoscale": result})
 
 
 def test_report_renders_goals_and_skips() -> None:

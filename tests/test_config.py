@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import subprocess
 import sys
@@ -931,3 +932,244 @@ def test_cli_validate_unusable_file(tmp_path: Path, text: str | None) -> None:
     assert result.returncode == 2
     assert "Traceback" not in result.stdout + result.stderr
     assert str(path) in result.stderr
+
+
+# --- autoscale ------------------------------------------------------------------------
+
+AUTOSCALE_ALLOWED = (
+    "allowed keys: target_concurrency, target_utilization, window, panic_window, "
+    "panic_threshold, scale_down_delay"
+)
+WINDOW_RULE = "panic_window must not be longer than window, the stable window it is part of"
+
+
+def test_autoscale_defaults_are_knatives(tmp_path: Path) -> None:
+    config = load_config(write_case(tmp_path, {}))
+    assert spec.Autoscale() == spec.Autoscale(
+        target_concurrency=100.0, target_utilization=0.7, window=60.0, panic_window=6.0,
+        panic_threshold=2.0, scale_down_delay=30.0,
+    )
+    for environment in config.environments.values():
+        assert environment.autoscale == spec.Autoscale()
+    assert config.services["hello"].autoscale_overrides == ()
+    assert {i.autoscale for i in config.instances()} == {spec.Autoscale()}
+
+
+def test_autoscale_settings_and_service_overrides_are_parsed(tmp_path: Path) -> None:
+    path = write_case(tmp_path, {
+        "environments": {
+            "production": {"autoscale": {
+                "target_concurrency": 10, "target_utilization": 0.5, "window": "2s",
+                "panic_window": "500ms", "panic_threshold": 3, "scale_down_delay": 0,
+            }},
+            "staging": {"autoscale": None},  # null means {}: every default
+        },
+        "services": {
+            "hello": {"environments": ["private", "production", "staging"],
+                      # written out of order: the overrides come in spec.Autoscale's order
+                      "autoscale": {"panic_window": "1s", "target_concurrency": 4.5}},
+            "other": {"command": "x", "environments": ["production"]},
+        },
+    })
+    config = load_config(path)
+    production = spec.Autoscale(target_concurrency=10.0, target_utilization=0.5, window=2.0,
+                                panic_window=0.5, panic_threshold=3.0, scale_down_delay=0.0)
+    assert config.environments["production"].autoscale == production
+    assert config.environments["staging"].autoscale == spec.Autoscale()
+    assert config.services["hello"].autoscale_overrides == (
+        ("target_concurrency", 4.5), ("panic_window", 1.0))
+    autoscale = {i.name: i.autoscale for i in config.instances()}
+    assert autoscale == {
+        "private/hello": spec.Autoscale(target_concurrency=4.5, panic_window=1.0),
+        "production/hello": dataclasses.replace(production, target_concurrency=4.5,
+                                                panic_window=1.0),
+        "staging/hello": spec.Autoscale(target_concurrency=4.5, panic_window=1.0),
+        "production/other": production,
+    }
+
+
+@pytest.mark.parametrize(("key", "value"), [
+    ("target_concurrency", 0.01),
+    ("target_utilization", 1),
+    ("target_utilization", 0.01),
+    ("window", "100ms"),
+    ("panic_window", "6s"),
+    ("panic_threshold", 1.1),
+    ("panic_threshold", 10),
+    ("scale_down_delay", 0),
+])
+def test_autoscale_bounds_are_inclusive_where_they_say_so(
+    tmp_path: Path, key: str, value: object
+) -> None:
+    # a short window needs a panic window no longer than itself
+    block = {key: value, "panic_window": value} if key == "window" else {key: value}
+    path = write_case(tmp_path, {"environments": {"demo": {"autoscale": block}},
+                                 "services": {"hello": {"autoscale": block}}})
+    config = load_config(path)
+    assert getattr(config.environments["demo"].autoscale, key) == parse_duration(value)
+    assert dict(config.services["hello"].autoscale_overrides)[key] == parse_duration(value)
+
+
+AUTOSCALE_PROBLEMS = [
+    ("target_concurrency", 0, "must be at least 0.01 (requests in flight one replica is meant "
+     "to take, e.g. 100), got 0"),
+    ("target_concurrency", 1e-310, "must be at least 0.01 (requests in flight one replica is "
+     "meant to take, e.g. 100), got 1e-310"),
+    ("target_concurrency", -5, "must be at least 0.01 (requests in flight one replica is meant "
+     "to take, e.g. 100), got -5"),
+    ("target_concurrency", "100", 'must be a number such as 100, got string "100"'),
+    ("target_concurrency", True, "must be a number such as 100, got boolean true"),
+    ("target_concurrency", float("inf"), "must be a finite number such as 100, got inf"),
+    ("target_utilization", 0, "must be from 0.01 to 1 (the share of "
+     "target_concurrency to aim at, e.g. 0.7), got 0"),
+    ("target_utilization", 1.5, "must be from 0.01 to 1 (the share of "
+     "target_concurrency to aim at, e.g. 0.7), got 1.5"),
+    ("target_utilization", 70, "must be from 0.01 to 1 (the share of "
+     "target_concurrency to aim at, e.g. 0.7), got 70; for 70% write 0.7"),
+    ("target_utilization", [0.7], "must be a number such as 0.7, got list"),
+    ("window", 0, "must be more than 0 (the stable window, e.g. 60s), got 0"),
+    ("window", "a minute", 'bad duration "a minute": use a number of seconds or a value like '
+     "150ms, 30s, 15m, 1h"),
+    ("panic_window", "0ms", "must be more than 0 (the short window that can start a panic, "
+     'e.g. 6s), got "0ms"'),
+    ("panic_threshold", 1, "must be from 1.1 to 10 (the demand, in times the current capacity, "
+     "that starts a panic, e.g. 2.0; below 1.1 it would panic at steady load and never scale "
+     "down), got 1"),
+    ("panic_threshold", 11, "must be from 1.1 to 10 (the demand, in times the current capacity, "
+     "that starts a panic, e.g. 2.0; below 1.1 it would panic at steady load and never scale "
+     "down), got 11"),
+    ("panic_threshold", 200, "must be from 1.1 to 10 (the demand, in times the current capacity, "
+     "that starts a panic, e.g. 2.0; below 1.1 it would panic at steady load and never scale "
+     "down), got 200; for 200% write 2"),
+    ("panic_threshold", "2x", 'must be a number such as 2.0, got string "2x"'),
+    ("scale_down_delay", -1, "bad duration -1: a duration cannot be negative"),
+    ("scale_down_delay", None, "bad duration null: use a number of seconds or a value like "
+     "150ms, 30s, 15m, 1h"),
+]
+
+
+@pytest.mark.parametrize("where", ["environments.demo", "services.hello"])
+@pytest.mark.parametrize(("key", "value", "problem"), AUTOSCALE_PROBLEMS)
+def test_autoscale_value_problems(
+    tmp_path: Path, where: str, key: str, value: object, problem: str
+) -> None:
+    section_name, name = where.split(".")
+    path = write_case(tmp_path, {section_name: {name: {"autoscale": {key: value}}}})
+    assert problems_of(path) == [f"{path}: {where}.autoscale.{key}: {problem}"]
+
+
+@pytest.mark.parametrize("where", ["environments.demo", "services.hello"])
+def test_autoscale_unknown_keys_and_wrong_types(tmp_path: Path, where: str) -> None:
+    section_name, name = where.split(".")
+    path = write_case(tmp_path, {section_name: {name: {"autoscale": {
+        "panic_windwo": "1s", "target": 10, "scale_down_delay": "1s"}}}})
+    assert problems_of(path) == [
+        f'{path}: {where}.autoscale.panic_windwo: unknown key (did you mean "panic_window"?); '
+        f"{AUTOSCALE_ALLOWED}",
+        f"{path}: {where}.autoscale.target: unknown key; {AUTOSCALE_ALLOWED}",
+    ]
+    path = write_case(tmp_path, {section_name: {name: {"autoscale": [{"window": "1s"}]}}})
+    assert problems_of(path) == [
+        f"{path}: {where}.autoscale: must be a mapping with keys target_concurrency, "
+        "target_utilization, window, panic_window, panic_threshold, scale_down_delay, got list"
+    ]
+
+
+def test_an_environment_panic_window_is_not_longer_than_its_window(tmp_path: Path) -> None:
+    path = write_case(tmp_path, {"environments": {
+        "private": {"autoscale": {"window": "2s", "panic_window": "3s"}},
+        "demo": {"autoscale": {"panic_window": "90s"}},
+        "staging": {"autoscale": {"window": "3s"}},
+        "production": {"autoscale": {"window": "3s", "panic_window": "3s"}},  # equal is fine
+        "development": {"autoscale": {"window": "soon", "panic_window": "90s"}},
+    }})
+    assert problems_of(path) == [
+        f"{path}: environments.private.autoscale.panic_window: is 3s, longer than window (2s); "
+        f"{WINDOW_RULE}",
+        f"{path}: environments.demo.autoscale.panic_window: is 90s, longer than window (60s, the "
+        f"default); {WINDOW_RULE}",
+        f"{path}: environments.staging.autoscale.window: is 3s, shorter than panic_window (6s, "
+        f"the default); {WINDOW_RULE}",
+        # A bad window is its own problem, not also the panic window's.
+        f'{path}: environments.development.autoscale.window: bad duration "soon": use a number '
+        "of seconds or a value like 150ms, 30s, 15m, 1h",
+    ]
+
+
+def test_a_service_override_is_checked_with_each_environment_it_is_placed_in(
+    tmp_path: Path,
+) -> None:
+    path = write_case(tmp_path, {
+        "environments": {
+            "demo": {"autoscale": {"window": "2s", "panic_window": "1s"}},
+            "staging": {"autoscale": {"window": "1s", "panic_window": "500ms"}},
+            "production": {"autoscale": {"panic_window": "4s"}},
+        },
+        "services": {
+            # longer than demo's and staging's window, shorter than private's (60s, the default)
+            "hello": {"environments": ["private", "demo", "staging"],
+                      "autoscale": {"panic_window": "3s"}},
+            # shorter than production's panic window (4s); demo's (1s) fits
+            "world": {"command": "x", "environments": ["demo", "production"],
+                      "autoscale": {"window": "3s"}},
+            # both set here: compared once, here, whatever the environments say
+            "both": {"command": "x", "environments": ["demo", "staging"],
+                     "autoscale": {"window": "1s", "panic_window": "2s"}},
+            "fits": {"command": "x", "environments": ["demo", "staging"],
+                     "autoscale": {"window": "5s", "panic_window": "5s"}},
+        },
+    })
+    assert problems_of(path) == [
+        f"{path}: services.hello.autoscale.panic_window: is 3s, longer than window (2s, in "
+        f"environment demo); {WINDOW_RULE}",
+        f"{path}: services.hello.autoscale.panic_window: is 3s, longer than window (1s, in "
+        f"environment staging); {WINDOW_RULE}",
+        f"{path}: services.world.autoscale.window: is 3s, shorter than panic_window (4s, in "
+        f"environment production); {WINDOW_RULE}",
+        f"{path}: services.both.autoscale.panic_window: is 2s, longer than window (1s); "
+        f"{WINDOW_RULE}",
+    ]
+
+
+def test_autoscale_problems_do_not_cascade(tmp_path: Path) -> None:
+    path = write_case(tmp_path, {
+        "environments": {"demo": {"autoscale": {"window": "1s", "panic_window": "1s",
+                                                 "target_concurrency": 0}}},
+        "services": {"hello": {"command": "{nope}", "environments": ["private", "demo"],
+                               "autoscale": {"window": 0, "panic_window": "30s"}}},
+    })
+    # demo is not valid, so nothing is checked against it; a bad window is the only problem
+    # of the service's block (not also its panic_window against private's window); the
+    # command's problem does not hide the block's.
+    assert [p.removeprefix(f"{path}: ").split(": ")[0] for p in problems_of(path)] == [
+        "environments.demo.autoscale.target_concurrency",
+        "services.hello.command",
+        "services.hello.autoscale.window",
+    ]
+
+
+@pytest.mark.parametrize(("name", "settings"), [
+    ("private", {"max_replicas": 2}),
+    ("demo", {"max_replicas": 3, "min_replicas": 3}),
+    ("qa", {"kind": "demo", "max_replicas": 10}),
+])
+def test_private_and_demo_never_scale_by_load(
+    tmp_path: Path, name: str, settings: dict[str, Any]
+) -> None:
+    path = write_case(tmp_path, {"environments": {name: settings}})
+    assert problems_of(path) == [
+        f"{path}: environments.{name}.max_replicas: is {settings['max_replicas']}, but private "
+        "and demo environments run at most 1 replica: they never scale by load; remove "
+        "max_replicas, or use a kind that scales (development, staging, production, prerelease)"
+    ]
+
+
+def test_private_and_demo_may_say_max_replicas_1_or_0_and_other_kinds_scale(
+    tmp_path: Path,
+) -> None:
+    config = load_config(write_case(tmp_path, {"environments": {
+        "private": {"max_replicas": 1, "min_replicas": 1}, "demo": {"max_replicas": 0},
+        "development": {"max_replicas": 3}, "qa": {"kind": "staging", "max_replicas": 5},
+    }}))
+    assert {name: env.max_replicas for name, env in config.environments.items()} == {
+        "private": 1, "demo": 0, "development": 3, "qa": 5}

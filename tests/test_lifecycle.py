@@ -42,6 +42,8 @@ PROXY_METRICS = (
 )
 CONTROLLER_METRICS = (
     "wakegate_instance_replicas",
+    "wakegate_instance_desired_replicas",
+    "wakegate_instance_max_replicas",
     "wakegate_instance_idle_seconds",
     "wakegate_instance_last_request_timestamp_seconds",
     "wakegate_scale_events_total",
@@ -224,9 +226,9 @@ async def test_status_shows_every_instance(wakegate: StartWakegate) -> None:
     assert set(rows) == {("private", "hello"), ("demo", "hello")}, result.stdout
     demo, private = rows[("demo", "hello")], rows[("private", "hello")]
     assert len(demo) == len(STATUS_COLUMNS), demo
-    assert demo[2:5] == ["ready", "1", "1.2.3"]
+    assert demo[2:5] == ["ready", "1/1", "1.2.3"]
     assert demo[6] == f"http://hello.demo.localhost:{wg.proxy_port}/"
-    assert private[2:5] == ["sleeping", "0", "1.2.3"]
+    assert private[2:5] == ["sleeping", "0/0", "1.2.3"]
     assert private[-1] == f"http://hello.private.localhost:{wg.proxy_port}/"
 
     result = wg.cli("status", "--json", check=True)

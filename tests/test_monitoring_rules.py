@@ -48,6 +48,7 @@ REQUIRED_ALERTS = {
     "WakegateHoldQueueNearlyFull": "wakegate_held_requests",
     "WakegateInstanceFlapping": "wakegate_scale_events_total",
     "WakegateProxyLostController": "wakegate_controller_connected",
+    "WakegateInstanceAtMaxReplicas": "wakegate_instance_desired_replicas",
 }
 
 

@@ -15,6 +15,9 @@ def cmd_status(args: argparse.Namespace) -> None:
         print(json.dumps(rows, indent=2))
         return
     for row in rows:
+        # ready/desired, as kubectl's READY column: more wanted (waking, or under load),
+        # fewer (the load dropped), or equal.
+        row["replicas"] = f"{row['replicas']}/{row.get('desired_replicas', row['replicas'])}"
         row["idle"] = human_seconds(row["idle_seconds"]) if row["idle_seconds"] else "-"
         if row.get("backoff_seconds"):
             row["state"] = (f"{row['state']} (crash back-off: {row['failures_in_a_row']} "

@@ -31,6 +31,9 @@ The file format (every key is optional unless marked required)::
       private: {}            # kind defaults to the name when the name is a kind
       demo: {idle_timeout: 30s}
       qa: {kind: development, access: api_key}
+      production:
+        max_replicas: 4
+        autoscale: {target_concurrency: 50, window: 30s}   # by load, min..max; see below
     services:
       hello:
         command: "{python} app.py --port {port}"   # required; also {version}
@@ -43,18 +46,28 @@ The file format (every key is optional unless marked required)::
         activity:
           ignore_paths: [/healthz, /metrics*]      # a trailing * matches a prefix
           ignore_user_agents: [kube-probe, Prometheus]
+        autoscale: {target_concurrency: 20}        # over each environment's autoscale keys
 
 Environment settings: ``kind`` (one of spec.KINDS; required when the name is
 not itself a kind), ``access`` (public | api_key), ``idle_timeout`` (a
 duration, or ``never``/null: never sleeps), ``min_replicas`` and
 ``max_replicas`` (integers >= 0, min <= max), ``hold_timeout`` (duration > 0),
-``hold_queue_size`` (integer >= 1), ``scale_down_delay`` (duration >= 0),
-``wake_strategy`` (``hold`` or ``page``) and ``crash_backoff`` (``{after: 3,
+``hold_queue_size`` (integer >= 1), ``scale_down_delay`` (duration >= 0: how
+long the old colour runs after a promote; not autoscale's),
+``wake_strategy`` (``hold`` or ``page``), ``crash_backoff`` (``{after: 3,
 first: 1s, max: 5m}``: failed activations in a row before the back-off, and
-its first and longest delay; see spec.CrashBackoff).
+its first and longest delay; see spec.CrashBackoff) and ``autoscale``
+(``{target_concurrency: 100, target_utilization: 0.7, window: 60s,
+panic_window: 6s, panic_threshold: 2.0, scale_down_delay: 30s}``: see
+spec.Autoscale and controller.autoscale_bounds; target_concurrency > 0, 0 <
+target_utilization <= 1, window > 0, 0 < panic_window <= window, 1.1 <=
+panic_threshold <= 10, scale_down_delay >= 0). A service's ``autoscale``
+takes the same keys and sets them over each environment it is placed in,
+checked combined with each. Private and demo never scale by load:
+``max_replicas`` above 1 is a problem there.
 Unset keys take ``spec.KIND_DEFAULTS[kind]``, ``spec.DEFAULT_HOLD_TIMEOUT``,
-``spec.DEFAULT_HOLD_QUEUE_SIZE``, ``spec.DEFAULT_SCALE_DOWN_DELAY`` and
-``spec.CrashBackoff()``. When the
+``spec.DEFAULT_HOLD_QUEUE_SIZE``, ``spec.DEFAULT_SCALE_DOWN_DELAY``,
+``spec.CrashBackoff()`` and ``spec.Autoscale()``. When the
 ``environments`` key is missing altogether (or null), the file defines
 ``private`` and ``demo`` with their kind defaults, which is where services go
 by default.
@@ -71,7 +84,8 @@ The package, from the bottom up: ``report`` (the problems found and the words
 they are written in), ``reader`` (bytes to YAML data), ``fields`` (the generic
 readers: a section's keys, a field with its default, a list, an integer, a
 duration), ``values`` (the parsers of specific values: addresses, origins,
-commands, versions), ``settings``, ``environments`` and ``services`` (one
+commands, versions), ``autoscale`` (the autoscale block of environments
+and services), ``settings``, ``environments`` and ``services`` (one
 section each), ``schema`` (the file as a whole) and this module, the entry
 point.
 """

@@ -3,6 +3,8 @@
 An environment's kind (spec.KINDS) picks the defaults of its unset keys
 (spec.KIND_DEFAULTS); the kind may be left out when the name is itself a
 kind. A file without an environments section has `private` and `demo`.
+Private and demo never scale by load (the platform promises it), so their
+max_replicas is at most 1. The `autoscale:` block is read by config.autoscale.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from controller import spec
+from controller.config.autoscale import read_autoscale
 from controller.config.fields import (
     NameRule,
     duration,
@@ -27,13 +30,15 @@ __all__ = ["DEFAULT_SERVICE_ENVIRONMENTS", "read_environments"]
 
 ENVIRONMENT_KEYS = (
     "kind", "access", "idle_timeout", "min_replicas", "max_replicas", "hold_timeout",
-    "hold_queue_size", "scale_down_delay", "wake_strategy", "crash_backoff",
+    "hold_queue_size", "scale_down_delay", "wake_strategy", "crash_backoff", "autoscale",
 )
 CRASH_BACKOFF_KEYS = ("after", "first", "max")
 ACCESS_MODES = ("public", "api_key")
 # The environments of a file that has no environments section, and where a
 # service goes when it does not say.
 DEFAULT_SERVICE_ENVIRONMENTS = ("private", "demo")
+# The platform's promise: these kinds never scale by load, whatever their settings.
+SINGLE_REPLICA_KINDS = ("private", "demo")
 NEVER = "never"
 
 _ENVIRONMENT_NAME = NameRule(
@@ -77,13 +82,8 @@ def _environment(
     replicas_before = len(report)
     min_replicas = take(report, raw, path, "min_replicas", integer(0), defaults.min_replicas)
     max_replicas = take(report, raw, path, "max_replicas", integer(0), defaults.max_replicas)
-    if kind is not None and len(report) == replicas_before and min_replicas > max_replicas:
-        report.add(
-            join(path, "min_replicas"),
-            f"is {min_replicas}, more than max_replicas ({max_replicas}"
-            f"{'' if 'max_replicas' in raw else f', the {kind} default'}); "
-            "min_replicas must not exceed max_replicas",
-        )
+    if kind is not None and len(report) == replicas_before:
+        _check_replicas(report, path, kind, min_replicas, max_replicas, "max_replicas" in raw)
     hold_timeout = take(
         report, raw, path, "hold_timeout", duration(positive=True), spec.DEFAULT_HOLD_TIMEOUT
     )
@@ -97,6 +97,7 @@ def _environment(
     wake_strategy = take(report, raw, path, "wake_strategy", one_of(spec.WAKE_STRATEGIES),
                          "hold")
     crash_backoff = _crash_backoff(report, join(path, "crash_backoff"), raw.get("crash_backoff"))
+    autoscale = read_autoscale(report, join(path, "autoscale"), raw.get("autoscale"))
     if kind is None or len(report) > before:
         return None
     return spec.Environment(
@@ -111,7 +112,28 @@ def _environment(
         scale_down_delay=scale_down_delay,
         wake_strategy=wake_strategy,
         crash_backoff=crash_backoff,
+        autoscale=autoscale,
     )
+
+
+def _check_replicas(
+    report: Report, path: str, kind: str, minimum: int, maximum: int, max_set: bool
+) -> None:
+    if minimum > maximum:
+        report.add(
+            join(path, "min_replicas"),
+            f"is {minimum}, more than max_replicas ({maximum}"
+            f"{'' if max_set else f', the {kind} default'}); "
+            "min_replicas must not exceed max_replicas",
+        )
+    if kind in SINGLE_REPLICA_KINDS and maximum > 1:
+        scaling = ", ".join(k for k in spec.KINDS if k not in SINGLE_REPLICA_KINDS)
+        report.add(
+            join(path, "max_replicas"),
+            f"is {maximum}, but {' and '.join(SINGLE_REPLICA_KINDS)} environments run at most "
+            f"1 replica: they never scale by load; remove max_replicas, or use a kind that "
+            f"scales ({scaling})",
+        )
 
 
 def _idle_timeout(value: object) -> float | None:

@@ -10,12 +10,13 @@ allows.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from controller.config.report import Report, describe, join, quote_hint, suggest
-from controller.units import parse_duration, parse_size, show
+from controller.units import is_number, parse_duration, parse_size, show
 
 __all__ = [
     "NameRule",
@@ -24,11 +25,13 @@ __all__ = [
     "duration",
     "integer",
     "named_entries",
+    "number",
     "one_of",
     "parse_string",
     "section",
     "take",
     "take_list",
+    "within",
 ]
 
 T = TypeVar("T")
@@ -167,16 +170,43 @@ def integer(minimum: int) -> Callable[[object], int]:
     return parse
 
 
-def duration(positive: bool) -> Callable[[object], float]:
-    """A duration parser; `positive` rejects 0 where zero would mean "fail at once"."""
+def number(example: str) -> Callable[[object], float]:
+    """A parser of finite numbers, whole or not; `example` is a good one, for the problem."""
 
     def parse(value: object) -> float:
-        seconds = parse_duration(value)
-        if positive and seconds == 0:
-            raise ValueError(f"must be more than 0 (e.g. 30s), got {show(value)}")
-        return seconds
+        if not is_number(value):  # a YAML `true` or "100" is not a number
+            raise ValueError(f"must be a number such as {example}, got {describe(value)}")
+        try:
+            result = float(value)  # type: ignore[arg-type]  # is_number: an int or a float
+        except OverflowError:  # a YAML integer too large for a float
+            result = math.inf
+        if not math.isfinite(result):
+            raise ValueError(f"must be a finite number such as {example}, got {show(value)}")
+        return result
 
     return parse
+
+
+def within(
+    parse: Callable[[object], float], rule: str, holds: Callable[[float], bool]
+) -> Callable[[object], float]:
+    """`parse`, and then a check that `holds` for what it read; `rule` says it in words
+    ("more than 0 (e.g. 30s)"), for the problem of a value that it does not hold for."""
+
+    def parse_within(value: object) -> float:
+        result = parse(value)
+        if not holds(result):
+            raise ValueError(f"must be {rule}, got {show(value)}")
+        return result
+
+    return parse_within
+
+
+def duration(positive: bool) -> Callable[[object], float]:
+    """A duration parser; `positive` rejects 0 where zero would mean "fail at once"."""
+    if not positive:
+        return parse_duration
+    return within(parse_duration, "more than 0 (e.g. 30s)", lambda seconds: seconds > 0)
 
 
 def byte_size(value: object) -> int:

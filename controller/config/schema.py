@@ -67,7 +67,7 @@ def build_config(report: Report, file: str, data: dict[Any, Any]) -> spec.Config
     controller = read_controller(report, data.get("controller"), controller_address)
     kubernetes = read_kubernetes(report, data.get("kubernetes"), base_dir)
     environments, defined = read_environments(report, data.get("environments"))
-    services = read_services(report, data.get("services"), defined)
+    services = read_services(report, data.get("services"), defined, environments)
     _check_hosts(report, domain, environments, services)
     return spec.Config(
         path=file,

@@ -3,6 +3,8 @@
 A service names the environments it is placed in; they are checked against
 every environment the file defines, valid or not, so that one bad
 environment setting does not also make each service in it look wrong.
+A service's `autoscale:` override is checked with each valid environment it
+is placed in (config.autoscale).
 """
 
 from __future__ import annotations
@@ -10,9 +12,11 @@ from __future__ import annotations
 import dataclasses
 import functools
 import re
+from collections.abc import Mapping
 from typing import Any
 
 from controller import spec
+from controller.config.autoscale import check_override, read_override
 from controller.config.environments import DEFAULT_SERVICE_ENVIRONMENTS
 from controller.config.fields import NameRule, duration, named_entries, section, take, take_list
 from controller.config.report import Report, describe, join, suggest
@@ -30,7 +34,7 @@ __all__ = ["read_services"]
 
 SERVICE_KEYS = (
     "command", "version", "environments", "readiness", "env", "start_timeout", "stop_grace",
-    "activity",
+    "activity", "autoscale",
 )
 READINESS_KEYS = ("http", "tcp", "timeout")
 ACTIVITY_KEYS = ("ignore_paths", "ignore_user_agents")
@@ -51,8 +55,14 @@ _SERVICE_DEFAULTS = {
 }
 
 
-def read_services(report: Report, value: object, defined: list[str]) -> dict[str, spec.Service]:
-    """The valid services; `defined`: every environment name the file defines."""
+def read_services(
+    report: Report,
+    value: object,
+    defined: list[str],
+    environments: Mapping[str, spec.Environment],
+) -> dict[str, spec.Service]:
+    """The valid services; `defined`: every environment name the file defines (valid or not);
+    `environments`: the valid ones, which a service's settings are checked with."""
     if value is None:
         return {}
     if not isinstance(value, dict):
@@ -60,12 +70,19 @@ def read_services(report: Report, value: object, defined: list[str]) -> dict[str
             "services", f"must be a mapping of service name to settings, got {describe(value)}"
         )
         return {}
-    read_service = functools.partial(_service, defined=defined)
+    read_service = functools.partial(
+        _service, defined=defined, valid_environments=environments
+    )
     return named_entries(report, "services", value, _SERVICE_NAME, read_service)
 
 
 def _service(
-    report: Report, path: str, name: object, settings: object, defined: list[str]
+    report: Report,
+    path: str,
+    name: object,
+    settings: object,
+    defined: list[str],
+    valid_environments: Mapping[str, spec.Environment],
 ) -> spec.Service | None:
     raw = section(report, path, settings, SERVICE_KEYS)
     if raw is None:
@@ -92,6 +109,11 @@ def _service(
     ignore_paths, ignore_user_agents = _activity(
         report, join(path, "activity"), raw.get("activity")
     )
+    autoscale_path, autoscale_before = join(path, "autoscale"), len(report)
+    autoscale_overrides = read_override(report, autoscale_path, raw.get("autoscale"))
+    if len(report) == autoscale_before:  # a bad key would make the combination look wrong too
+        placed = [valid_environments[e] for e in environments if e in valid_environments]
+        check_override(report, autoscale_path, autoscale_overrides, placed)
     if len(report) > before:
         return None
     return spec.Service(
@@ -105,6 +127,7 @@ def _service(
         ignore_user_agents=ignore_user_agents,
         start_timeout=start_timeout,
         stop_grace=stop_grace,
+        autoscale_overrides=autoscale_overrides,
     )
 
 

@@ -118,9 +118,16 @@ class Runtime(Protocol):
         scaler may act."""
 
     async def start(self, inst: InstanceSpec, version: str, count: int) -> list[Replica]:
-        """`count` more ready replicas, or StartFailed with none left behind."""
+        """`count` more ready replicas, or StartFailed with none left behind.
 
-    async def stop(self, replicas: list[Replica], grace: float) -> None: ...
+        The replicas already running keep running and serving: this is how an instance
+        wakes (from none) and how it scales up by load (controller/scaling.py), and for a
+        production instance it adds to the live colour."""
+
+    async def stop(self, replicas: list[Replica], grace: float) -> None:
+        """Stop exactly these replicas (asked to stop, killed after `grace`); the others keep
+        running. Scaling down by load stops one replica that is already out of the route
+        table: the platform must remove that one, not any other."""
 
     async def set_version(self, inst: InstanceSpec, version: str) -> None:
         """Versions on objects only: point the instance at `version`."""
@@ -134,3 +141,8 @@ class Runtime(Protocol):
         """Last resort on the way out: no await, no grace."""
 
     def log_path(self, inst: InstanceSpec) -> str: ...
+
+    def autoscaled_elsewhere(self, inst: InstanceSpec) -> bool:
+        """True when something else scales this instance by load (Kubernetes: an HPA targets
+        its Deployment): the scaler then leaves its replica count alone, wakes and sleeps
+        aside."""

@@ -4,7 +4,9 @@
   `<deployment>-<pod-template-hash>-<5 chars>`, owned by a ReplicaSet of that
   name, which this fake does not serve), a rollout that starts the new pods and
   stops an old one for each new one that is ready (Recreate stops the old ones
-  first), the `deployment.kubernetes.io/revision` annotation and the status
+  first), a scale-down that removes the not-ready pods first, then the lowest
+  `controller.kubernetes.io/pod-deletion-cost`, then the newest, the
+  `deployment.kubernetes.io/revision` annotation and the status
   (replicas, updated, ready, available, unavailable, observedGeneration,
   conditions); zero counts are left out, as the real encoder omits them.
 - EndpointSlices: one slice per Service with a selector and per set of
@@ -49,6 +51,7 @@ MANAGED_BY = "endpointslice.kubernetes.io/managed-by"
 SLICE_CONTROLLER = "endpointslice-controller.k8s.io"
 SERVICE_NAME = "kubernetes.io/service-name"
 REVISION = "deployment.kubernetes.io/revision"
+DELETION_COST = "controller.kubernetes.io/pod-deletion-cost"
 NODE_NAME = "fake-node"
 _HASH_ALPHABET = "bcdfghjklmnpqrstvwxz2456789"
 # The namespace controller's namespaceDeletionGracePeriod: it empties a namespace this long
@@ -71,6 +74,15 @@ def is_ready(pod: Obj) -> bool:
         if c.get("type") == "Ready":
             return c.get("status") == "True"
     return False
+
+
+def deletion_cost(pod: Obj) -> int:
+    """`controller.kubernetes.io/pod-deletion-cost` (0 when unset or not an integer)."""
+    raw = (pod["metadata"].get("annotations") or {}).get(DELETION_COST, "0")
+    try:
+        return int(raw)
+    except ValueError:
+        return 0
 
 
 def _scaled(value: Any, total: int, round_up: bool) -> int:
@@ -176,13 +188,13 @@ class Controllers(ControlLoop):
                 with contextlib.suppress(ApiError):
                     self.registry.delete(pod_rt, namespace, p["metadata"]["name"])
 
-        # Not-ready pods go first, then the newest ones (the ReplicaSet controller's order).
+        # Not-ready pods go first, then the lowest pod-deletion-cost, then the newest ones
+        # (the ReplicaSet controller's order).
         def doomed(candidates: list[Obj], count: int) -> list[Obj]:
-            not_ready = [p for p in candidates if not is_ready(p)]
-            ready = sorted((p for p in candidates if is_ready(p)),
-                           key=lambda p: p["metadata"].get("creationTimestamp", ""),
-                           reverse=True)
-            return (not_ready + ready)[:count]
+            newest_first = sorted(candidates,
+                                  key=lambda p: p["metadata"].get("creationTimestamp", ""),
+                                  reverse=True)
+            return sorted(newest_first, key=lambda p: (is_ready(p), deletion_cost(p)))[:count]
 
         recreate = (spec.get("strategy") or {}).get("type") == "Recreate"
         if recreate and any(p["metadata"]["labels"].get("pod-template-hash") != h

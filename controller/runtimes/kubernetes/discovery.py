@@ -3,7 +3,9 @@
 A namespace labelled `wakegate.dev/environment` (and `wakegate.dev/kind`) is
 an environment; a Deployment there annotated `wakegate.dev/service` is an
 instance, served by the Service of the same name. Annotations override the
-environment's idle and hold timeouts and the service's ignored paths. A
+environment's idle and hold timeouts and the service's ignored paths; the
+autoscale settings are annotations of the namespace (the environment's) and
+of the Deployment (the service's overrides; autoscale_annotations.py). A
 production service with Deployments `<service>-blue` and `<service>-green`
 has two colours (colours.py); the live one is the instance.
 
@@ -21,6 +23,7 @@ from ...model import COLOURS, Key, other_colour
 from ...names import is_dns_label, is_environment_name
 from ...spec import KIND_DEFAULTS, KINDS, Config, Environment, InstanceSpec, Service
 from ...units import parse_duration
+from .autoscale_annotations import read_autoscale
 from .client import Obj, ObjKey, deployment_version, parse_micro_time
 from .colours import ColourPair
 
@@ -75,13 +78,19 @@ def environments(namespaces: Mapping[ObjKey, Obj], config: Config, warn: Warn
             continue
         configured = config.environments.get(name)
         if configured is not None and configured.kind == kind:
-            found[namespace] = configured
+            env = configured
         else:
             d = KIND_DEFAULTS[kind]
-            found[namespace] = Environment(
+            env = Environment(
                 name=name, kind=kind, access=d.access, idle_timeout=d.idle_timeout,
                 min_replicas=d.min_replicas, max_replicas=d.max_replicas,
             )
+        autoscale = read_autoscale(obj.get("metadata", {}).get("annotations") or {},
+                                   env.autoscale, f"namespace {namespace}", warn)
+        if autoscale:
+            env = dataclasses.replace(
+                env, autoscale=dataclasses.replace(env.autoscale, **autoscale))
+        found[namespace] = env
     return found
 
 
@@ -115,6 +124,8 @@ def instance_of(env: Environment, deployment: Obj, warn: Warn
         environments=(env.name,),
         ignore_paths=_comma_list(annotations.get(IGNORE_PATHS_ANNOTATION)),
         ignore_user_agents=_comma_list(annotations.get(IGNORE_USER_AGENTS_ANNOTATION)),
+        autoscale_overrides=tuple(read_autoscale(annotations, env.autoscale, where,
+                                                 warn).items()),
     ))
     persisted = parse_micro_time(annotations.get(ACTIVITY_ANNOTATION))
     return spec, Placement(meta.get("namespace", ""), meta.get("name", ""), persisted)

@@ -24,14 +24,15 @@ SERVICE_NAME_LABEL = "kubernetes.io/service-name"
 
 
 class EndpointReplica:
-    """A ready endpoint of an instance's Deployment."""
+    """A ready endpoint of an instance's Deployment, and the pod behind it ("" if unnamed)."""
 
-    __slots__ = ("endpoint", "exited", "key", "where")
+    __slots__ = ("endpoint", "exited", "key", "pod", "where")
 
-    def __init__(self, key: Key, where: Where, endpoint: str) -> None:
+    def __init__(self, key: Key, where: Where, endpoint: str, pod: str = "") -> None:
         self.key = key
         self.where = where
         self.endpoint = endpoint
+        self.pod = pod  # a scale-down marks it as the one to go (scale.py)
         self.exited: asyncio.Future[int] = asyncio.get_running_loop().create_future()
 
     def gone(self) -> None:
@@ -53,9 +54,11 @@ class StartWaiter:
             self.done.set()
 
 
-def addresses(slices: Mapping[ObjKey, Obj], placement: Placement) -> tuple[set[str], set[str]]:
-    """(ready addresses, every address still listed, terminating ones included)."""
-    ready: set[str] = set()
+def addresses(slices: Mapping[ObjKey, Obj], placement: Placement
+              ) -> tuple[dict[str, str], set[str]]:
+    """(ready address → its pod's name, every address still listed, terminating ones
+    included)."""
+    ready: dict[str, str] = {}
     present: set[str] = set()
     for (namespace, _), slice_ in slices.items():
         labels = slice_.get("metadata", {}).get("labels") or {}
@@ -73,11 +76,13 @@ def addresses(slices: Mapping[ObjKey, Obj], placement: Placement) -> tuple[set[s
             # Absent `ready` means ready (the API's rule); terminating never serves new work.
             serves = not (conditions.get("ready") is False
                           or conditions.get("terminating") is True)
+            target = endpoint.get("targetRef") or {}
+            pod = str(target.get("name") or "") if target.get("kind") == "Pod" else ""
             for address in endpoint.get("addresses") or []:
                 text = f"[{address}]:{port}" if ipv6 else f"{address}:{port}"
                 present.add(text)
                 if serves:
-                    ready.add(text)
+                    ready[text] = pod
     return ready, present
 
 
@@ -124,7 +129,7 @@ class EndpointTracker:
             for address in sorted(ready):
                 if address in known or (leaving and address in leaving):
                     continue
-                replica = EndpointReplica(key, where, address)
+                replica = EndpointReplica(key, where, address, ready[address])
                 known[address] = replica
                 waiter = self.waiters.get(where)
                 if waiter is not None:

@@ -6,7 +6,9 @@ per kind of object (client.py) and, after every burst of watch events,
 rediscovers the instances (discovery.py), follows their endpoints
 (endpoints.py) and their API keys (keys.py, a Secret per instance), telling
 the scaler through `RuntimeEvents`. Starting and stopping scale Deployments
-(scale.py); last activity is written back to them (activity.py). Blue/green:
+(scale.py), a replica chosen to go marked first; a Deployment that an HPA
+scales is not scaled by load (hpa.py). Last activity is written back to
+Deployments (activity.py). Blue/green:
 a production service with Deployments `<service>-blue` and `<service>-green`
 has two colours, kept on them (colours.py); the live one is the instance.
 """
@@ -41,6 +43,7 @@ from .colours import (
 )
 from .discovery import ENVIRONMENT_LABEL, LiveOverrides, Placement, Where, discover
 from .endpoints import SERVICE_NAME_LABEL, EndpointReplica, EndpointTracker, StartWaiter
+from .hpa import autoscaled
 from .keys import KEYS_LABEL, KubeKeyStore, secret_name
 from .leader import LeaderElector
 from .scale import DeploymentWriter
@@ -64,6 +67,7 @@ class KubernetesRuntime:
         self._live_override: LiveOverrides = {}
         self._endpoints = EndpointTracker()
         self._key_digests: dict[Key, tuple[bytes, ...]] = {}
+        self._autoscaled: set[Key] = set()  # instances an HPA scales (hpa.py)
         self._warned: set[str] = set()
         self._informers: list[Informer] = []
         self._tasks: list[asyncio.Task[Any]] = []
@@ -108,7 +112,13 @@ class KubernetesRuntime:
             "secrets", core.list_secret_for_all_namespaces, self._changed,
             label_selector=f"{KEYS_LABEL}=true",
         )
-        self._informers = [self._namespaces, self._deployments, self._slices, self._secrets]
+        self._hpas = Informer(
+            "horizontalpodautoscalers",
+            k8s.AutoscalingV2Api(self._client).list_horizontal_pod_autoscaler_for_all_namespaces,
+            self._changed,
+        )
+        self._informers = [self._namespaces, self._deployments, self._slices, self._secrets,
+                           self._hpas]
         self._tasks = [asyncio.ensure_future(i.run()) for i in self._informers]
         # Act only on a complete picture: every cache listed once.
         await asyncio.gather(*(i.synced.wait() for i in self._informers))
@@ -151,6 +161,7 @@ class KubernetesRuntime:
         found = discover(self._namespaces.cache, self._deployments.cache, self._config,
                          self._live_override, self._warn_once)
         self._placements, self.pairs, self._others = found.placements, found.pairs, found.others
+        self._autoscaled = autoscaled(self._placements, self._hpas.cache, self._warn_once)
         followed = [(key, None, p) for key, p in self._placements.items()]
         followed += [(key, colour, p) for key, (colour, p) in self._others.items()]
         self._endpoints.drop_unfollowed({p.where for _, _, p in followed}, events)
@@ -160,6 +171,9 @@ class KubernetesRuntime:
 
     def ready_replicas(self, where: Where) -> list[EndpointReplica]:
         return self._endpoints.ready_replicas(where)
+
+    def autoscaled_elsewhere(self, inst: InstanceSpec) -> bool:
+        return inst.key in self._autoscaled
 
     # --- API keys, in a Secret per instance (keys.py; this runtime is its SecretPlaces) ---
 
@@ -255,6 +269,9 @@ class KubernetesRuntime:
             known = self._endpoints.known.get(where, {})
             endpoints = {r.endpoint for r in going}
             remaining = len([a for a in known if a not in endpoints])
+            # The scaler drained `going`: the scale-down must remove them, not others.
+            await self._writer.mark_to_go(where, [r.pod for r in going if r.pod],
+                                          others_stay=remaining > 0)
             await self._scale_down(Placement(*where, None), remaining, going, grace)
 
     async def _scale_down(self, placement: Placement, remaining: int,

@@ -5,6 +5,11 @@ written back with its resourceVersion, so a change made by someone else is
 never overwritten from a stale cache (409: read again). Only the leader
 writes. A version is the image tag, `wakegate.dev/version`, and
 WAKEGATE_VERSION when the container has that variable, in one patch.
+
+A Deployment cannot be told which pod a scale-down removes; its ReplicaSet
+removes the pods with the lowest `controller.kubernetes.io/pod-deletion-cost`
+first (among the ready ones; beta since Kubernetes 1.22), so the pods chosen
+to go are given the lowest cost there is before the scale is lowered.
 """
 
 from __future__ import annotations
@@ -17,12 +22,14 @@ from kubernetes_asyncio import client as k8s
 
 from ..base import StartFailed
 from .client import VERSION_ANNOTATION, KubeError, Obj, ObjKey, call, key_of
-from .discovery import Placement
+from .discovery import Placement, Where
 
 log = logging.getLogger("wakegate.kubernetes")
 
 _SCALE_ATTEMPTS = 5
 MERGE_PATCH = "application/merge-patch+json"
+DELETION_COST_ANNOTATION = "controller.kubernetes.io/pod-deletion-cost"
+LOWEST_DELETION_COST = str(-(2**31))  # an int32: below whatever cost anyone else gave
 
 
 class DeploymentWriter:
@@ -63,6 +70,29 @@ class DeploymentWriter:
                     raise
         raise StartFailed(f"the scale of {placement.namespace}/{placement.deployment} kept "
                           "changing under us")
+
+    async def mark_to_go(self, where: Where, pods: list[str], others_stay: bool
+                         ) -> None:
+        """Give `pods` the lowest deletion cost, so that the next scale-down removes them first
+        (a pod already gone is fine). Marked even when none stay, one path for every stop; a
+        failure then does not matter, else it is StartFailed: nothing may be scaled down, as
+        the ReplicaSet could remove a pod that still serves instead."""
+        namespace, deployment = where
+        core = k8s.CoreV1Api(self._api_client())
+        body = {"metadata": {"annotations": {DELETION_COST_ANNOTATION: LOWEST_DELETION_COST}}}
+        try:
+            self.check_leader()
+            for pod in pods:
+                try:
+                    await call(core.patch_namespaced_pod, pod, namespace, body,
+                               _content_type=MERGE_PATCH)
+                except KubeError as exc:
+                    if exc.status != 404:
+                        raise
+        except (KubeError, StartFailed) as exc:
+            if others_stay:
+                raise StartFailed(f"could not mark the pods of {namespace}/{deployment} that "
+                                  f"go: {exc}") from None
 
     async def set_version(self, placement: Placement, version: str,
                           annotations: dict[str, str]) -> None:

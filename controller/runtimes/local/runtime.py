@@ -103,6 +103,9 @@ class LocalRuntime:
     async def set_version(self, inst: InstanceSpec, version: str) -> None:
         raise NotImplementedError("local versions live in state_dir (controller/versions.py)")
 
+    def autoscaled_elsewhere(self, inst: InstanceSpec) -> bool:
+        return False  # only wakegate starts local processes
+
     def log_path(self, inst: InstanceSpec) -> str:
         return os.path.join(self._log_dir, f"{inst.environment.name}.{inst.service.name}.log")
 
