@@ -142,6 +142,11 @@ class Instance:
         self.error = None
         self.ready_since = time.monotonic() if since is None else since
 
+    def live_replicas(self) -> list[Replica]:
+        """The replicas that serve: one whose end was seen but not yet handled does not (it
+        is never routed to, nor counted as ready)."""
+        return [r for r in self.replicas if not r.exited.done()]
+
     def desired(self) -> int:
         """Replicas wanted now: the load's while it is scaled by load, else the state's."""
         if self.state not in (READY, STARTING):

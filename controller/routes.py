@@ -37,8 +37,7 @@ def instance_route(inst: Instance, key_hashes: KeyHashes) -> Route:
         host=inst.host,
         access=env.access,
         state=inst.state,
-        # A replica whose end was seen but not yet handled is never routed to.
-        endpoints=tuple(r.endpoint for r in inst.replicas if not r.exited.done())
+        endpoints=tuple(r.endpoint for r in inst.live_replicas())
         if inst.state == READY else (),
         key_hashes=key_hashes(env.name, svc.name) if env.access == "api_key" else (),
         hold_timeout=env.hold_timeout,

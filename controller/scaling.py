@@ -51,11 +51,6 @@ def autoscaled(inst: Instance) -> bool:
     return inst.spec.environment.max_replicas > 1
 
 
-def live_replicas(inst: Instance) -> list[Replica]:
-    """The replicas that serve (one whose end was seen but not yet handled does not)."""
-    return [r for r in inst.replicas if not r.exited.done()]
-
-
 class LoadScaler:
     """Watches the running instances' load and adds or removes replicas (see the module)."""
 
@@ -119,7 +114,7 @@ class LoadScaler:
         if inst.state != READY:
             return  # going to sleep: sleep.py's
         env = inst.spec.environment
-        ready = len(live_replicas(inst))
+        ready = len(inst.live_replicas())
         decision = decider.decide(now, ready, max(env.min_replicas, 1), env.max_replicas)
         inst.desired_replicas = decision.desired
         inst.concurrency = decision.stable_concurrency
@@ -146,7 +141,7 @@ class LoadScaler:
             # count is the one wanted as far as can be seen here.
             self._deciders.pop(key, None)
             inst.concurrency = None
-            inst.desired_replicas = len(live_replicas(inst)) if elsewhere else 0
+            inst.desired_replicas = len(inst.live_replicas()) if elsewhere else 0
             return None
         settings = inst.spec.autoscale
         held = self._deciders.get(key)
@@ -175,7 +170,7 @@ class LoadScaler:
             if inst.state != READY or self._closing:
                 return
             env = inst.spec.environment
-            ready = len(live_replicas(inst))
+            ready = len(inst.live_replicas())
             count = min(decision.desired, env.max_replicas - self._draining(inst)) - ready
             if count <= 0:
                 return
@@ -197,7 +192,7 @@ class LoadScaler:
             inst.replicas.extend(r for r in new if not r.exited.done() and r not in inst.replicas)
             self._publish()  # the new ones get traffic from this table on
             self._on_scale(inst, "up")
-            replicas, panic = len(live_replicas(inst)), decision.panic
+            replicas, panic = len(inst.live_replicas()), decision.panic
             # The figures it was decided on: the stable average then, and whether in panic.
             log.info("%s: scaled up to %d replicas (concurrency %.2f%s) in %.0f ms", inst.name,
                      replicas, decision.stable_concurrency, ", panic" if panic else "",
@@ -207,7 +202,7 @@ class LoadScaler:
 
     async def _scale_down(self, inst: Instance) -> None:
         async with inst.lock:
-            replicas = live_replicas(inst)
+            replicas = inst.live_replicas()
             floor = max(inst.spec.environment.min_replicas, 1)
             if inst.state != READY or self._closing or len(replicas) <= floor:
                 return
