@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from .spec import FAILED, READY, SLEEPING, STARTING, STOPPING, InstanceSpec
+from .spec import FAILED, READY, SLEEPING, STARTING, STOPPING, Access, InstanceSpec
 
 __all__ = [
     "COLOURS",
@@ -32,6 +32,7 @@ __all__ = [
     "STARTING",
     "STOPPING",
     "ActivitySource",
+    "EphemeralRecord",
     "Instance",
     "Key",
     "OtherColour",
@@ -57,6 +58,22 @@ class Replica(Protocol):
 
     endpoint: str  # "host:port"
     exited: asyncio.Future[int]
+
+
+# --- ephemeral environments ---
+
+
+@dataclass(frozen=True)
+class EphemeralRecord:
+    """An ephemeral environment as its runtime keeps it (local: ephemeral.json; Kubernetes:
+    its namespace's labels and annotations), so that it and its expiry survive a restart."""
+
+    name: str
+    source: str  # the environment it was made from
+    access: Access
+    created: float  # epoch seconds
+    expires: float  # epoch seconds: deleted from then on
+    versions: tuple[tuple[str, str], ...]  # (service, version) of every service it runs
 
 
 # --- production's two colours ---

@@ -19,6 +19,7 @@ import time
 from collections.abc import Callable, Coroutine
 from typing import Any
 
+from .ephemeral_specs import ephemeral_specs
 from .events import event
 from .model import (
     READY,
@@ -30,7 +31,7 @@ from .model import (
     Key,
     Replica,
 )
-from .releases import DeployRefused, Releases
+from .releases import Releases
 from .routes import RouteBoard
 from .runtimes.base import KeyStore, Runtime
 from .scaling import LoadScaler
@@ -61,7 +62,9 @@ class Scaler:
         self.versions = VersionStore(config.state_dir)
         self.releases = Releases(self, runtime, self.versions)
         self.instances: dict[Key, Instance] = {}
-        for spec in config.instances():
+        # Environments on their way out (take_environment): never instances again meanwhile.
+        self.removing: set[str] = set()
+        for spec in self.wanted_specs(config):
             self.instances[spec.key] = self._new_instance(spec)
         self._routes = RouteBoard(lambda env, svc: self.config.host_of(env, svc),
                                   self.keys.hashes)
@@ -88,7 +91,7 @@ class Scaler:
         A changed spec (idle timeout, access, ...) takes effect at once. A
         removed instance's route disappears, so its held requests get 404.
         """
-        wanted = {spec.key: spec for spec in specs}
+        wanted = {spec.key: spec for spec in specs if spec.environment.name not in self.removing}
         for key, spec in wanted.items():
             inst = self.instances.get(key)
             if inst is None:
@@ -296,48 +299,31 @@ class Scaler:
         if not inst.spec.environment.sleeps and not self.runtime.self_healing:
             self._restart_later(inst)
 
-    # --- apply: a new config while running ---
+    def wanted_specs(self, config: Config) -> list[InstanceSpec]:
+        """The instances a config asks for here: its own, and (when wakegate keeps them, not
+        the platform) those of the ephemeral environments; none of an environment being
+        removed."""
+        specs = config.instances()
+        if not self.runtime.versions_on_objects:
+            specs += ephemeral_specs(config, self.runtime.ephemeral.records())
+        return [spec for spec in specs if spec.environment.name not in self.removing]
 
-    def apply(self, config: Config) -> dict[str, Any]:
-        """Reconcile with an edited (already valid) config; all or nothing.
+    def take_environment(self, name: str) -> list[Instance]:
+        """Every instance of the environment leaves the route table now (held requests get
+        404 at once) and is handed to the caller, who drains and stops its replicas; the
+        environment stays out (`removing`) until `environment_gone`."""
+        self.removing.add(name)
+        taken = [inst for key, inst in self.instances.items() if key[0] == name]
+        for inst in taken:
+            del self.instances[inst.key]
+            self.releases.forget(inst)
+            log.info("%s was removed", inst.name)
+        self.publish()
+        return taken
 
-        Instances and their policies change live. What needs a restart (where
-        it listens, the runtime, state_dir, the domain every host is made of,
-        the proxy's own settings) refuses the whole change, so the running
-        system keeps the old config.
-        """
-        restart = [name for name, old, new in (
-            ("listen", (self.config.proxy.host, self.config.proxy.port, self.config.controller),
-             (config.proxy.host, config.proxy.port, config.controller)),
-            ("runtime", self.config.runtime, config.runtime),
-            ("state_dir", self.config.state_dir, config.state_dir),
-            ("domain", self.config.domain, config.domain),
-            ("proxy", self.config.proxy, config.proxy),
-            ("kubernetes", self.config.kubernetes, config.kubernetes),
-        ) if old != new]
-        if restart:
-            raise DeployRefused(f"{', '.join(restart)} changed: that needs a restart of "
-                                "wakegate, not apply")
-        before = set(self.instances)
-        self.config = config
-        if self.runtime.versions_on_objects:
-            # Kubernetes: the instances are the cluster's; policies come from the file.
-            self.runtime.config_changed(config)
-        else:
-            self.sync_instances(config.instances())
-        # The operator may have fixed what made a service crash: try it again.
-        backed_off = [inst for inst in self.instances.values() if inst.failures_in_a_row]
-        for inst in backed_off:
-            inst.end_backoff()
-        if backed_off:
-            self.publish()
-            for inst in backed_off:
-                if not inst.spec.environment.sleeps:
-                    self.request_activation(inst.key)  # always on: started now, not later
-        after = set(self.instances)
-        return {"added": sorted("/".join(k) for k in after - before),
-                "removed": sorted("/".join(k) for k in before - after),
-                "instances": len(after)}
+    def environment_gone(self, name: str) -> None:
+        """Nothing of the environment is left on the platform: the name may be used again."""
+        self.removing.discard(name)
 
     # --- lifecycle ---
 

@@ -9,6 +9,7 @@ import logging
 from aiohttp import web
 
 from ..config import ConfigError, load_config
+from ..config_apply import apply_config
 from ..releases import DeployRefused
 from ..scaler import Scaler
 from .answers import error
@@ -41,7 +42,7 @@ def apply_file(scaler: Scaler, path: str, expect_sha256: str | None = None) -> w
         return error(400, "invalid_config", "The config was refused as a whole; the running "
                      "system keeps the old one.", problems=exc.problems)
     try:
-        result = scaler.apply(config)
+        result = apply_config(scaler, config)
     except DeployRefused as exc:
         log.error("config not applied: %s", exc)
         return error(409, "needs_restart", f"{exc}. Nothing was changed.")

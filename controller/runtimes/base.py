@@ -20,10 +20,11 @@ from collections.abc import Mapping
 from typing import Protocol
 
 from ..keys import KeyInfo
-from ..model import Instance, Key, Release, Replica
+from ..model import EphemeralRecord, Instance, Key, Release, Replica
 from ..spec import Config, InstanceSpec
 
-__all__ = ["ColourStore", "KeyStore", "Runtime", "RuntimeEvents", "StartFailed"]
+__all__ = ["ColourStore", "EphemeralStore", "KeyStore", "Runtime", "RuntimeEvents",
+           "StartFailed"]
 
 
 class StartFailed(Exception):
@@ -74,7 +75,34 @@ class KeyStore(Protocol):
         """A new key, its digest stored before the key is returned."""
 
     async def revoke_async(self, ident: str) -> Key | None:
-        """Remove the key with this id; the (environment, service) it was for, None if unknown."""
+        """Remove the key with this id everywhere it is stored; one (environment, service) it
+        was for, None if unknown."""
+
+    async def create_for_environment_async(self, environment: str,
+                                           services: list[str]) -> str:
+        """One new key valid for every one of these services of the environment (an
+        ephemeral environment's key), its digest stored for each before it is returned."""
+
+    def forget_environment(self, environment: str) -> None:
+        """Every key of the environment is gone (it was deleted)."""
+
+
+class EphemeralStore(Protocol):
+    """Where a runtime keeps the ephemeral environments, and what it makes for them."""
+
+    def records(self) -> list[EphemeralRecord]:
+        """Every ephemeral environment known now (Kubernetes: from the namespace cache)."""
+
+    async def create(self, record: EphemeralRecord, services: list[InstanceSpec]) -> None:
+        """Keep `record`, and make what its `services` (specs in the new environment, each
+        at its version) need to run, asleep (Kubernetes: the namespace, and copies of the
+        source's Deployments and Services at 0 replicas). On failure nothing is left."""
+
+    async def extend(self, name: str, expires: float) -> EphemeralRecord:
+        """The environment now expires at `expires` (epoch seconds); the updated record."""
+
+    async def remove(self, name: str) -> None:
+        """Everything of it is gone from the platform (Kubernetes: the namespace deleted)."""
 
 
 class ColourStore(Protocol):
@@ -112,6 +140,8 @@ class Runtime(Protocol):
     keys: KeyStore
     # Where this platform keeps production's two colours.
     colours: ColourStore
+    # Where this platform keeps the ephemeral environments.
+    ephemeral: EphemeralStore
 
     async def open(self, events: RuntimeEvents) -> None:
         """Connect and learn the current state, telling `events` from now on; returns when the

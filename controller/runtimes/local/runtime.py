@@ -25,6 +25,7 @@ from ...keys import KeyStore
 from ...spec import Config, InstanceSpec, Readiness
 from ..base import RuntimeEvents, StartFailed
 from .colours import LocalColours
+from .ephemeral import LocalEphemeral
 
 __all__ = ["LocalRuntime", "Replica", "StartFailed", "die_with_parent"]
 
@@ -93,6 +94,7 @@ class LocalRuntime:
         # Both read their state_dir file here: one that is not valid raises StateFileError.
         self.keys = KeyStore(config.state_dir)
         self.colours = LocalColours(self, config.state_dir)
+        self.ephemeral = LocalEphemeral(config.state_dir)
 
     async def open(self, events: RuntimeEvents) -> None:
         self._events = events
@@ -132,6 +134,7 @@ class LocalRuntime:
             WAKEGATE_VERSION=version,
             WAKEGATE_SERVICE=svc.name,
             WAKEGATE_ENVIRONMENT=inst.environment.name,
+            WAKEGATE_PREFIX=inst.environment.prefix,
         )
         log_path = self.log_path(inst)
         os.makedirs(self._log_dir, exist_ok=True)

@@ -1,8 +1,4 @@
-"""The environment/service model and the route table.
-
-This is the only controller module the proxy imports: it holds plain, frozen
-data and no I/O, so the data plane never depends on the control plane's code.
-"""
+"""The environment/service model: kinds, environments, services, settings, the config."""
 
 from __future__ import annotations
 
@@ -33,7 +29,10 @@ def key_id(digest: bytes) -> str:
     of its SHA-256 digest (never the key, never the whole digest)."""
     return digest[:6].hex()
 
-KINDS = ("private", "demo", "development", "staging", "production", "prerelease")
+# `ephemeral`: made and removed by `wakegate env create/delete` (ephemeral.py), never in
+# the config; it sleeps when idle like demo and expires at the end of its TTL.
+KINDS = ("private", "demo", "development", "staging", "production", "prerelease", "ephemeral")
+EPHEMERAL = "ephemeral"
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,7 +51,16 @@ KIND_DEFAULTS: dict[str, KindDefaults] = {
     "staging": KindDefaults("public", None, 1, 2),
     "production": KindDefaults("public", None, 2, 10),
     "prerelease": KindDefaults("public", None, 2, 10),
+    EPHEMERAL: KindDefaults("public", 15 * 60.0, 0, 1),
 }
+# An environment's prefix (object names `{prefix}-{service}` on Kubernetes, image tags
+# `{version}-{prefix}`) when the config sets none; other kinds have none.
+DEFAULT_PREFIXES = {"development": "dev", "staging": "stg", "production": "prod"}
+
+
+def image_tag(version: str, prefix: str) -> str:
+    """The image tag a version runs as in an environment with this prefix: `1.0.0-prod`."""
+    return f"{version}-{prefix}" if prefix else version
 
 @dataclass(frozen=True, slots=True)
 class Autoscale:
@@ -112,6 +120,7 @@ class Environment:
     wake_strategy: str = "hold"
     crash_backoff: CrashBackoff = field(default_factory=CrashBackoff)
     autoscale: Autoscale = field(default_factory=Autoscale)
+    prefix: str = ""  # 1-8 lowercase letters and digits, or none
 
     @property
     def sleeps(self) -> bool:
@@ -141,6 +150,8 @@ class Service:
     stop_grace: float = 10.0
     # `autoscale:` keys set on the service, over its environment's (field name, value).
     autoscale_overrides: tuple[tuple[str, float], ...] = ()
+    # Services of the same environment woken with this one, and kept awake while it is.
+    depends_on: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -205,6 +216,16 @@ class InstanceSpec:
 
 
 @dataclass(frozen=True, slots=True)
+class EphemeralSettings:
+    """The config's `ephemeral:` section: what `wakegate env create` makes."""
+
+    max_environments: int = 20  # the config's max_ephemeral_environments
+    idle_timeout: float = 15 * 60.0
+    ttl: float = 24 * 3600.0  # when `env create` names none
+    max_ttl: float = 30 * 24 * 3600.0  # the longest TTL create or extend may set
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     path: str  # the file it was read from, for messages
     domain: str
@@ -216,6 +237,7 @@ class Config:
     environments: MappingProxyType[str, Environment]
     services: MappingProxyType[str, Service]
     kubernetes: KubernetesSettings = field(default_factory=KubernetesSettings)
+    ephemeral: EphemeralSettings = field(default_factory=EphemeralSettings)
     # `file: path: warning: ...` lines: valid, but probably not what was meant.
     warnings: tuple[str, ...] = ()
 
@@ -232,158 +254,3 @@ class Config:
 
 def instance_host(service: str, environment: str, domain: str) -> str:
     return f"{service}.{environment}.{domain}".lower()
-
-
-# --- the route table: what the controller publishes and every proxy applies ---
-
-
-@dataclass(frozen=True, slots=True)
-class Route:
-    environment: str
-    service: str
-    host: str
-    access: Access
-    state: str
-    endpoints: tuple[str, ...]  # "127.0.0.1:port", ready replicas only
-    key_hashes: tuple[bytes, ...]  # SHA-256 digests of the valid API keys
-    hold_timeout: float
-    hold_queue_size: int
-    ignore_paths: tuple[str, ...]
-    ignore_user_agents: tuple[str, ...]
-    version: str
-    # Bumped on every failed activation, so a held request can tell a fresh
-    # failure from an old one it saw before it started waiting.
-    failures: int = 0
-    error: str | None = None
-    wake_strategy: str = "hold"
-    # Monotonic-clock second until which the instance is in crash back-off (0:
-    # not): no start is tried, and requests get 503 with the time left.
-    backoff_until: float = 0.0
-
-    @property
-    def key(self) -> tuple[str, str]:
-        return (self.environment, self.service)
-
-
-@dataclass(frozen=True, slots=True)
-class RouteTable:
-    """An immutable snapshot, swapped atomically; lookups are one dict access."""
-
-    version: int
-    by_host: MappingProxyType[str, Route]
-    by_key: MappingProxyType[tuple[str, str], Route]
-
-    @staticmethod
-    def build(version: int, routes: list[Route]) -> RouteTable:
-        return RouteTable(
-            version,
-            MappingProxyType({r.host: r for r in routes}),
-            MappingProxyType({r.key: r for r in routes}),
-        )
-
-
-EMPTY_TABLE = RouteTable.build(0, [])
-
-
-# --- the route table on the wire (`wakegate controller` → `wakegate proxy`) ---
-#
-# JSON-ready dicts, decoded strictly: a proxy must never apply a table it only
-# half understood. `backoff_until` is a reading of the sender's monotonic clock;
-# the message that carries the routes also carries the sender's `now`, and the
-# receiver shifts it into its own clock (clocks differ between processes).
-
-
-class WireError(ValueError):
-    """A route table on the wire that is not what this version of wakegate sends."""
-
-
-def route_to_wire(route: Route) -> dict[str, object]:
-    return {
-        "environment": route.environment,
-        "service": route.service,
-        "host": route.host,
-        "access": route.access,
-        "state": route.state,
-        "endpoints": list(route.endpoints),
-        "key_hashes": [digest.hex() for digest in route.key_hashes],
-        "hold_timeout": route.hold_timeout,
-        "hold_queue_size": route.hold_queue_size,
-        "ignore_paths": list(route.ignore_paths),
-        "ignore_user_agents": list(route.ignore_user_agents),
-        "version": route.version,
-        "failures": route.failures,
-        "error": route.error,
-        "wake_strategy": route.wake_strategy,
-        "backoff_until": route.backoff_until,
-    }
-
-
-def routes_to_wire(table: RouteTable) -> list[dict[str, object]]:
-    return [route_to_wire(route) for route in table.by_key.values()]
-
-
-def route_from_wire(data: object, clock_shift: float = 0.0, where: str = "route") -> Route:
-    """A Route from `route_to_wire`'s dict; `clock_shift` = receiver's now - sender's now."""
-    if not isinstance(data, dict):
-        raise WireError(f"{where}: must be an object")
-
-    def get(name: str, kinds: type | tuple[type, ...], optional: bool = False) -> object:
-        value = data.get(name)
-        if value is None and optional:
-            return None
-        # bool is an int to Python, never to the sender.
-        if isinstance(value, bool) or not isinstance(value, kinds):
-            raise WireError(f"{where}.{name}: missing or of the wrong type")
-        return value
-
-    def strings(name: str) -> tuple[str, ...]:
-        value = get(name, list)
-        assert isinstance(value, list)
-        if not all(isinstance(item, str) for item in value):
-            raise WireError(f"{where}.{name}: must be a list of strings")
-        return tuple(value)
-
-    access = get("access", str)
-    if access not in ("public", "api_key"):
-        raise WireError(f"{where}.access: {access!r} is neither public nor api_key")
-    state = get("state", str)
-    if state not in (SLEEPING, STARTING, READY, STOPPING, FAILED):
-        raise WireError(f"{where}.state: unknown state {state!r}")
-    try:
-        key_hashes = tuple(bytes.fromhex(h) for h in strings("key_hashes"))
-    except ValueError:
-        raise WireError(f"{where}.key_hashes: must be hexadecimal SHA-256 digests") from None
-    if any(len(h) != 32 for h in key_hashes):
-        raise WireError(f"{where}.key_hashes: must be SHA-256 digests (32 bytes)")
-    backoff_until = float(get("backoff_until", (int, float)))  # type: ignore[arg-type]
-    wake_strategy = get("wake_strategy", str)
-    if wake_strategy not in WAKE_STRATEGIES:
-        raise WireError(f"{where}.wake_strategy: unknown strategy {wake_strategy!r}")
-    return Route(
-        environment=str(get("environment", str)),
-        service=str(get("service", str)),
-        host=str(get("host", str)).lower(),
-        access="api_key" if access == "api_key" else "public",
-        state=str(state),
-        endpoints=strings("endpoints"),
-        key_hashes=key_hashes,
-        hold_timeout=float(get("hold_timeout", (int, float))),  # type: ignore[arg-type]
-        hold_queue_size=int(get("hold_queue_size", int)),  # type: ignore[call-overload]
-        ignore_paths=strings("ignore_paths"),
-        ignore_user_agents=strings("ignore_user_agents"),
-        version=str(get("version", str)),
-        failures=int(get("failures", int)),  # type: ignore[call-overload]
-        error=None if (error := get("error", str, optional=True)) is None else str(error),
-        wake_strategy=str(wake_strategy),
-        backoff_until=backoff_until + clock_shift if backoff_until else 0.0,
-    )
-
-
-def table_from_wire(version: int, routes: object, clock_shift: float = 0.0) -> RouteTable:
-    """A RouteTable numbered `version` from `routes_to_wire`'s list; WireError if malformed."""
-    if not isinstance(routes, list):
-        raise WireError("routes: must be a list")
-    return RouteTable.build(
-        version,
-        [route_from_wire(r, clock_shift, f"routes[{i}]") for i, r in enumerate(routes)],
-    )

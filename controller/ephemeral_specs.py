@@ -1,0 +1,53 @@
+"""What an ephemeral environment runs, from its record and the config (pure functions).
+
+An ephemeral environment (`wakegate env create NAME --from ENV`) runs every
+service its source environment ran, each at the version recorded when it was
+made. Its own settings are the `ephemeral` kind's (it sleeps when idle, at
+most one replica) and the config's `ephemeral:` section; how requests are held
+and drained (hold_timeout, hold_queue_size, wake_strategy, crash_backoff,
+scale_down_delay) it takes from its source, so that a preview behaves like
+the environment it previews. Both runtimes build its environment here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from .model import EphemeralRecord
+from .spec import EPHEMERAL, KIND_DEFAULTS, Config, Environment, EphemeralSettings, InstanceSpec
+
+__all__ = ["ephemeral_environment", "ephemeral_specs"]
+
+
+def ephemeral_environment(record: EphemeralRecord, source: Environment | None,
+                          settings: EphemeralSettings) -> Environment:
+    """The environment of an ephemeral record (`source`: its source environment now, None
+    when that is gone: the defaults then)."""
+    defaults = KIND_DEFAULTS[EPHEMERAL]
+    env = Environment(
+        name=record.name, kind=EPHEMERAL, access=record.access,
+        idle_timeout=settings.idle_timeout, min_replicas=defaults.min_replicas,
+        max_replicas=defaults.max_replicas,
+    )
+    if source is None:
+        return env
+    return dataclasses.replace(
+        env, hold_timeout=source.hold_timeout, hold_queue_size=source.hold_queue_size,
+        wake_strategy=source.wake_strategy, crash_backoff=source.crash_backoff,
+        scale_down_delay=source.scale_down_delay,
+    )
+
+
+def ephemeral_specs(config: Config, records: list[EphemeralRecord]) -> list[InstanceSpec]:
+    """The instances of these ephemeral environments, with the config's services (a service
+    no longer in the config is left out)."""
+    specs: list[InstanceSpec] = []
+    for record in records:
+        env = ephemeral_environment(record, config.environments.get(record.source),
+                                    config.ephemeral)
+        for name, version in record.versions:
+            service = config.services.get(name)
+            if service is not None:
+                specs.append(InstanceSpec(env, dataclasses.replace(
+                    service, version=version, environments=(record.name,))))
+    return specs
