@@ -31,6 +31,12 @@ def apply_config(scaler: Scaler, config: Config) -> dict[str, Any]:
     if restart:
         raise DeployRefused(f"{', '.join(restart)} changed: that needs a restart of "
                             "wakegate, not apply")
+    # One name, one environment: an ephemeral one keeps its name until it is deleted.
+    taken = sorted(record.name for record in scaler.runtime.ephemeral.records()
+                   if record.name.lower() in {name.lower() for name in config.environments})
+    if taken:
+        raise DeployRefused(f"environments.{taken[0]}: an ephemeral environment of that name "
+                            f"exists; delete it first (wakegate env delete {taken[0]})")
     before = set(scaler.instances)
     scaler.config = config
     if scaler.runtime.versions_on_objects:

@@ -14,9 +14,32 @@ from __future__ import annotations
 import dataclasses
 
 from .model import EphemeralRecord
-from .spec import EPHEMERAL, KIND_DEFAULTS, Config, Environment, EphemeralSettings, InstanceSpec
+from .names import is_environment_name
+from .spec import (
+    EPHEMERAL,
+    KIND_DEFAULTS,
+    KINDS,
+    Config,
+    Environment,
+    EphemeralSettings,
+    InstanceSpec,
+)
 
-__all__ = ["ephemeral_environment", "ephemeral_specs"]
+__all__ = ["ephemeral_environment", "ephemeral_name_problem", "ephemeral_specs"]
+
+
+def ephemeral_name_problem(name: object) -> str | None:
+    """Why an ephemeral environment may not have this name, or None. The same rule for
+    `env create`, ephemeral.json and an ephemeral namespace found on Kubernetes."""
+    if not is_environment_name(name):
+        return "is not a valid environment name: 1 to 24 letters, digits and dashes, " \
+            "starting with a letter"
+    if name.endswith("-"):
+        # Its hosts' labels (RFC 1123) and a namespace's label values end alphanumeric.
+        return "ends with a dash; an ephemeral environment's name must end with a letter or digit"
+    if name.lower() in KINDS:
+        return "is reserved: it names a kind of environment; pick another name, e.g. pr-42"
+    return None
 
 
 def ephemeral_environment(record: EphemeralRecord, source: Environment | None,

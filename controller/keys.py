@@ -114,6 +114,25 @@ class KeyStore:
         """`create`, as the key-store port has it (Kubernetes writes a Secret: it awaits)."""
         return self.create(environment, service)
 
+    async def create_for_environment_async(self, environment: str,
+                                           services: list[str]) -> str:
+        """One new key valid for every one of these services of the environment (an
+        ephemeral environment's): its digest is stored under each of them, in one write."""
+        key = new_key()
+        entry = {"sha256": digest(key).hex(), "created": int(time.time())}
+        keys = dict(self._keys)
+        for service in services:
+            keys[f"{environment}/{service}"] = [*keys.get(f"{environment}/{service}", []),
+                                                 dict(entry)]
+        self._replace(keys)
+        return key
+
+    def forget_environment(self, environment: str) -> None:
+        """Every key of the environment is gone (it was deleted)."""
+        prefix = f"{environment}/"
+        if any(name.startswith(prefix) for name in self._keys):
+            self._replace({n: e for n, e in self._keys.items() if not n.startswith(prefix)})
+
     async def revoke_async(self, ident: str) -> tuple[str, str] | None:
         """`revoke`, as the key-store port has it."""
         return self.revoke(ident)
@@ -129,21 +148,26 @@ class KeyStore:
         return infos
 
     def revoke(self, ident: str) -> tuple[str, str] | None:
-        """Forget the key with this id; (environment, service) it was for, None if unknown."""
+        """Forget the key with this id, everywhere it is stored (an ephemeral environment's
+        key is stored under each of its services); one (environment, service) it was for,
+        None if unknown."""
+        found: tuple[str, str] | None = None
+        keys: dict[str, list[dict[str, Any]]] = {}
         for name, entries in self._keys.items():
             kept = [e for e in entries if _id(e) != ident]
-            if len(kept) != len(entries):
-                keys = dict(self._keys)
-                if kept:
-                    keys[name] = kept
-                else:
-                    del keys[name]
-                write_json_atomic(self.path, keys)
-                self._keys = keys  # only once it is on disk
-                self._last_write = time.monotonic()
+            if len(kept) != len(entries) and found is None:
                 environment, _, service = name.partition("/")
-                return environment, service
-        return None
+                found = environment, service
+            if kept:
+                keys[name] = kept
+        if found is not None:
+            self._replace(keys)
+        return found
+
+    def _replace(self, keys: dict[str, list[dict[str, Any]]]) -> None:
+        write_json_atomic(self.path, keys)
+        self._keys = keys  # only once it is on disk
+        self._last_write = time.monotonic()
 
     def note_used(self, uses: Mapping[str, float]) -> None:
         """Record when keys (by id) were last used; written at most once a minute."""

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
@@ -23,7 +23,15 @@ class ControllerMetrics(Collector):
         key = (*inst.key, direction)
         self._scale_events[key] = self._scale_events.get(key, 0) + 1
 
+    def forget_all_but(self, keys: Collection[tuple[str, str]]) -> None:
+        """Only these instances' scale events from now on (one that is gone leaves
+        /metrics)."""
+        for key in [k for k in self._scale_events if k[:2] not in keys]:
+            del self._scale_events[key]
+
     def collect(self) -> Iterator[Metric]:
+        if self.scaler is not None:
+            self.forget_all_but(self.scaler.instances)
         replicas = GaugeMetricFamily(
             "wakegate_instance_replicas", "Replicas running for the instance.", labels=_LABELS
         )
@@ -92,5 +100,12 @@ class ControllerMetrics(Collector):
                 live = self.scaler.releases.of(inst).live
                 for colour in ("blue", "green"):
                     release.add_metric([*key, colour], 1.0 if live == colour else 0.0)
+        ephemeral = GaugeMetricFamily(
+            "wakegate_ephemeral_environments",
+            "Ephemeral environments that exist now (made by `wakegate env create`, not yet "
+            "expired or deleted); max_ephemeral_environments bounds it.",
+        )
+        if self.scaler is not None:
+            ephemeral.add_metric([], len(self.scaler.runtime.ephemeral.records()))
         yield from (replicas, desired, concurrency, max_replicas, idle, last_request, backoff,
-                    events, release)
+                    events, release, ephemeral)

@@ -18,6 +18,7 @@ __all__ = [
     "is_dns_label",
     "is_dns_name",
     "is_environment_name",
+    "is_prefix",
     "is_service_name",
     "is_version",
 ]
@@ -34,11 +35,18 @@ _HOST_LABEL = re.compile(r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?")
 # 1 to 128 letters, digits, dots, dashes and underscores, starting with a
 # letter or digit.
 _VERSION = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+# An environment's prefix: in object names ({prefix}-{service}) and image tags.
+_PREFIX = re.compile(r"[a-z0-9]{1,8}")
 
 
 def is_environment_name(name: object) -> TypeGuard[str]:
     """1 to 24 letters, digits and dashes, starting with a letter."""
     return isinstance(name, str) and _ENVIRONMENT_NAME.fullmatch(name) is not None
+
+
+def is_prefix(name: object) -> TypeGuard[str]:
+    """An environment's prefix: 1 to 8 lowercase letters and digits (none is "", not one)."""
+    return isinstance(name, str) and _PREFIX.fullmatch(name) is not None
 
 
 def is_dns_label(name: object) -> TypeGuard[str]:

@@ -19,6 +19,7 @@ import time
 from collections.abc import Callable, Coroutine
 from typing import Any
 
+from .dependencies import dependencies
 from .ephemeral_specs import ephemeral_specs
 from .events import event
 from .model import (
@@ -36,7 +37,7 @@ from .routes import RouteBoard
 from .runtimes.base import KeyStore, Runtime
 from .scaling import LoadScaler
 from .sleep import Activity, Sleeper
-from .spec import Config, InstanceSpec, RouteTable
+from .spec import EPHEMERAL, Config, InstanceSpec, RouteTable
 from .status import status_rows
 from .versions import VersionStore
 
@@ -187,7 +188,13 @@ class Scaler:
 
     # --- waking ---
 
+    def route_instance(self, key: Key) -> Instance | None:
+        """The instance a route's key stands for (a prerelease route: its production one)."""
+        return self.instances.get(self._routes.target(key))
+
     def request_activation(self, key: Key) -> None:
+        """Wake the instance a route belongs to, and (in parallel, none waited for) what its
+        service depends on in its environment; held requests go on once it is ready."""
         inst = self.instances.get(self._routes.target(key))
         if inst is None or self._closing:
             return
@@ -196,6 +203,11 @@ class Scaler:
             # remembered, and done as soon as the scaler may act.
             self._pending.add(key)
             return
+        for woken in (inst, *dependencies(self.instances, inst.key)):
+            self._wake(woken)
+
+    def _wake(self, inst: Instance) -> None:
+        """One activation task for the instance, unless it is up, waking, or backing off."""
         if inst.state == READY and len(inst.replicas) >= self._desired(inst):
             return
         if inst.activation is not None and not inst.activation.done():
@@ -241,6 +253,9 @@ class Scaler:
                 if not inst.spec.environment.sleeps and not self.runtime.self_healing:
                     self._restart_later(inst)
                 return
+            if self.instances.get(inst.key) is not inst:
+                await self._stop_orphans(inst, new)
+                return
             # A replica that died between ready and here is already gone.
             inst.replicas.extend(r for r in new if not r.exited.done())
             if not inst.replicas:
@@ -260,6 +275,13 @@ class Scaler:
                 extra=event(inst.spec, "woke", version=inst.version, replicas=len(inst.replicas),
                             duration_ms=round((time.monotonic() - started) * 1000, 1)),
             )
+
+    async def _stop_orphans(self, inst: Instance, new: list[Replica]) -> None:
+        """Removed while it started (apply, env delete): nothing it started is left running."""
+        try:
+            await self.runtime.stop(new, inst.spec.service.stop_grace)
+        except Exception as exc:  # the platform's object may be gone with it
+            log.warning("%s was removed while it started; stopping failed: %s", inst.name, exc)
 
     def _restart_later(self, inst: Instance) -> None:
         """Start an always-on instance again shortly, or when its crash back-off ends."""
@@ -313,7 +335,8 @@ class Scaler:
         404 at once) and is handed to the caller, who drains and stops its replicas; the
         environment stays out (`removing`) until `environment_gone`."""
         self.removing.add(name)
-        taken = [inst for key, inst in self.instances.items() if key[0] == name]
+        taken = [inst for key, inst in self.instances.items()
+                 if key[0] == name and inst.spec.environment.kind == EPHEMERAL]
         for inst in taken:
             del self.instances[inst.key]
             self.releases.forget(inst)

@@ -5,7 +5,9 @@ ended within its idle timeout. The switch is careful: first the route says
 `stopping` (proxies hold new requests from then on), then activity is read
 again; a request that slipped in before the switch keeps it awake. Only then
 are its replicas stopped. A held request wakes it again once the stop is
-done (the scaler's activation waits for the instance's lock).
+done (the scaler's activation waits for the instance's lock). A service
+others depend on (`depends_on`) is not idle while one of them is awake: it
+sleeps after the last of them, from their latest activity and its own.
 """
 
 from __future__ import annotations
@@ -17,8 +19,9 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from .dependencies import dependents
 from .events import event
-from .model import READY, STOPPING, ActivitySource, Instance, Key, Replica
+from .model import READY, SLEEPING, STOPPING, ActivitySource, Instance, Key, Replica
 
 log = logging.getLogger("wakegate.controller")
 
@@ -88,8 +91,8 @@ class Sleeper:
                 if inst.state != READY or not env.sleeps or inst.lock.locked():
                     continue
                 assert env.idle_timeout is not None
-                in_flight, last = self._activity(inst)
-                if in_flight:
+                busy, last = self._usage(inst)
+                if busy:
                     next_check = min(next_check, now + env.idle_timeout)
                     continue
                 due = last + env.idle_timeout
@@ -103,21 +106,36 @@ class Sleeper:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wakeup.wait(), max(next_check - now, 0.001))
 
+    def _usage(self, inst: Instance) -> tuple[bool, float]:
+        """(whether it must stay awake now, when its idle clock started).
+
+        A dependency (`depends_on`) counts its dependents in: it stays awake
+        while any of them is awake, and is idle only from the latest activity
+        of itself and of them.
+        """
+        in_flight, last = self._activity(inst)
+        busy = in_flight > 0
+        for dependent in dependents(self._instances, inst.key):
+            busy = busy or dependent.state != SLEEPING
+            last = max(last, self._activity(dependent)[1])
+        return busy, last
+
     async def _put_to_sleep(self, inst: Instance) -> None:
         async with inst.lock:
             idle_timeout = inst.spec.environment.idle_timeout
             if inst.state != READY or idle_timeout is None or self._closing:
                 return
-            in_flight, last = self._activity(inst)
-            if in_flight or time.monotonic() - last < idle_timeout:
+            busy, last = self._usage(inst)
+            if busy or time.monotonic() - last < idle_timeout:
                 return
             # From here on, proxies hold new requests instead of forwarding them.
             inst.state = STOPPING
             self._publish()
             # A request that got the endpoints before the switch is in flight
-            # now; one that ended in between moved `last`. Either keeps it awake.
-            in_flight, last_again = self._activity(inst)
-            if in_flight or last_again != last:
+            # now; one that ended in between moved `last`; a dependent may have
+            # woken. Any of them keeps it awake.
+            busy, last_again = self._usage(inst)
+            if busy or last_again != last:
                 inst.state = READY
                 self._publish()
                 return

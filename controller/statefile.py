@@ -143,10 +143,14 @@ def describe(value: object) -> str:
     return f"{kind} {show(value)}"
 
 
+_YEAR_10000 = 253402300800  # epoch seconds: no date wakegate writes is as late
+
+
 def is_epoch(value: object) -> bool:
-    """Epoch seconds as wakegate writes them: an integer, not before 1970."""
+    """Epoch seconds as wakegate writes them: an integer, not before 1970, before 10000."""
     # bool is an int subclass in Python, but `true` is never a time.
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+    return isinstance(value, int) and not isinstance(value, bool) and \
+        0 <= value < _YEAR_10000
 
 
 def _join(where: str, name: str) -> str:

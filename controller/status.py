@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from .model import Instance
-from .spec import InstanceSpec
+from .spec import InstanceSpec, image_tag
 
 
 def status_rows(instances: Iterable[Instance], activity: Callable[[Instance], tuple[int, float]],
@@ -33,6 +33,9 @@ def status_rows(instances: Iterable[Instance], activity: Callable[[Instance], tu
                 "replicas": len(inst.replicas),  # ready: in the route table
                 "desired_replicas": inst.desired(),
                 "version": inst.version,
+                # The environment's prefix, and the image tag the version runs as there.
+                "prefix": inst.spec.environment.prefix,
+                "tag": image_tag(inst.version, inst.spec.environment.prefix),
                 "in_flight": in_flight,
                 "idle_seconds": 0.0 if in_flight else round(now - last, 3),
                 "idle_timeout": inst.spec.environment.idle_timeout,

@@ -60,3 +60,12 @@ class VersionStore:
         versions[f"{environment}/{service}"] = version
         write_json_atomic(self.path, versions)
         self._versions = versions  # only once it is on disk
+
+    def forget_environment(self, environment: str) -> None:
+        """The environment's entries are gone (an ephemeral environment was deleted: a new
+        one of the same name starts from its own record)."""
+        prefix = f"{environment}/"
+        if any(name.startswith(prefix) for name in self._versions):
+            versions = {n: v for n, v in self._versions.items() if not n.startswith(prefix)}
+            write_json_atomic(self.path, versions)
+            self._versions = versions  # only once it is on disk

@@ -81,10 +81,15 @@ class Activator:
             raise HoldTimeout from None
         finally:
             hold.waiting -= 1
+            if not hold.waiting and _route_gone(future) and self._holds.get(key) is hold:
+                del self._holds[key]  # its route left the table: no gauge for it any more
         return ready, time.monotonic() - hold.started
 
     def on_table(self, table: RouteTable) -> None:
-        """Resolve or fail the holds that the new table decides."""
+        """Resolve or fail the holds that the new table decides (and forget the idle holds
+        of routes that are gone)."""
+        for key in [k for k, h in self._holds.items() if k not in table.by_key and not h.waiting]:
+            del self._holds[key]
         for key, hold in self._holds.items():
             future = hold.future
             if future is None or future.done():
@@ -108,3 +113,8 @@ class Activator:
             # "exception was never retrieved".
             if future.done() and future.exception() is not None:
                 pass
+
+
+def _route_gone(future: asyncio.Future[Route]) -> bool:
+    return future.done() and not future.cancelled() and \
+        isinstance(future.exception(), RouteGone)

@@ -8,6 +8,7 @@ hot path; nothing here awaits or locks.
 from __future__ import annotations
 
 import time
+from collections.abc import Collection
 
 from controller.spec import key_id
 
@@ -48,6 +49,13 @@ class ActivityTracker:
         if act is None:
             act = self.instances[key] = InstanceActivity()
         return act
+
+    def forget_all_but(self, keys: Collection[tuple[str, str]]) -> None:
+        """Only these instances, and any with a request still in flight: one that left the
+        route table is not counted (nor shown in /metrics) for ever."""
+        for key in [k for k, act in self.instances.items()
+                    if k not in keys and not act.in_flight]:
+            del self.instances[key]
 
     def snapshot(self, key: tuple[str, str]) -> tuple[int, float]:
         """(requests in flight, monotonic time of the last end) for one instance."""

@@ -91,6 +91,8 @@ class Proxy:
         context = self.context
         table = context.table = context.refusals.view(self._given)
         context.balancer.forget(table)
+        context.metrics.forget_all_but(table.by_key)
+        context.activity.forget_all_but(table.by_key)
         self.activator.on_table(table)
 
     def _in_flight_counts(self) -> dict[tuple[str, str], int]:

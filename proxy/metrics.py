@@ -9,7 +9,7 @@ environment and service names only: never hosts, paths, keys or addresses.
 from __future__ import annotations
 
 from bisect import bisect_left
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 
 from prometheus_client.core import (
     CounterMetricFamily,
@@ -83,6 +83,14 @@ class ProxyMetrics(Collector):
         # Set by a link to a controller in another process (split mode): whether it
         # answers. Exported as wakegate_controller_connected; absent in `wakegate up`.
         self.controller_connected: Callable[[], bool] | None = None
+
+    def forget_all_but(self, keys: Collection[Key]) -> None:
+        """Only these instances' series from now on: an instance that left the route table
+        (an ephemeral environment gone, a service removed) leaves /metrics too, so that
+        environments made and removed all day do not grow it without end. A request still
+        finishing on a removed one counts it again, until the next table."""
+        for key in [k for k in self.stats if k not in keys]:
+            del self.stats[key]
 
     def of(self, key: Key) -> InstanceStats:
         st = self.stats.get(key)

@@ -67,11 +67,16 @@ class Cluster:
 
     # --- objects ---
 
-    def environment(self, namespace: str, environment: str, kind: str) -> None:
+    def environment(self, namespace: str, environment: str, kind: str,
+                    prefix: str | None = None) -> None:
+        """A namespace labelled as an environment (with `wakegate.dev/prefix` when given:
+        "" for none)."""
+        labels = {"wakegate.dev/environment": environment, "wakegate.dev/kind": kind}
+        if prefix is not None:
+            labels["wakegate.dev/prefix"] = prefix
         self.create({
             "apiVersion": "v1", "kind": "Namespace",
-            "metadata": {"name": namespace, "labels": {
-                "wakegate.dev/environment": environment, "wakegate.dev/kind": kind}},
+            "metadata": {"name": namespace, "labels": labels},
         })
 
     def service(self, namespace: str, name: str, replicas: int = 0, version: str = "1.0.0",

@@ -33,6 +33,7 @@ from .kube_cluster import HELLO_PORT, Cluster
 # Served by the controller; every other wakegate_* metric by the proxies.
 _CONTROLLER_METRICS = (
     "wakegate_instance_", "wakegate_scale_events_total", "wakegate_release_active",
+    "wakegate_ephemeral_",
 )
 
 
@@ -123,6 +124,8 @@ def to_cluster(config: dict[str, Any], cluster: Cluster) -> tuple[dict[str, Any]
         activity = svc.get("activity") or {}
         if activity.get("ignore_paths"):
             annotations["wakegate.dev/ignore-paths"] = ",".join(activity["ignore_paths"])
+        if svc.get("depends_on"):
+            annotations["wakegate.dev/depends-on"] = ",".join(svc["depends_on"])
         if activity.get("ignore_user_agents"):
             annotations["wakegate.dev/ignore-user-agents"] = ",".join(
                 activity["ignore_user_agents"])

@@ -135,14 +135,17 @@ def test_valid_config_is_parsed(tmp_path: Path) -> None:
     assert envs["private"] == spec.Environment("private", "private", "api_key", 900.0, 0, 1)
     assert envs["demo"] == spec.Environment("demo", "demo", "public", 30.0, 0, 1)
     assert envs["development"] == spec.Environment(
-        "development", "development", "api_key", 1800.0, 0, 2
+        "development", "development", "api_key", 1800.0, 0, 2, prefix="dev"
     )
-    assert envs["staging"] == spec.Environment("staging", "staging", "public", None, 1, 2)
+    assert envs["staging"] == spec.Environment("staging", "staging", "public", None, 1, 2,
+                                               prefix="stg")
     assert envs["production"] == spec.Environment(
-        "production", "production", "public", None, 2, 4, hold_timeout=10.0, hold_queue_size=50
+        "production", "production", "public", None, 2, 4, hold_timeout=10.0, hold_queue_size=50,
+        prefix="prod",
     )
     assert envs["prerelease"] == spec.Environment("prerelease", "prerelease", "public", None, 2, 10)
-    assert envs["qa"] == spec.Environment("qa", "development", "public", None, 1, 2)
+    assert envs["qa"] == spec.Environment("qa", "development", "public", None, 1, 2,
+                                          prefix="dev")
     assert envs["private"].sleeps and not envs["qa"].sleeps
 
     assert isinstance(config.services, MappingProxyType)
@@ -176,7 +179,12 @@ def test_valid_config_is_parsed(tmp_path: Path) -> None:
     assert config.host_of("demo", "hello") == "hello.demo.apps.example.com"
 
 
-@pytest.mark.parametrize("kind", spec.KINDS)
+# Every kind a config may give an environment: ephemeral ones are made by `wakegate env create`
+# (their defaults are checked in test_the_ephemeral_kind_follows_the_design_table).
+CONFIG_KINDS = [kind for kind in spec.KINDS if kind != spec.EPHEMERAL]
+
+
+@pytest.mark.parametrize("kind", CONFIG_KINDS)
 def test_kind_defaults_follow_the_design_table(tmp_path: Path, kind: str) -> None:
     expected = {
         "private": ("api_key", 15 * 60.0, 0, 1),
@@ -287,6 +295,7 @@ def test_case_variants_of_names_are_allowed_without_shared_services(tmp_path: Pa
         ("30s", 30.0),
         ("15m", 900.0),
         ("1h", 3600.0),
+        ("2d", 172800.0),
         ("2", 2.0),
     ],
 )
@@ -295,7 +304,7 @@ def test_parse_duration(value: object, seconds: float) -> None:
 
 
 @pytest.mark.parametrize(
-    "value", ["15 minutes", "1d", "-5s", "s", "", "1.5.s", True, None, [1], -1, float("inf")]
+    "value", ["15 minutes", "1w", "-5s", "s", "", "1.5.s", True, None, [1], -1, float("inf")]
 )
 def test_parse_duration_rejects(value: object) -> None:
     with pytest.raises(ValueError, match="bad duration"):
@@ -1173,3 +1182,151 @@ def test_private_and_demo_may_say_max_replicas_1_or_0_and_other_kinds_scale(
     }}))
     assert {name: env.max_replicas for name, env in config.environments.items()} == {
         "private": 1, "demo": 0, "development": 3, "qa": 5}
+
+
+# --- issue 15: prefixes, the ephemeral kind and section, depends_on ----------------
+
+
+def test_the_ephemeral_kind_follows_the_design_table() -> None:
+    defaults = spec.KIND_DEFAULTS[spec.EPHEMERAL]
+    assert (defaults.access, defaults.idle_timeout, defaults.min_replicas,
+            defaults.max_replicas) == ("public", 15 * 60.0, 0, 1)
+
+
+def test_prefixes_default_by_kind_and_may_be_set_or_removed(tmp_path: Path) -> None:
+    config = load_config(write_case(tmp_path, {"environments": {
+        "development": {}, "staging": {}, "production": {}, "prerelease": {},
+        "qa": {"kind": "development", "prefix": "qa1"}, "plain": {"kind": "production",
+                                                                   "prefix": ""},
+        "bare": {"kind": "staging", "prefix": None}, "named": {"kind": "demo", "prefix": "x"},
+    }}))
+    assert {name: env.prefix for name, env in config.environments.items()} == {
+        "private": "", "demo": "", "development": "dev", "staging": "stg", "production": "prod",
+        "prerelease": "", "qa": "qa1", "plain": "", "bare": "", "named": "x"}
+
+
+@pytest.mark.parametrize(("value", "got"), [
+    ("Dev", 'string "Dev"'), ("toolong12", 'string "toolong12"'), ("a-b", 'string "a-b"'),
+    (12, 'integer 12 (quote it: "12")'), (["dev"], "list"), (True, "boolean true"),
+])
+def test_a_bad_prefix_is_a_precise_problem(tmp_path: Path, value: object, got: str) -> None:
+    path = write_case(tmp_path, {"environments": {"demo": {"prefix": value}}})
+    assert problems_of(path) == [
+        f'{path}: environments.demo.prefix: must be 1 to 8 lowercase letters and digits '
+        f'(e.g. "dev"), or "" for no prefix, got {got}']
+
+
+def test_the_ephemeral_kind_is_made_by_env_create_not_by_the_config(tmp_path: Path) -> None:
+    path = write_case(tmp_path, {"environments": {"pr-1": {"kind": "ephemeral"},
+                                                  "ephemeral": {}}})
+    kinds = "private, demo, development, staging, production, prerelease"
+    assert problems_of(path) == [
+        f'{path}: environments.pr-1.kind: is "ephemeral", but ephemeral environments are made '
+        f"by `wakegate env create NAME --from ENV`, not in the config; use one of {kinds}",
+        f"{path}: environments.ephemeral.kind: is required: ephemeral environments are made by "
+        "`wakegate env create NAME --from ENV`, not in the config; to call a config "
+        f'environment "ephemeral", add kind: with one of {kinds}',
+    ]
+    # A config environment may still be called so, with a kind of its own.
+    config = load_config(write_case(tmp_path, {"environments": {"ephemeral": {"kind": "demo"}}}))
+    assert config.environments["ephemeral"].kind == "demo"
+
+
+def test_ephemeral_settings_default_and_are_read(tmp_path: Path) -> None:
+    assert load_config(write_case(tmp_path, {})).ephemeral == spec.EphemeralSettings(
+        max_environments=20, idle_timeout=900.0, ttl=86400.0, max_ttl=30 * 86400.0)
+    config = load_config(write_case(tmp_path, {
+        "max_ephemeral_environments": 0,
+        "ephemeral": {"idle_timeout": "300ms", "ttl": "2h", "max_ttl": "48h"},
+    }))
+    assert config.ephemeral == spec.EphemeralSettings(
+        max_environments=0, idle_timeout=0.3, ttl=7200.0, max_ttl=48 * 3600.0)
+
+
+@pytest.mark.parametrize(("case", "problem"), [
+    ({"max_ephemeral_environments": -1}, "max_ephemeral_environments: must be at least 0, got -1"),
+    ({"max_ephemeral_environments": "20"},
+     'max_ephemeral_environments: must be an integer, got string "20"'),
+    ({"ephemeral": "24h"},
+     "ephemeral: must be a mapping with keys idle_timeout, ttl, max_ttl, got string \"24h\""),
+    ({"ephemeral": {"tl": "1h"}},
+     'ephemeral.tl: unknown key (did you mean "ttl"?); allowed keys: idle_timeout, ttl, max_ttl'),
+    ({"ephemeral": {"idle_timeout": 0}},
+     "ephemeral.idle_timeout: must be more than 0 (e.g. 30s), got 0"),
+    ({"ephemeral": {"ttl": "soon"}},
+     'ephemeral.ttl: bad duration "soon": use a number of seconds or a value like 150ms, 30s, '
+     "15m, 1h"),
+    ({"ephemeral": {"ttl": "48h", "max_ttl": "24h"}},
+     "ephemeral.ttl: is 48h, more than max_ttl (24h); the TTL `env create` gives must not "
+     "exceed the longest TTL; lower ttl or raise max_ttl"),
+    ({"ephemeral": {"max_ttl": "1h"}},
+     "ephemeral.ttl: is 24h (the default), more than max_ttl (1h); the TTL `env create` gives "
+     "must not exceed the longest TTL; lower ttl or raise max_ttl"),
+    ({"ephemeral": {"max_ttl": "400d"}},
+     "ephemeral.max_ttl: is 400d, more than 365d: an ephemeral environment is a preview, not "
+     "a home; use at most 365d"),
+])
+def test_ephemeral_setting_problems(tmp_path: Path, case: dict[str, Any], problem: str) -> None:
+    path = write_case(tmp_path, case)
+    assert problems_of(path) == [f"{path}: {problem}"]
+
+
+def services_with(**depends_on: Any) -> dict[str, Any]:
+    """Services a, b, c (in private and demo), each with its depends_on when given."""
+    return {"services": {name: {"command": "x {port}", **(
+        {"depends_on": depends_on[name]} if name in depends_on else {})} for name in "abc"}}
+
+
+def test_depends_on_is_read(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, yaml.safe_dump(services_with(a=["b", "c"], b=["c"]))))
+    assert {name: svc.depends_on for name, svc in config.services.items()} == {
+        "a": ("b", "c"), "b": ("c",), "c": ()}
+
+
+@pytest.mark.parametrize(("depends_on", "field", "problem"), [
+    (["b", "d"], "depends_on[1]", 'service "d" is not defined; defined services: b, c'),
+    (["bb"], "depends_on[0]", 'service "bb" is not defined (did you mean "b"?); defined '
+     "services: b, c"),
+    (["a"], "depends_on[0]", '"a" is this service itself; a service cannot depend on itself'),
+    (["b", "b"], "depends_on[1]", 'service "b" is listed twice; list each service once'),
+    ([3], "depends_on[0]", "must be a service name, got integer 3"),
+    ("b", "depends_on", 'must be a list, e.g. [a, b], got string "b"'),
+])
+def test_depends_on_problems(tmp_path: Path, depends_on: object, field: str,
+                             problem: str) -> None:
+    path = write(tmp_path, yaml.safe_dump(services_with(a=depends_on)))
+    assert problems_of(path) == [f"{path}: services.a.{field}: {problem}"]
+
+
+@pytest.mark.parametrize(("depends_on", "problem"), [
+    ({"a": ["b"], "b": ["a"]}, "services.a.depends_on: a -> b -> a is a cycle"),
+    ({"b": ["c"], "c": ["a"], "a": ["b"]}, "services.a.depends_on: a -> b -> c -> a is a cycle"),
+    ({"a": ["b"], "b": ["c"], "c": ["b"]}, "services.b.depends_on: b -> c -> b is a cycle"),
+])
+def test_a_cycle_of_depends_on_is_said_once(tmp_path: Path, depends_on: dict[str, Any],
+                                            problem: str) -> None:
+    path = write(tmp_path, yaml.safe_dump(services_with(**depends_on)))
+    assert problems_of(path) == [
+        f"{path}: {problem}: services that wake together cannot depend on each other in a "
+        "circle; remove one of these dependencies"]
+
+
+def test_a_dependency_must_be_in_every_environment_of_its_dependent(tmp_path: Path) -> None:
+    data = services_with(a=["b", "c"])
+    data["environments"] = {"private": {}, "demo": {}, "qa": {"kind": "demo"}}
+    data["services"]["a"]["environments"] = ["demo", "qa", "private"]
+    data["services"]["b"]["environments"] = ["demo"]
+    data["services"]["c"]["environments"] = ["demo", "qa", "private"]
+    path = write(tmp_path, yaml.safe_dump(data))
+    assert problems_of(path) == [
+        f'{path}: services.a.depends_on[0]: service "b" is not in environments "qa", '
+        '"private", where "a" is: a service and its dependencies must be in the same '
+        "environments; add qa, private to services.b.environments"]
+
+
+def test_an_invalid_dependency_is_not_also_a_placement_problem(tmp_path: Path) -> None:
+    data = services_with(a=["b"])
+    data["services"]["b"]["environments"] = ["nowhere"]
+    path = write(tmp_path, yaml.safe_dump(data))
+    assert [p.removeprefix(f"{path}: ").split(": ")[0] for p in problems_of(path)] == [
+        "services.b.environments[0]"]

@@ -22,7 +22,8 @@ NS = "hello-prod"
 
 
 def production(cluster: Cluster, scale_down_delay: str = "30s") -> dict[str, Any]:
-    cluster.environment(NS, "production", "production")
+    # Set up as before prefixes: no prefix in names and image tags (test_kube_prefixes.py).
+    cluster.environment(NS, "production", "production", prefix="")
     for colour in ("blue", "green"):
         cluster.service(NS, f"hello-{colour}", instance="hello", version="1.0.0")
     return {

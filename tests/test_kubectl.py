@@ -99,19 +99,19 @@ def test_the_example_overlay_applied_changed_diffed_and_deleted(kubectl: Kubectl
         for o in objects if o["kind"] == "Deployment")
 
     # An annotation apply never set is not a difference: apply would leave it.
-    assert kubectl.ok("annotate", "deployment/hello-blue", "-n", "hello-production",
-                      "example.com/owner=team-a") == ["deployment.apps/hello-blue annotated"]
-    assert kubectl.ok("get", "deployment/hello-blue", "-n", "hello-production", "-o",
+    assert kubectl.ok("annotate", "deployment/prod-hello-blue", "-n", "hello-production",
+                      "example.com/owner=team-a") == ["deployment.apps/prod-hello-blue annotated"]
+    assert kubectl.ok("get", "deployment/prod-hello-blue", "-n", "hello-production", "-o",
                       r"jsonpath={.metadata.annotations.example\.com/owner}") == ["team-a"]
     assert kubectl.ok("diff", "-k", OVERLAY) == []
 
     # A drift is: diff says what apply would change back, and exits 1.
-    assert kubectl.ok("scale", "deployment/hello-blue", "-n", "hello-production",
-                      "--replicas=0") == ["deployment.apps/hello-blue scaled"]
+    assert kubectl.ok("scale", "deployment/prod-hello-blue", "-n", "hello-production",
+                      "--replicas=0") == ["deployment.apps/prod-hello-blue scaled"]
     drift = kubectl("diff", "-k", OVERLAY)
     assert (drift.code, drift.stderr) == (1, ""), drift
     assert drift.lines[0].startswith("diff -u -N ")
-    assert drift.lines[0].endswith("/apps.v1.Deployment.hello-production.hello-blue")
+    assert drift.lines[0].endswith("/apps.v1.Deployment.hello-production.prod-hello-blue")
     assert {"-  replicas: 0", "+  replicas: 2"} <= set(drift.lines)
 
     # Namespaces go first, yet every object in them is still found: the namespace controller

@@ -266,6 +266,10 @@ async def test_rbac_grants_exactly_the_calls_the_controller_makes(cluster: Clust
     async with aiohttp.ClientSession() as http:
         assert (await get(http, wg, "hello", "demo")).status == 200
     wg.wait_state("demo", "hello", "sleeping", timeout=10.0)
+    # An ephemeral environment: its namespace made, extended and deleted.
+    wg.cli("env", "create", "pr-1", "--from", "demo", check=True)
+    wg.cli("env", "extend", "pr-1", "--ttl", "4h", check=True)
+    wg.cli("env", "delete", "pr-1", check=True)
     wg.stop()  # releases the lease
     seen = {(group, resource + (f"/{sub}" if sub else ""), verb)
             for group, resource, sub, verb in cluster.call(lambda: set(

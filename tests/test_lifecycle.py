@@ -29,7 +29,8 @@ from .conftest import HELLO, REPO, Wakegate, hello_service, wait_until
 StartWakegate = Callable[..., Wakegate]
 
 EXAMPLE_CONFIG = REPO / "examples" / "wakegate.yaml"
-STATUS_COLUMNS = ["ENVIRONMENT", "SERVICE", "STATE", "REPLICAS", "VERSION", "IDLE", "URL"]
+STATUS_COLUMNS = ["ENVIRONMENT", "SERVICE", "STATE", "REPLICAS", "VERSION", "PREFIX", "TAG",
+                  "IDLE", "URL"]
 
 PROXY_METRICS = (
     "wakegate_requests_total",
@@ -227,7 +228,8 @@ async def test_status_shows_every_instance(wakegate: StartWakegate) -> None:
     demo, private = rows[("demo", "hello")], rows[("private", "hello")]
     assert len(demo) == len(STATUS_COLUMNS), demo
     assert demo[2:5] == ["ready", "1/1", "1.2.3"]
-    assert demo[6] == f"http://hello.demo.localhost:{wg.proxy_port}/"
+    assert demo[5:7] == ["-", "1.2.3"], "no prefix: the tag is the version"
+    assert demo[-1] == f"http://hello.demo.localhost:{wg.proxy_port}/"
     assert private[2:5] == ["sleeping", "0/0", "1.2.3"]
     assert private[-1] == f"http://hello.private.localhost:{wg.proxy_port}/"
 

@@ -635,7 +635,8 @@ def test_example_environments(overlay: list[Obj]) -> None:
         assert ENVIRONMENT_NAME.fullmatch(environment), namespace
 
         # Production has two colours (blue live at first); the others one Deployment.
-        names = ["hello-blue", "hello-green"] if kind == "production" else ["hello"]
+        # ... named with the environment's prefix (production's is "prod").
+        names = ["prod-hello-blue", "prod-hello-green"] if kind == "production" else ["hello"]
         selectors = []
         for name in names:
             deployment = one(overlay, "Deployment", name, namespace)
@@ -644,7 +645,8 @@ def test_example_environments(overlay: list[Obj]) -> None:
                 assert obj["metadata"]["annotations"]["wakegate.dev/service"] == "hello", \
                     where(obj)
             assert DNS_LABEL.fullmatch(name)
-            assert deployment["spec"]["replicas"] == (0 if name == "hello-green" else replicas)
+            assert deployment["spec"]["replicas"] == (0 if name.endswith("-green")
+                                                      else replicas)
             selector = deployment["spec"]["selector"]["matchLabels"]
             assert service["spec"]["selector"] == selector, where(service)
             assert selector.items() <= deployment["spec"]["template"]["metadata"][
@@ -661,7 +663,9 @@ def test_example_environments(overlay: list[Obj]) -> None:
             assert path.startswith("/") and path == path.strip(), f"{namespace}: {path!r}"
 
         container = only_container(deployment)
-        assert container["image"] == "ghcr.io/wakegate/hello:1.0.0"
+        # The image tag is {version}-{prefix}.
+        tag = "1.0.0-prod" if kind == "production" else "1.0.0"
+        assert container["image"] == f"ghcr.io/wakegate/hello:{tag}"
         assert probe(container, "readinessProbe") == ("/healthz", 8080), namespace
         env = {e["name"]: e.get("value") for e in container["env"]}
         assert env["PORT"] == "8080", namespace

@@ -1,6 +1,6 @@
 """State files under state_dir that are corrupt or invalid stop the start, and are kept.
 
-keys.json, versions.json and releases.json are what wakegate remembers across
+keys.json, versions.json, releases.json and ephemeral.json are what wakegate remembers across
 restarts. One that cannot be used stops `wakegate up` / `wakegate controller`
 (and fails `wakegate validate`) with exit status 2 and one line per problem,
 ``<file>: <path.in.file>: <problem>``; it is never rewritten, since a guess
@@ -24,7 +24,7 @@ from .conftest import Controller, Wakegate, hello_service
 Start = Callable[..., Wakegate]
 
 SHA = "0123456789abcdef" * 4  # a well-formed SHA-256 hex digest
-STATE_FILES = ("keys.json", "versions.json", "releases.json")
+STATE_FILES = ("keys.json", "versions.json", "releases.json", "ephemeral.json")
 
 
 def config() -> dict[str, Any]:
@@ -109,6 +109,38 @@ BAD_FILES: dict[str, tuple[str, str, list[str]]] = {
         "versions.json", '{"private/hello": "1.1.0", "private/hello": "1.2.0"}',
         ['"private/hello" appears more than once in one object; keep one'],
     ),
+    "ephemeral_details": (
+        "ephemeral.json",
+        json.dumps({"pr-42": {"source": "demo", "access": "everyone", "created": 1700000000,
+                              "expires": "tomorrow", "versions": {"hello": "1.0 beta"}},
+                    "pr 43": {},
+                    "pr-44": {"source": "demo", "access": "public", "created": 1}}),
+        ['pr-42.access: must be "public" or "api_key", got string "everyone"',
+         'pr-42.expires: must be epoch seconds (an integer), got string "tomorrow"',
+         'pr-42.versions.hello: "1.0 beta" is not a valid version: use 1 to 128 letters, '
+         "digits, dots, dashes and underscores, starting with a letter or digit",
+         '"pr 43": this name is not a valid environment name: 1 to 24 letters, digits and '
+         "dashes, starting with a letter",
+         "pr-44.expires: missing: the field is required",
+         "pr-44.versions: missing: the field is required"],
+    ),
+    "ephemeral_names": (
+        "ephemeral.json",
+        json.dumps({name: {"source": "demo", "access": "public", "created": 1,
+                           "expires": expires, "versions": versions}
+                    for name, expires, versions in (
+                        ("prerelease", 2, {}), ("pr-", 2, {}), ("pr-1", 2, {}),
+                        ("PR-1", 2, {}), ("pr-2", 10**400, {"Hello World/..": "1.0.0"}))}),
+        ["prerelease: this name is reserved: it names a kind of environment; pick another "
+         "name, e.g. pr-42",
+         "pr-: this name ends with a dash; an ephemeral environment's name must end with a "
+         "letter or digit",
+         "PR-1: the same environment as pr-1 (names ignore case: their hosts are the same); "
+         "keep one",
+         "pr-2.expires: must be epoch seconds (an integer), got number 1" + "0" * 76 + "...",
+         'pr-2.versions."Hello World/..": not a service name: a lowercase DNS label '
+         "(letters, digits, dashes)"],
+    ),
     "release_details": (
         "releases.json",
         json.dumps({"production/hello": {"live": "green", "last": "undo",
@@ -177,6 +209,7 @@ def test_files_written_by_a_real_run_start_again(wakegate: Start) -> None:
     assert list(wg.new_keys()) == ["private/hello"]  # keys.json
     wg.cli("push", "hello", "1.1.0", check=True)  # versions.json
     wg.cli("deploy", "hello", "2.0.0", "--env", "production", check=True)  # releases.json
+    wg.cli("env", "create", "pr-1", "--from", "demo", "--ttl", "1h", check=True)  # ephemeral.json
     assert wg.stop() == 0
     for name in STATE_FILES:
         assert (wg.state_dir / name).exists(), name
@@ -192,6 +225,7 @@ def test_files_written_by_a_real_run_start_again(wakegate: Start) -> None:
     wg.start()
     assert wg.new_keys() == {}, "the stored key was read back"
     assert wg.status()[("private", "hello")]["version"] == "1.1.0"
+    assert wg.status()[("pr-1", "hello")]["state"] == "sleeping"
     release = wg.cli("release", "status", "hello", check=True).stdout
     assert "live colour blue" in release and "green  preview   version 2.0.0" in release, release
     wg.cli("keys", "create", "hello", check=True)  # keys.json written again

@@ -1,6 +1,6 @@
 """ControllerAPI: the aiohttp application of the controller's API. It puts the route groups
-together (proxies, keys, changes), refuses what the guard refuses, answers every error in
-JSON, and serves health, readiness, metrics and status itself."""
+together (proxies, keys, changes, environments), refuses what the guard refuses, answers
+every error in JSON, and serves health, readiness, metrics and status itself."""
 
 from __future__ import annotations
 
@@ -12,9 +12,11 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from ..activity_reports import ActivitySource
+from ..ephemeral import EphemeralManager
 from ..scaler import Scaler
 from .answers import BadRequest, Handler, error, not_leader
 from .changes import ChangeRoutes
+from .environments import EnvironmentRoutes
 from .guard import ApiGuard
 from .keys import KeyRoutes, KeyUses
 from .proxies import ProxyRoutes
@@ -30,6 +32,7 @@ class ControllerAPI:
         proxy_port: Callable[[], int],
         guard: ApiGuard,
         config_path: str,
+        ephemeral: EphemeralManager,
         local_activity: ActivitySource | None = None,
         local_key_uses: Callable[[], dict[str, float]] | None = None,
     ) -> None:
@@ -37,6 +40,7 @@ class ControllerAPI:
         there is one (its activity, and when it last accepted each API key).
 
         `config_path`: the file `apply` re-reads (the one the controller started with).
+        `ephemeral`: the ephemeral environments (/v1/environments).
         """
         self.scaler = scaler
         self.registry = registry
@@ -46,6 +50,7 @@ class ControllerAPI:
         self.proxies = ProxyRoutes(scaler, key_uses, local_activity)
         self.keys = KeyRoutes(scaler, key_uses)
         self.changes = ChangeRoutes(scaler, config_path)
+        self.environments = EnvironmentRoutes(scaler, ephemeral, proxy_port)
 
     def app(self) -> web.Application:
         app = web.Application(middlewares=[self._errors_and_auth])
@@ -53,7 +58,7 @@ class ControllerAPI:
         app.router.add_get("/readyz", self.readyz)
         app.router.add_get("/metrics", self.metrics)
         app.router.add_get("/v1/status", self.status)
-        for group in (self.keys, self.changes, self.proxies):
+        for group in (self.keys, self.changes, self.environments, self.proxies):
             group.add_to(app.router)
         return app
 

@@ -78,7 +78,7 @@ class ProxyRoutes:
         body = await json_object(request, _INSTANCE_BODY_HINT, ("environment", "service"))
         environment, service = body["environment"], body["service"]
         key = (environment, service)
-        inst = self.scaler.instances.get(key)
+        inst = self.scaler.route_instance(key)
         if inst is None:
             return error(404, "unknown_instance",
                          f"There is no instance {environment}/{service}.",

@@ -8,6 +8,7 @@ import sys
 from ..workers import MAX_WORKERS, parse_workers
 from .client import DEFAULT_CONTROLLER
 from .commands import cmd_apply, cmd_deploy, cmd_promote, cmd_release
+from .env import cmd_env_create, cmd_env_delete, cmd_env_extend, cmd_env_list
 from .keys import cmd_keys_create, cmd_keys_list, cmd_keys_revoke
 from .logs import FORMATS
 from .serve import cmd_controller, cmd_up
@@ -101,6 +102,40 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("id")
     with_controller(p)
     p.set_defaults(func=cmd_keys_revoke)
+
+    env = sub.add_parser("env", help="ephemeral environments: made from another one, asleep "
+                         "until used, gone at the end of their TTL")
+    env_sub = env.add_subparsers(dest="env_command", required=True, metavar="ACTION")
+    p = env_sub.add_parser("create", help="a new ephemeral environment with every service of "
+                           "another one; prints its URLs (and its API key, last)")
+    p.add_argument("name", help="its name: 1 to 24 letters, digits and dashes, starting with "
+                   "a letter (hosts are SERVICE.NAME.DOMAIN)")
+    p.add_argument("--from", dest="source", required=True, metavar="ENV",
+                   help="the environment to copy, each service at its current version")
+    p.add_argument("--ttl", help="how long it lives, e.g. 2h, 30m (default: ephemeral.ttl of "
+                   "the config, 24h)")
+    p.add_argument("--access", choices=("public", "api_key"), default=None,
+                   help="who may call it (default: the source environment's access, so a "
+                   "copy of a private environment needs a key)")
+    p.add_argument("--set", action="append", default=[], metavar="SERVICE=VERSION",
+                   help="run this version of a service instead (repeatable)")
+    with_controller(p)
+    p.set_defaults(func=cmd_env_create)
+    p = env_sub.add_parser("list", help="every environment: kind, source, created, expires in, "
+                           "the state of each service")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    with_controller(p)
+    p.set_defaults(func=cmd_env_list)
+    p = env_sub.add_parser("extend", help="an ephemeral environment expires TTL from now")
+    p.add_argument("name")
+    p.add_argument("--ttl", required=True, help="e.g. 4h")
+    with_controller(p)
+    p.set_defaults(func=cmd_env_extend)
+    p = env_sub.add_parser("delete", help="remove an ephemeral environment now (requests in "
+                           "flight get its drain timeout)")
+    p.add_argument("name")
+    with_controller(p)
+    p.set_defaults(func=cmd_env_delete)
 
     p = sub.add_parser("push", help="run VERSION in the private environment")
     p.add_argument("service")

@@ -59,6 +59,7 @@ async def _serve_controller(
     from ..api.apply import apply_file
     from ..api.guard import ApiGuard
     from ..api.server import ApiRunner
+    from ..ephemeral import EphemeralManager
     from ..inprocess import InProcessLink
     from ..metrics import ControllerMetrics
     from ..runtimes import build_runtime
@@ -87,6 +88,7 @@ async def _serve_controller(
         # A file changed since the check, or one it skips (Kubernetes still reads state_dir).
         exit_with(exc.problems)
     controller_metrics.scaler = scaler
+    ephemeral = EphemeralManager(scaler)
     proxy = Proxy(config.proxy, InProcessLink(scaler), registry,
                   RequestLog(log_format, 1 if workers > 1 else None) if request_log else None
                   ) if with_proxy else None
@@ -115,7 +117,7 @@ async def _serve_controller(
                 fail(f"cannot listen on {config.proxy.host}:{config.proxy.port} "
                      f"(listen.proxy): {exc.strerror}")
         guard = ApiGuard(token, config.controller.hostnames, config.controller.allowed_origins)
-        api = ControllerAPI(scaler, registry, lambda: port, guard, config_path,
+        api = ControllerAPI(scaler, registry, lambda: port, guard, config_path, ephemeral,
                             proxy.activity.snapshot if proxy is not None else None,
                             proxy.activity.key_uses if proxy is not None else None)
         # Open watches are answered at close; shutting down never waits on them long.
@@ -128,6 +130,7 @@ async def _serve_controller(
             fail(f"cannot listen on {config.controller.host}:{config.controller.port} "
                  f"(listen.controller): {exc.strerror}")
         await scaler.run()
+        ephemeral.start()  # after a restart, what expired meanwhile goes now
         if proxy is not None and workers > 1:
             # Started once the API serves route tables, so that they get theirs at once.
             children_api = (f"http://{url_host(loopback_for(config.controller.host))}:"
@@ -159,6 +162,7 @@ async def _serve_controller(
             if children is not None:
                 # First, while the API still takes their last reports.
                 await children.stop()
+            await ephemeral.close()
             try:
                 # Bounded: whatever hangs (an API server that stopped answering), the
                 # process exits, and kill_now() below stops what is left.

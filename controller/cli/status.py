@@ -24,7 +24,10 @@ def cmd_status(args: argparse.Namespace) -> None:
                             f"failed starts, next try in {row['backoff_seconds']:g}s)")
         elif row["state"] == "sleeping" and row.get("error"):
             row["state"] = "sleeping (last start failed)"
-    print_table(rows, ("environment", "service", "state", "replicas", "version", "idle", "url"))
+        row["prefix"] = row.get("prefix") or "-"
+        row.setdefault("tag", row["version"])  # a controller from before prefixes
+    print_table(rows, ("environment", "service", "state", "replicas", "version", "prefix", "tag",
+                       "idle", "url"))
     failed = [row for row in rows if row.get("error")]
     if failed:
         print()

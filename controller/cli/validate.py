@@ -43,12 +43,29 @@ def state_problems(config: Config) -> list[str]:
 
     for name, check in ((keys.KEYS_FILE, keys.check_keys),
                         (versions.VERSIONS_FILE, versions.check_versions),
-                        (local.RELEASES_FILE, local.check_releases)):
+                        (local.RELEASES_FILE, local.check_releases),
+                        (local.EPHEMERAL_FILE, local.check_ephemeral)):
         try:
             read_state(os.path.join(config.state_dir, name), check, None)
         except StateFileError as exc:
             problems.extend(exc.problems)
+    if not problems:
+        problems.extend(_ephemeral_clashes(config))
     return problems
+
+
+def _ephemeral_clashes(config: Config) -> list[str]:
+    """An ephemeral environment kept in state_dir whose name the config now gives one of its
+    own environments: one name, one environment (apply refuses the same)."""
+    from ..runtimes import local
+
+    path = os.path.join(config.state_dir, local.EPHEMERAL_FILE)
+    kept = read_state(path, local.check_ephemeral, {})
+    own = {name.lower(): name for name in config.environments}
+    return [f"{os.path.abspath(path)}: {name}: an ephemeral environment of this name exists, "
+            f"and {config.path} defines environments.{own[name.lower()]}: rename that one, or "
+            f"start without it and delete the ephemeral one first (wakegate env delete {name})"
+            for name in kept if name.lower() in own]
 
 
 def warnings(config: Config) -> list[str]:

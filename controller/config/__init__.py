@@ -30,7 +30,7 @@ The file format (every key is optional unless marked required)::
     environments:            # name -> settings, in file order; null means {}
       private: {}            # kind defaults to the name when the name is a kind
       demo: {idle_timeout: 30s}
-      qa: {kind: development, access: api_key}
+      qa: {kind: development, access: api_key, prefix: qa}   # prefix: see below
       production:
         max_replicas: 4
         autoscale: {target_concurrency: 50, window: 30s}   # by load, min..max; see below
@@ -47,9 +47,12 @@ The file format (every key is optional unless marked required)::
           ignore_paths: [/healthz, /metrics*]      # a trailing * matches a prefix
           ignore_user_agents: [kube-probe, Prometheus]
         autoscale: {target_concurrency: 20}        # over each environment's autoscale keys
+        depends_on: [db]                           # woken with it, awake while it is
+    max_ephemeral_environments: 20   # made by `wakegate env create`, never listed here
+    ephemeral: {idle_timeout: 15m, ttl: 24h, max_ttl: 30d}   # defaults: spec.EphemeralSettings
 
-Environment settings: ``kind`` (one of spec.KINDS; required when the name is
-not itself a kind), ``access`` (public | api_key), ``idle_timeout`` (a
+Environment settings: ``kind`` (one of spec.KINDS but ephemeral; required
+when the name is not itself a kind), ``access`` (public | api_key), ``idle_timeout`` (a
 duration, or ``never``/null: never sleeps), ``min_replicas`` and
 ``max_replicas`` (integers >= 0, min <= max), ``hold_timeout`` (duration > 0),
 ``hold_queue_size`` (integer >= 1), ``scale_down_delay`` (duration >= 0: how
@@ -64,7 +67,12 @@ target_utilization <= 1, window > 0, 0 < panic_window <= window, 1.1 <=
 panic_threshold <= 10, scale_down_delay >= 0). A service's ``autoscale``
 takes the same keys and sets them over each environment it is placed in,
 checked combined with each. Private and demo never scale by load:
-``max_replicas`` above 1 is a problem there.
+``max_replicas`` above 1 is a problem there. ``prefix`` (1 to 8 lowercase
+letters and digits; "" or null: none) defaults by kind
+(spec.DEFAULT_PREFIXES). The ``ephemeral`` kind is not for the file: those
+environments are made by ``wakegate env create``. A service's ``depends_on``
+lists services of the file (not itself, no cycle), each placed in every
+environment the service is.
 Unset keys take ``spec.KIND_DEFAULTS[kind]``, ``spec.DEFAULT_HOLD_TIMEOUT``,
 ``spec.DEFAULT_HOLD_QUEUE_SIZE``, ``spec.DEFAULT_SCALE_DOWN_DELAY``,
 ``spec.CrashBackoff()`` and ``spec.Autoscale()``. When the
@@ -85,9 +93,9 @@ they are written in), ``reader`` (bytes to YAML data), ``fields`` (the generic
 readers: a section's keys, a field with its default, a list, an integer, a
 duration), ``values`` (the parsers of specific values: addresses, origins,
 commands, versions), ``autoscale`` (the autoscale block of environments
-and services), ``settings``, ``environments`` and ``services`` (one
-section each), ``schema`` (the file as a whole) and this module, the entry
-point.
+and services), ``settings``, ``environments``, ``services`` and
+``ephemeral`` (one section each), ``schema`` (the file as a whole) and this
+module, the entry point.
 """
 
 from __future__ import annotations

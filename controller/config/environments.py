@@ -5,6 +5,9 @@ An environment's kind (spec.KINDS) picks the defaults of its unset keys
 kind. A file without an environments section has `private` and `demo`.
 Private and demo never scale by load (the platform promises it), so their
 max_replicas is at most 1. The `autoscale:` block is read by config.autoscale.
+The `ephemeral` kind is not one the file may use: those environments are made
+and removed by `wakegate env create/delete`. An environment's `prefix` (object
+names and image tags) defaults by kind (spec.DEFAULT_PREFIXES).
 """
 
 from __future__ import annotations
@@ -23,14 +26,15 @@ from controller.config.fields import (
     take,
 )
 from controller.config.report import Report, describe, join
-from controller.names import is_environment_name
+from controller.names import is_environment_name, is_prefix
 from controller.units import parse_duration, show
 
-__all__ = ["DEFAULT_SERVICE_ENVIRONMENTS", "read_environments"]
+__all__ = ["CONFIG_KINDS", "DEFAULT_SERVICE_ENVIRONMENTS", "read_environments"]
 
 ENVIRONMENT_KEYS = (
     "kind", "access", "idle_timeout", "min_replicas", "max_replicas", "hold_timeout",
     "hold_queue_size", "scale_down_delay", "wake_strategy", "crash_backoff", "autoscale",
+    "prefix",
 )
 CRASH_BACKOFF_KEYS = ("after", "first", "max")
 ACCESS_MODES = ("public", "api_key")
@@ -40,6 +44,12 @@ DEFAULT_SERVICE_ENVIRONMENTS = ("private", "demo")
 # The platform's promise: these kinds never scale by load, whatever their settings.
 SINGLE_REPLICA_KINDS = ("private", "demo")
 NEVER = "never"
+# The kinds a file may give an environment: every kind but the one `env create` makes.
+CONFIG_KINDS = tuple(kind for kind in spec.KINDS if kind != spec.EPHEMERAL)
+_EPHEMERAL_ADVICE = (
+    "ephemeral environments are made by `wakegate env create NAME --from ENV`, not in the "
+    "config"
+)
 
 _ENVIRONMENT_NAME = NameRule(
     "environment",
@@ -98,6 +108,8 @@ def _environment(
                          "hold")
     crash_backoff = _crash_backoff(report, join(path, "crash_backoff"), raw.get("crash_backoff"))
     autoscale = read_autoscale(report, join(path, "autoscale"), raw.get("autoscale"))
+    default_prefix = spec.DEFAULT_PREFIXES.get(kind or "", "")
+    prefix = take(report, raw, path, "prefix", _prefix, default_prefix)
     if kind is None or len(report) > before:
         return None
     return spec.Environment(
@@ -113,6 +125,7 @@ def _environment(
         wake_strategy=wake_strategy,
         crash_backoff=crash_backoff,
         autoscale=autoscale,
+        prefix=prefix,
     )
 
 
@@ -127,7 +140,7 @@ def _check_replicas(
             "min_replicas must not exceed max_replicas",
         )
     if kind in SINGLE_REPLICA_KINDS and maximum > 1:
-        scaling = ", ".join(k for k in spec.KINDS if k not in SINGLE_REPLICA_KINDS)
+        scaling = ", ".join(k for k in CONFIG_KINDS if k not in SINGLE_REPLICA_KINDS)
         report.add(
             join(path, "max_replicas"),
             f"is {maximum}, but {' and '.join(SINGLE_REPLICA_KINDS)} environments run at most "
@@ -164,14 +177,43 @@ def _crash_backoff(report: Report, path: str, value: object) -> spec.CrashBackof
     return backoff
 
 
+def _prefix(value: object) -> str:
+    # null and "" both mean no prefix: object names and image tags as they are.
+    if value is None or value == "":
+        return ""
+    if not is_prefix(value):
+        raise ValueError(
+            'must be 1 to 8 lowercase letters and digits (e.g. "dev"), or "" for no prefix, '
+            f"got {describe(value)}"
+            # YAML reads prefix: 01 as the integer 1: a prefix of digits needs its quotes.
+            + (f' (quote it: "{value}")' if type(value) is int else "")
+        )
+    return value
+
+
+def _config_kind(value: object) -> str:
+    if value == spec.EPHEMERAL:
+        raise ValueError(
+            f'is "ephemeral", but {_EPHEMERAL_ADVICE}; use one of {", ".join(CONFIG_KINDS)}'
+        )
+    return one_of(CONFIG_KINDS)(value)
+
+
 def _environment_kind(report: Report, path: str, name: object, raw: dict[Any, Any]) -> str | None:
     if "kind" in raw:
-        return take(report, raw, path, "kind", one_of(spec.KINDS), None)
-    if isinstance(name, str) and name in spec.KINDS:
+        return take(report, raw, path, "kind", _config_kind, None)
+    if isinstance(name, str) and name in CONFIG_KINDS:
         return name
+    if name == spec.EPHEMERAL:
+        report.add(
+            join(path, "kind"),
+            f"is required: {_EPHEMERAL_ADVICE}; to call a config environment "
+            f"\"ephemeral\", add kind: with one of {', '.join(CONFIG_KINDS)}",
+        )
+        return None
     report.add(
         join(path, "kind"),
         f"is required because {show(name)} is not itself a kind; "
-        f"add kind: with one of {', '.join(spec.KINDS)}",
+        f"add kind: with one of {', '.join(CONFIG_KINDS)}",
     )
     return None

@@ -13,6 +13,7 @@ from typing import Any
 
 from controller import spec
 from controller.config.environments import read_environments
+from controller.config.ephemeral import read_ephemeral
 from controller.config.fields import check_keys, one_of, take
 from controller.config.report import Report, describe, join
 from controller.config.services import read_services
@@ -30,7 +31,7 @@ __all__ = ["build_config", "top_level_problem"]
 
 TOP_KEYS = (
     "domain", "state_dir", "runtime", "listen", "proxy", "controller", "kubernetes",
-    "environments", "services",
+    "environments", "services", "max_ephemeral_environments", "ephemeral",
 )
 RUNTIMES = ("local", "kubernetes")
 DEFAULT_DOMAIN = "localhost"
@@ -69,6 +70,7 @@ def build_config(report: Report, file: str, data: dict[Any, Any]) -> spec.Config
     environments, defined = read_environments(report, data.get("environments"))
     services = read_services(report, data.get("services"), defined, environments)
     _check_hosts(report, domain, environments, services)
+    ephemeral = read_ephemeral(report, data)
     return spec.Config(
         path=file,
         domain=domain,
@@ -80,6 +82,7 @@ def build_config(report: Report, file: str, data: dict[Any, Any]) -> spec.Config
         environments=MappingProxyType(environments),
         services=MappingProxyType(services),
         kubernetes=kubernetes,
+        ephemeral=ephemeral,
     )
 
 

@@ -4,7 +4,10 @@ A service names the environments it is placed in; they are checked against
 every environment the file defines, valid or not, so that one bad
 environment setting does not also make each service in it look wrong.
 A service's `autoscale:` override is checked with each valid environment it
-is placed in (config.autoscale).
+is placed in (config.autoscale). Its `depends_on:` names services of the same
+file; once every service is read, the dependencies of the valid ones are
+checked as a whole: no cycle, and each dependency placed wherever its
+dependent is (they wake together in one environment).
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ __all__ = ["read_services"]
 
 SERVICE_KEYS = (
     "command", "version", "environments", "readiness", "env", "start_timeout", "stop_grace",
-    "activity", "autoscale",
+    "activity", "autoscale", "depends_on",
 )
 READINESS_KEYS = ("http", "tcp", "timeout")
 ACTIVITY_KEYS = ("ignore_paths", "ignore_user_agents")
@@ -71,9 +74,13 @@ def read_services(
         )
         return {}
     read_service = functools.partial(
-        _service, defined=defined, valid_environments=environments
+        _service, defined=defined, valid_environments=environments,
+        defined_services=[name for name in value if isinstance(name, str)],
     )
-    return named_entries(report, "services", value, _SERVICE_NAME, read_service)
+    services = named_entries(report, "services", value, _SERVICE_NAME, read_service)
+    _check_dependency_environments(report, services)
+    _check_dependency_cycles(report, services)
+    return services
 
 
 def _service(
@@ -83,6 +90,7 @@ def _service(
     settings: object,
     defined: list[str],
     valid_environments: Mapping[str, spec.Environment],
+    defined_services: list[str],
 ) -> spec.Service | None:
     raw = section(report, path, settings, SERVICE_KEYS)
     if raw is None:
@@ -114,6 +122,9 @@ def _service(
     if len(report) == autoscale_before:  # a bad key would make the combination look wrong too
         placed = [valid_environments[e] for e in environments if e in valid_environments]
         check_override(report, autoscale_path, autoscale_overrides, placed)
+    depends_on = _depends_on(
+        report, join(path, "depends_on"), raw.get("depends_on"), name, defined_services
+    )
     if len(report) > before:
         return None
     return spec.Service(
@@ -128,6 +139,7 @@ def _service(
         start_timeout=start_timeout,
         stop_grace=stop_grace,
         autoscale_overrides=autoscale_overrides,
+        depends_on=depends_on,
     )
 
 
@@ -170,6 +182,95 @@ def _placement_problem(name: object, placed: list[str], defined: list[str]) -> s
             f"defined environments: {known}"
         )
     return None
+
+
+def _depends_on(
+    report: Report, path: str, value: object, name: object, defined: list[str]
+) -> tuple[str, ...]:
+    listed: list[str] = []
+
+    def parse(item: object) -> str:
+        problem = _dependency_problem(item, name, listed, defined)
+        if problem is not None:
+            raise ValueError(problem)
+        listed.append(str(item))
+        return str(item)
+
+    return take_list(report, path, value, parse)
+
+
+def _dependency_problem(
+    item: object, name: object, listed: list[str], defined: list[str]
+) -> str | None:
+    if not isinstance(item, str):
+        return f"must be a service name, got {describe(item)}"
+    if item == name:
+        return f"{show(item)} is this service itself; a service cannot depend on itself"
+    if item in listed:
+        return f"service {show(item)} is listed twice; list each service once"
+    if item not in defined:
+        others = [d for d in defined if d != name]
+        return (
+            f"service {show(item)} is not defined{suggest(item, others)}; "
+            f"defined services: {', '.join(others) if others else 'none'}"
+        )
+    return None
+
+
+def _check_dependency_environments(report: Report, services: Mapping[str, spec.Service]) -> None:
+    """A dependency must be placed in every environment its dependent is: it wakes there."""
+    for name, service in services.items():
+        for index, dependency in enumerate(service.depends_on):
+            placed = services.get(dependency)
+            if placed is None:
+                continue  # not valid: its own problems are reported
+            missing = [e for e in service.environments if e not in placed.environments]
+            if missing:
+                where = ", ".join(show(e) for e in missing)
+                report.add(
+                    f"{join(join('services', name), 'depends_on')}[{index}]",
+                    f"service {show(dependency)} is not in environment{_plural(missing)} "
+                    f"{where}, where {show(name)} is: a service and its dependencies must be "
+                    f"in the same environments; add {', '.join(missing)} to "
+                    f"{join(join('services', dependency), 'environments')}",
+                )
+
+
+def _check_dependency_cycles(report: Report, services: Mapping[str, spec.Service]) -> None:
+    """Every cycle of depends_on once, at its first service in file order: "a -> b -> a"."""
+    order = {name: index for index, name in enumerate(services)}
+    done: set[str] = set()
+    seen_cycles: set[tuple[str, ...]] = set()
+
+    def visit(name: str, stack: list[str]) -> None:
+        stack.append(name)
+        for dependency in services[name].depends_on:
+            if dependency not in services or dependency in done:
+                continue
+            if dependency in stack:
+                cycle = stack[stack.index(dependency):]
+                first = min(range(len(cycle)), key=lambda i: order[cycle[i]])
+                cycle = cycle[first:] + cycle[:first]
+                if tuple(cycle) not in seen_cycles:
+                    seen_cycles.add(tuple(cycle))
+                    report.add(
+                        join(join("services", cycle[0]), "depends_on"),
+                        f"{' -> '.join([*cycle, cycle[0]])} is a cycle: services that wake "
+                        "together cannot depend on each other in a circle; remove one of "
+                        "these dependencies",
+                    )
+            else:
+                visit(dependency, stack)
+        stack.pop()
+        done.add(name)
+
+    for name in services:
+        if name not in done:
+            visit(name, [])
+
+
+def _plural(items: list[str]) -> str:
+    return "s" if len(items) > 1 else ""
 
 
 def _readiness(report: Report, path: str, value: object) -> spec.Readiness:

@@ -16,7 +16,8 @@
 - Garbage collection: pods of a deleted Deployment, slices of a deleted Service.
 - Namespaces: a namespace being deleted is emptied, then removed, 5 s after its
   deletion, as the real controller waits (so that `kubectl delete -k` still
-  finds the objects of the namespaces it deleted first).
+  finds the objects of the namespaces it deleted first); a setting of the fake
+  (`namespace_deletion_grace`), shorter for tests that delete many.
 
 Everything is level-triggered: any write to a watched resource wakes one loop
 that reconciles the whole (small) state and writes only what differs, so it
@@ -95,10 +96,13 @@ def _scaled(value: Any, total: int, round_up: bool) -> int:
 
 
 class Controllers(ControlLoop):
-    def __init__(self, store: Store, registry: Registry) -> None:
+    def __init__(self, store: Store, registry: Registry,
+                 namespace_deletion_grace: float = NAMESPACE_DELETION_GRACE) -> None:
         super().__init__("fake controllers")
         self.store = store
         self.registry = registry
+        # Seconds between a namespace's deletion and its emptying (a setting of the fake).
+        self.namespace_deletion_grace = namespace_deletion_grace
         # deployment uid -> {pod-template-hash: revision}
         self._revisions: dict[str, dict[str, int]] = {}
         # namespace uid -> when the controller may start emptying it (loop time)
@@ -137,8 +141,9 @@ class Controllers(ControlLoop):
             if not meta.get("deletionTimestamp"):
                 continue
             if meta["uid"] not in self._namespace_due:
-                self._namespace_due[meta["uid"]] = loop.time() + NAMESPACE_DELETION_GRACE
-                loop.call_later(NAMESPACE_DELETION_GRACE, self.wake)
+                grace = self.namespace_deletion_grace
+                self._namespace_due[meta["uid"]] = loop.time() + grace
+                loop.call_later(grace, self.wake)
             if loop.time() < self._namespace_due[meta["uid"]]:
                 continue
             name = meta["name"]

@@ -29,7 +29,7 @@ from aiohttp import web
 
 from ..procs import processes_with
 from .api import ApiServer
-from .controllers import Controllers
+from .controllers import NAMESPACE_DELETION_GRACE, Controllers
 from .errors import ApiError
 from .kubelet import Kubelet, PodSettings
 from .registry import Registry
@@ -61,13 +61,13 @@ class _Cluster:
 
     def __init__(self, directory: Path, token: str, marker: str, *, start_delay: float,
                  history: int, bookmark_interval: float, kill_after: float,
-                 restart_backoff: float) -> None:
+                 restart_backoff: float, namespace_deletion_grace: float) -> None:
         self.directory = directory
         self.marker = marker
         self.store = Store(history)
         self.registry = Registry(self.store)
         self.api = ApiServer(self.store, self.registry, token, bookmark_interval)
-        self.controllers = Controllers(self.store, self.registry)
+        self.controllers = Controllers(self.store, self.registry, namespace_deletion_grace)
         markers = {"WAKEGATE_TEST_INSTANCE": marker}
         run = _run_marker()
         if run:
@@ -131,7 +131,8 @@ class FakeKube:
 
     def __init__(self, directory: Path | str, *, start_delay: float = 0.05, history: int = 1000,
                  token: str | None = None, bookmark_interval: float = 60.0,
-                 kill_after: float = 5.0, restart_backoff: float = 0.1) -> None:
+                 kill_after: float = 5.0, restart_backoff: float = 0.1,
+                 namespace_deletion_grace: float = NAMESPACE_DELETION_GRACE) -> None:
         self.directory = Path(directory)
         self.token = token or secrets.token_urlsafe(24)
         # Every pod process carries WAKEGATE_TEST_INSTANCE=<marker> in its environment.
@@ -141,7 +142,8 @@ class FakeKube:
         self._options: dict[str, Any] = {
             "start_delay": start_delay, "history": history,
             "bookmark_interval": bookmark_interval, "kill_after": kill_after,
-            "restart_backoff": restart_backoff}
+            "restart_backoff": restart_backoff,
+            "namespace_deletion_grace": namespace_deletion_grace}
         self._cluster: _Cluster | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
@@ -300,6 +302,11 @@ class FakeKube:
     def drop_watches(self) -> None:
         """Abort every open watch connection, as a crashing API server would."""
         self._on_loop(lambda c: c.api.hub.drop_all())
+
+    def set_namespace_deletion_grace(self, seconds: float) -> None:
+        """How long a deleted namespace waits before it is emptied (5 s, as a real cluster's
+        namespace controller waits), from the next deletion on."""
+        self._on_loop(lambda c: setattr(c.controllers, "namespace_deletion_grace", seconds))
 
     def fail_next(self, count: int, status: int = 500) -> None:
         """Fail the next `count` resource requests with `status` and a matching Status body."""

@@ -20,6 +20,8 @@ from kubernetes_asyncio import config as k8s_config
 
 from common.backoff import Backoff
 
+from .prefixes import version_of_tag
+
 log = logging.getLogger("wakegate.kubernetes")
 
 Obj = dict[str, Any]
@@ -220,10 +222,12 @@ class Informer:
 VERSION_ANNOTATION = "wakegate.dev/version"
 
 
-def deployment_version(deployment: Obj) -> str:
-    """`wakegate.dev/version`, else the image tag."""
+def deployment_version(deployment: Obj, prefix: str = "") -> str:
+    """`wakegate.dev/version`, else the image tag (without the environment's prefix:
+    `1.0.0-prod` is version 1.0.0)."""
     annotations = deployment.get("metadata", {}).get("annotations") or {}
-    return str(annotations.get(VERSION_ANNOTATION) or image_tag(deployment))
+    return str(annotations.get(VERSION_ANNOTATION)
+               or version_of_tag(image_tag(deployment), prefix))
 
 
 def image_tag(deployment: Obj) -> str:
@@ -233,3 +237,11 @@ def image_tag(deployment: Obj) -> str:
     image = containers[0].get("image", "") if containers else ""
     tail = image.rsplit("/", 1)[-1]
     return tail.split(":", 1)[1].split("@", 1)[0] if ":" in tail else "latest"
+
+
+def image_repository(image: str) -> str:
+    """The image without its tag or digest (a registry's port is not a tag)."""
+    image = image.split("@", 1)[0]
+    head, _, tail = image.rpartition("/")
+    name = tail.split(":", 1)[0]
+    return f"{head}/{name}" if head else name

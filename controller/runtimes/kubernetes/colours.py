@@ -1,7 +1,8 @@
 """Blue/green on Kubernetes: production's two colours kept on their Deployments.
 
 A production service with Deployments `<service>-blue` and `<service>-green`
-(each with a Service of the same name) has two colours. Nothing else holds
+(`{prefix}-<service>-blue|green` with the environment's prefix, see
+prefixes.py; each with a Service of the same name) has two colours. Nothing else holds
 the release state, so any controller (a restarted one, the next leader) reads
 it back from the cluster:
 
@@ -67,13 +68,14 @@ class ColourPair:
     live_by: str | None
 
     @classmethod
-    def of(cls, namespace: str, names: dict[str, str], objs: dict[str, Obj]) -> ColourPair:
+    def of(cls, namespace: str, names: dict[str, str], objs: dict[str, Obj],
+           prefix: str) -> ColourPair:
         notes = {c: o.get("metadata", {}).get("annotations") or {} for c, o in objs.items()}
         live_seqs = {c: _seq(notes[c], LIVE_ANNOTATION) for c in COLOURS}
         live = "green" if live_seqs["green"] > live_seqs["blue"] else "blue"
         return cls(
             namespace=namespace, deployments=names, live=live,
-            versions={c: deployment_version(objs[c]) for c in COLOURS},
+            versions={c: deployment_version(objs[c], prefix) for c in COLOURS},
             desired={c: int((objs[c].get("spec") or {}).get("replicas") or 0) for c in COLOURS},
             deployed_seqs={c: _seq(notes[c], DEPLOYED_ANNOTATION) for c in COLOURS},
             live_seqs=live_seqs,
@@ -118,10 +120,12 @@ class KubeColours:
     def refused(self, inst: Instance) -> str | None:
         if inst.key in self._runtime.pairs:
             return None
-        service = inst.spec.service.name
+        service, prefix = inst.spec.service.name, inst.spec.environment.prefix
+        prefixed = (f" (or, with the environment's prefix, {prefix}-{service}-blue and "
+                    f"{prefix}-{service}-green)" if prefix else "")
         return (f"{inst.name} has no blue/green Deployments: create {service}-blue and "
-                f"{service}-green, each with a Service of the same name and the annotation "
-                f"wakegate.dev/service: {service}, in its namespace")
+                f"{service}-green{prefixed}, each with a Service of the same name and the "
+                f"annotation wakegate.dev/service: {service}, in its namespace")
 
     def load(self, inst: Instance) -> Release:
         pair = self._runtime.pairs.get(inst.key)

@@ -1,13 +1,19 @@
 """Discovery: which environments and instances the cluster holds, read off its objects.
 
 A namespace labelled `wakegate.dev/environment` (and `wakegate.dev/kind`) is
-an environment; a Deployment there annotated `wakegate.dev/service` is an
-instance, served by the Service of the same name. Annotations override the
-environment's idle and hold timeouts and the service's ignored paths; the
-autoscale settings are annotations of the namespace (the environment's) and
-of the Deployment (the service's overrides; autoscale_annotations.py). A
-production service with Deployments `<service>-blue` and `<service>-green`
-has two colours (colours.py); the live one is the instance.
+an environment, until it is deleted (metadata.deletionTimestamp: it is being
+emptied); one of kind `ephemeral` holds its record (ephemeral_records.py) and
+gets the ephemeral settings (controller/ephemeral_specs.py). The prefix of an
+environment is prefixes.py's. A Deployment there annotated
+`wakegate.dev/service` is an instance, served by the Service of the same name.
+Annotations override the environment's idle and hold timeouts and the
+service's ignored paths and dependencies (`wakegate.dev/depends-on: "api,db"`;
+without it, the configured service's depends_on); the autoscale settings are
+annotations of the namespace (the environment's) and of the Deployment (the
+service's overrides; autoscale_annotations.py). A production service with
+Deployments `{prefix}-<service>-blue` and `-green` (or, set up before prefixes,
+`<service>-blue` and `<service>-green`) has two colours (colours.py); the live
+one is the instance.
 
 Pure functions of the informers' caches and the config: whatever is wrong
 with an object is said once (`warn`) and the object is passed over.
@@ -19,22 +25,24 @@ import dataclasses
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from ...model import COLOURS, Key, other_colour
+from ...ephemeral_specs import ephemeral_environment, ephemeral_name_problem
+from ...model import Key, other_colour
 from ...names import is_dns_label, is_environment_name
-from ...spec import KIND_DEFAULTS, KINDS, Config, Environment, InstanceSpec, Service
+from ...spec import EPHEMERAL, KIND_DEFAULTS, KINDS, Config, Environment, InstanceSpec, Service
 from ...units import parse_duration
 from .autoscale_annotations import read_autoscale
 from .client import Obj, ObjKey, deployment_version, parse_micro_time
 from .colours import ColourPair
+from .ephemeral_records import ENVIRONMENT_LABEL, KIND_LABEL, being_deleted, record_of
+from .prefixes import colour_names, prefix_of
 
-ENVIRONMENT_LABEL = "wakegate.dev/environment"
-KIND_LABEL = "wakegate.dev/kind"
 SERVICE_ANNOTATION = "wakegate.dev/service"
 IDLE_TIMEOUT_ANNOTATION = "wakegate.dev/idle-timeout"
 HOLD_TIMEOUT_ANNOTATION = "wakegate.dev/hold-timeout"
 IGNORE_PATHS_ANNOTATION = "wakegate.dev/ignore-paths"
 IGNORE_USER_AGENTS_ANNOTATION = "wakegate.dev/ignore-user-agents"
 ACTIVITY_ANNOTATION = "wakegate.dev/last-activity"
+DEPENDS_ON_ANNOTATION = "wakegate.dev/depends-on"
 
 Where = tuple[str, str]  # (namespace, Deployment name)
 Warn = Callable[[str], None]
@@ -63,9 +71,11 @@ class Discovered:
 
 def environments(namespaces: Mapping[ObjKey, Obj], config: Config, warn: Warn
                  ) -> dict[str, Environment]:
-    """namespace → environment, for every correctly labelled namespace."""
+    """namespace → environment, for every correctly labelled namespace not being deleted."""
     found: dict[str, Environment] = {}
     for (_, namespace), obj in namespaces.items():
+        if being_deleted(obj):
+            continue  # its environment is gone, whatever is still in it
         labels = obj.get("metadata", {}).get("labels") or {}
         name = labels.get(ENVIRONMENT_LABEL, "")
         kind = labels.get(KIND_LABEL) or (name if name in KINDS else "")
@@ -77,7 +87,18 @@ def environments(namespaces: Mapping[ObjKey, Obj], config: Config, warn: Warn
             warn(f"namespace {namespace}: {KIND_LABEL}={kind!r} is not one of {', '.join(KINDS)}")
             continue
         configured = config.environments.get(name)
-        if configured is not None and configured.kind == kind:
+        if kind == EPHEMERAL:
+            record = record_of(obj, warn)
+            if record is None:
+                continue
+            problem = ephemeral_name_problem(name)
+            if problem is not None:
+                warn(f"namespace {namespace}: ephemeral environment {name!r}: the name "
+                     f"{problem}; it is no environment")
+                continue
+            env = ephemeral_environment(record, config.environments.get(record.source),
+                                        config.ephemeral)
+        elif configured is not None and configured.kind == kind:
             env = configured
         else:
             d = KIND_DEFAULTS[kind]
@@ -85,16 +106,36 @@ def environments(namespaces: Mapping[ObjKey, Obj], config: Config, warn: Warn
                 name=name, kind=kind, access=d.access, idle_timeout=d.idle_timeout,
                 min_replicas=d.min_replicas, max_replicas=d.max_replicas,
             )
+        prefix = "" if kind == EPHEMERAL else prefix_of(obj, kind, configured, warn)
         autoscale = read_autoscale(obj.get("metadata", {}).get("annotations") or {},
                                    env.autoscale, f"namespace {namespace}", warn)
         if autoscale:
             env = dataclasses.replace(
                 env, autoscale=dataclasses.replace(env.autoscale, **autoscale))
+        if env.prefix != prefix:
+            env = dataclasses.replace(env, prefix=prefix)
         found[namespace] = env
-    return found
+    return _without_impostors(found, config, warn)
 
 
-def instance_of(env: Environment, deployment: Obj, warn: Warn
+def _without_impostors(found: dict[str, Environment], config: Config, warn: Warn
+                       ) -> dict[str, Environment]:
+    """Without an ephemeral namespace that claims the name of another environment (the
+    config's, or a namespace's of another kind): it must never take that one's routes, nor
+    open a private environment as a public copy."""
+    others = {env.name.lower() for env in found.values() if env.kind != EPHEMERAL}
+    others |= {name.lower() for name in config.environments}
+    kept: dict[str, Environment] = {}
+    for namespace, env in found.items():
+        if env.kind == EPHEMERAL and env.name.lower() in others:
+            warn(f"namespace {namespace}: ephemeral environment {env.name!r} has the name of "
+                 "another environment; it is no environment")
+            continue
+        kept[namespace] = env
+    return kept
+
+
+def instance_of(env: Environment, deployment: Obj, config: Config, warn: Warn
                 ) -> tuple[InstanceSpec, Placement] | None:
     """The instance an annotated Deployment is, or None."""
     meta = deployment.get("metadata", {})
@@ -120,8 +161,9 @@ def instance_of(env: Environment, deployment: Obj, warn: Warn
     if overrides:
         env = dataclasses.replace(env, **overrides)
     spec = InstanceSpec(env, Service(
-        name=service, command="", version=deployment_version(deployment),
+        name=service, command="", version=deployment_version(deployment, env.prefix),
         environments=(env.name,),
+        depends_on=depends_on(annotations, config.services.get(service), where, warn),
         ignore_paths=_comma_list(annotations.get(IGNORE_PATHS_ANNOTATION)),
         ignore_user_agents=_comma_list(annotations.get(IGNORE_USER_AGENTS_ANNOTATION)),
         autoscale_overrides=tuple(read_autoscale(annotations, env.autoscale, where,
@@ -142,12 +184,12 @@ def pair_of(key: Key, candidates: list[Candidate], overrides: LiveOverrides
     if spec.environment.kind != "production" or len(candidates) != 2:
         return None
     by_name = {c[1].deployment: c for c in candidates}
-    names = {colour: f"{spec.service.name}-{colour}" for colour in COLOURS}
-    if set(by_name) != set(names.values()) or \
-            candidates[0][1].namespace != candidates[1][1].namespace:
+    names = next((n for n in colour_names(spec.service.name, spec.environment.prefix)
+                  if set(n.values()) == set(by_name)), None)
+    if names is None or candidates[0][1].namespace != candidates[1][1].namespace:
         return None
     objs = {colour: by_name[name][2] for colour, name in names.items()}
-    pair = ColourPair.of(candidates[0][1].namespace, names, objs)
+    pair = ColourPair.of(candidates[0][1].namespace, names, objs, spec.environment.prefix)
     override = overrides.get(key)
     if override is not None:
         colour, seq = override
@@ -167,7 +209,7 @@ def discover(namespaces: Mapping[ObjKey, Obj], deployments: Mapping[ObjKey, Obj]
         env = envs.get(namespace)
         if env is None:
             continue
-        instance = instance_of(env, obj, warn)
+        instance = instance_of(env, obj, config, warn)
         if instance is not None:
             found.setdefault(instance[0].key, []).append((*instance, obj))
     result = Discovered([], {}, {}, {})
@@ -186,6 +228,22 @@ def discover(namespaces: Mapping[ObjKey, Obj], deployments: Mapping[ObjKey, Obj]
         result.placements[key] = placement
         result.specs.append(spec)
     return result
+
+
+def depends_on(annotations: Mapping[str, str], configured: Service | None, where: str,
+               warn: Warn) -> tuple[str, ...]:
+    """`wakegate.dev/depends-on: "api,db"`, else the configured service's depends_on."""
+    raw = annotations.get(DEPENDS_ON_ANNOTATION)
+    if raw is None:
+        return configured.depends_on if configured is not None else ()
+    names: list[str] = []
+    for name in _comma_list(raw):
+        if not is_dns_label(name) or name == annotations.get(SERVICE_ANNOTATION):
+            warn(f"{where}: {DEPENDS_ON_ANNOTATION}: {name!r} is not another service's name "
+                 "(a DNS label); left out")
+        elif name not in names:
+            names.append(name)
+    return tuple(names)
 
 
 def _comma_list(value: str | None) -> tuple[str, ...]:

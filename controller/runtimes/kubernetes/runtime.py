@@ -9,8 +9,11 @@ the scaler through `RuntimeEvents`. Starting and stopping scale Deployments
 (scale.py), a replica chosen to go marked first; a Deployment that an HPA
 scales is not scaled by load (hpa.py). Last activity is written back to
 Deployments (activity.py). Blue/green:
-a production service with Deployments `<service>-blue` and `<service>-green`
+a production service with Deployments `{prefix}-<service>-blue` and `-green`
 has two colours, kept on them (colours.py); the live one is the instance.
+Ephemeral environments are namespaces it makes and deletes (ephemeral.py).
+What the key and ephemeral stores ask of the cluster is its view
+(cluster_view.py).
 """
 
 from __future__ import annotations
@@ -23,7 +26,6 @@ import os
 import signal
 import socket
 import time
-from collections.abc import Iterable
 from typing import Any
 
 from kubernetes_asyncio import client as k8s
@@ -32,7 +34,8 @@ from ...model import Key, Replica, other_colour
 from ...spec import Config, InstanceSpec
 from ..base import RuntimeEvents, StartFailed
 from .activity import ActivityRecorder
-from .client import Informer, KubeError, Obj, connect, format_micro_time, key_of
+from .client import Informer, KubeError, connect, format_micro_time
+from .cluster_view import ClusterView
 from .colours import (
     DEPLOYED_ANNOTATION,
     LIVE_ANNOTATION,
@@ -41,17 +44,19 @@ from .colours import (
     ColourPair,
     KubeColours,
 )
-from .discovery import ENVIRONMENT_LABEL, LiveOverrides, Placement, Where, discover
+from .discovery import LiveOverrides, Placement, Where, discover
 from .endpoints import SERVICE_NAME_LABEL, EndpointReplica, EndpointTracker, StartWaiter
+from .ephemeral import KubeEphemeral
+from .ephemeral_records import ENVIRONMENT_LABEL
 from .hpa import autoscaled
-from .keys import KEYS_LABEL, KubeKeyStore, secret_name
+from .keys import KEYS_LABEL, KubeKeyStore
 from .leader import LeaderElector
 from .scale import DeploymentWriter
 
 log = logging.getLogger("wakegate.kubernetes")
 
 
-class KubernetesRuntime:
+class KubernetesRuntime(ClusterView):
     self_healing = True  # Deployments restart their own pods
     versions_on_objects = True  # the Deployment's wakegate.dev/version and image tag
 
@@ -61,6 +66,7 @@ class KubernetesRuntime:
         self._client: k8s.ApiClient | None = None
         self.leader: LeaderElector | None = None
         self._placements: dict[Key, Placement] = {}  # the live Deployment of each instance
+        self._prefixes: dict[str, str] = {}  # environment → prefix (prefixes.py)
         # Blue/green instances: their two colours, and where the idle one is.
         self.pairs: dict[Key, ColourPair] = {}
         self._others: dict[Key, tuple[str, Placement]] = {}
@@ -80,6 +86,7 @@ class KubernetesRuntime:
                                           config.kubernetes.activity_persist_interval)
         self.keys = KubeKeyStore(self)
         self.colours = KubeColours(self)
+        self.ephemeral = KubeEphemeral(self, self._warn_once)
 
     # --- opening: connect, become the leader, learn the cluster ---
 
@@ -161,6 +168,7 @@ class KubernetesRuntime:
         found = discover(self._namespaces.cache, self._deployments.cache, self._config,
                          self._live_override, self._warn_once)
         self._placements, self.pairs, self._others = found.placements, found.pairs, found.others
+        self._prefixes = {s.environment.name: s.environment.prefix for s in found.specs}
         self._autoscaled = autoscaled(self._placements, self._hpas.cache, self._warn_once)
         followed = [(key, None, p) for key, p in self._placements.items()]
         followed += [(key, colour, p) for key, (colour, p) in self._others.items()]
@@ -174,33 +182,6 @@ class KubernetesRuntime:
 
     def autoscaled_elsewhere(self, inst: InstanceSpec) -> bool:
         return inst.key in self._autoscaled
-
-    # --- API keys, in a Secret per instance (keys.py; this runtime is its SecretPlaces) ---
-
-    def instance_keys(self) -> Iterable[Key]:
-        return self._placements.keys()
-
-    def _sync_keys(self) -> None:
-        for key in self._placements:
-            digests = self.keys.hashes(*key)
-            if self._key_digests.get(key, ()) != digests:
-                self._key_digests[key] = digests
-                if self._events is not None:
-                    self._events.keys_changed(key)
-
-    def secret_written(self, secret: Obj) -> None:
-        self._secrets.cache[key_of(secret)] = secret
-        self._sync_keys()
-
-    def namespace_of(self, environment: str, service: str) -> str | None:
-        placement = self._placements.get((environment, service))
-        return placement.namespace if placement else None
-
-    def secret_of(self, environment: str, service: str) -> Obj | None:
-        namespace = self.namespace_of(environment, service)
-        if namespace is None or not self._informers:
-            return None
-        return self._secrets.cache.get((namespace, secret_name(service)))
 
     # --- starting and stopping: the Deployment's scale ---
 
@@ -299,7 +280,7 @@ class KubernetesRuntime:
         placement = self._placements.get(inst.key)
         if placement is None:
             raise LookupError(f"the Deployment of {inst.name} is gone")
-        await self._writer.set_version(placement, version, {})
+        await self._writer.set_version(placement, version, {}, inst.environment.prefix)
 
     # --- blue/green (colours.KubeColours drives these) ---
 
@@ -309,21 +290,23 @@ class KubernetesRuntime:
             raise StartFailed(f"{key[0]}/{key[1]} has no blue/green Deployments any more")
         return Placement(pair.namespace, pair.deployments[colour], None)
 
-    def _fresh_pair(self, key: Key) -> ColourPair:
+    def _fresh_pair(self, inst: InstanceSpec) -> ColourPair:
         """The pair as the cache shows it now, our own latest writes included."""
-        pair = self.pairs[key]
+        pair = self.pairs[inst.key]
         objs = {c: self._deployments.cache.get((pair.namespace, name))
                 for c, name in pair.deployments.items()}
         if not all(objs.values()):
             return pair
         return ColourPair.of(pair.namespace, pair.deployments,
-                             {c: o for c, o in objs.items() if o is not None})
+                             {c: o for c, o in objs.items() if o is not None},
+                             inst.environment.prefix)
 
     async def start_colour(self, inst: InstanceSpec, colour: str, version: str,
                            size: int) -> list[EndpointReplica]:
         placement = self.colour_placement(inst.key, colour)
-        seq = self._fresh_pair(inst.key).next_seq
-        await self._writer.set_version(placement, version, {DEPLOYED_ANNOTATION: str(seq)})
+        seq = self._fresh_pair(inst).next_seq
+        await self._writer.set_version(placement, version, {DEPLOYED_ANNOTATION: str(seq)},
+                                       inst.environment.prefix)
         try:
             await self._start_at(inst, placement, size)
         except StartFailed:
@@ -341,7 +324,7 @@ class KubernetesRuntime:
         key = inst.key
         placement = self.colour_placement(key, colour)
         old = self._placements[key]
-        seq = self._fresh_pair(key).next_seq
+        seq = self._fresh_pair(inst).next_seq
         self._writer.check_leader()
         # Until the write's answer is here, the old colour stays live for every
         # reconcile, even one that sees the write's watch event first: the

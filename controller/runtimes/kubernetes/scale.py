@@ -3,8 +3,9 @@
 Scaling goes through the `deployments/scale` subresource only, read fresh and
 written back with its resourceVersion, so a change made by someone else is
 never overwritten from a stale cache (409: read again). Only the leader
-writes. A version is the image tag, `wakegate.dev/version`, and
-WAKEGATE_VERSION when the container has that variable, in one patch.
+writes. A version is the image tag (with the environment's prefix:
+`1.0.0-prod`), `wakegate.dev/version`, and WAKEGATE_VERSION when the container
+has that variable, in one patch.
 
 A Deployment cannot be told which pod a scale-down removes; its ReplicaSet
 removes the pods with the lowest `controller.kubernetes.io/pod-deletion-cost`
@@ -20,8 +21,9 @@ from typing import Any
 
 from kubernetes_asyncio import client as k8s
 
+from ...spec import image_tag
 from ..base import StartFailed
-from .client import VERSION_ANNOTATION, KubeError, Obj, ObjKey, call, key_of
+from .client import VERSION_ANNOTATION, KubeError, Obj, ObjKey, call, image_repository, key_of
 from .discovery import Placement, Where
 
 log = logging.getLogger("wakegate.kubernetes")
@@ -95,9 +97,10 @@ class DeploymentWriter:
                                   f"go: {exc}") from None
 
     async def set_version(self, placement: Placement, version: str,
-                          annotations: dict[str, str]) -> None:
-        """The image tag, wakegate.dev/version, and WAKEGATE_VERSION when the container has
-        that variable; `annotations` too, in the same write."""
+                          annotations: dict[str, str], prefix: str) -> None:
+        """The image tag (`{version}-{prefix}`, see prefixes.py), wakegate.dev/version, and
+        WAKEGATE_VERSION when the container has that variable; `annotations` too, in the
+        same write."""
         deployment = self._cache().get(placement.where)
         containers = (((deployment or {}).get("spec") or {}).get("template") or {}) \
             .get("spec", {}).get("containers") or []
@@ -106,7 +109,8 @@ class DeploymentWriter:
                               "has no container")
         first = containers[0]
         repository = image_repository(first.get("image", ""))
-        container: dict[str, Any] = {"name": first["name"], "image": f"{repository}:{version}"}
+        container: dict[str, Any] = {"name": first["name"],
+                                     "image": f"{repository}:{image_tag(version, prefix)}"}
         if any(e.get("name") == "WAKEGATE_VERSION" for e in first.get("env") or []):
             # A container that is told its version (as the local runtime does) is told again.
             container["env"] = [{"name": "WAKEGATE_VERSION", "value": version}]
@@ -131,10 +135,3 @@ class DeploymentWriter:
         """Our own write, in the cache at once: the next pass must not act on the old one."""
         self._cache()[key_of(obj)] = obj
 
-
-def image_repository(image: str) -> str:
-    """The image without its tag or digest (a registry's port is not a tag)."""
-    image = image.split("@", 1)[0]
-    head, _, tail = image.rpartition("/")
-    name = tail.split(":", 1)[0]
-    return f"{head}/{name}" if head else name

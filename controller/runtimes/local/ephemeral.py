@@ -10,12 +10,15 @@ never written.
 
 from __future__ import annotations
 
+import contextlib
+import glob
 import os
 from typing import Any
 
 from ...config import parse_version
+from ...ephemeral_specs import ephemeral_name_problem
 from ...model import EphemeralRecord
-from ...names import is_environment_name
+from ...names import is_environment_name, is_service_name
 from ...spec import InstanceSpec
 from ...statefile import Problems, describe, fields, is_epoch, read_state, show, write_json_atomic
 
@@ -29,11 +32,18 @@ def check_ephemeral(problems: Problems, data: Any) -> None:
         problems.add("", f"must be an object mapping environment names to environments, got "
                      f"{describe(data)}")
         return
+    seen: dict[str, str] = {}
     for name, saved in data.items():
-        if not is_environment_name(name):
-            problems.add(show(name), "not a valid environment name: 1 to 24 letters, digits "
-                         "and dashes, starting with a letter")
+        problem = ephemeral_name_problem(name)
+        if problem is not None:
+            problems.add(show(name) if not is_environment_name(name) else name,
+                         f"this name {problem}")
             continue
+        if name.lower() in seen:
+            problems.add(name, f"the same environment as {seen[name.lower()]} (names ignore "
+                         "case: their hosts are the same); keep one")
+            continue
+        seen[name.lower()] = name
         saved = fields(problems, name, saved, ("source", "access", "created", "expires",
                                                "versions"))
         if saved is None:
@@ -53,6 +63,10 @@ def check_ephemeral(problems: Problems, data: Any) -> None:
                          f"got {describe(versions)}")
             continue
         for service, version in versions.items():
+            if not is_service_name(service):
+                problems.add(f"{name}.versions.{show(service)}", "not a service name: a "
+                             "lowercase DNS label (letters, digits, dashes)")
+                continue
             try:
                 parse_version(version)
             except ValueError as exc:
@@ -77,6 +91,7 @@ class LocalEphemeral:
 
     def __init__(self, state_dir: str) -> None:
         self.path = os.path.join(state_dir, EPHEMERAL_FILE)
+        self._logs = os.path.join(state_dir, "logs")  # the local runtime's log_path
         saved: dict[str, Any] = read_state(self.path, check_ephemeral, {})
         self._records = {name: _record(name, value) for name, value in saved.items()}
 
@@ -99,5 +114,9 @@ class LocalEphemeral:
         return updated
 
     async def remove(self, name: str) -> None:
+        # Its process logs too: a later environment of the same name starts a log of its own.
+        for log in glob.glob(os.path.join(glob.escape(self._logs), f"{name}.*.log")):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(log)
         if name in self._records:
             self._write({k: v for k, v in self._records.items() if k != name})
