@@ -33,7 +33,7 @@ from tests.procs import alive
 
 SCENARIO = "ephemeral"
 POLL = 0.005
-EXPIRE_IN = 0.2  # seconds: the TTL an extend gives, to expire while we watch
+EXPIRE_IN = 1.0  # seconds: the TTL an extend gives (the least it takes), to expire while we watch
 
 
 def _call(wg: Wakegate, method: str, path: str, body: Any = None) -> tuple[int, Any]:

@@ -25,16 +25,19 @@ from controller.spec import Route, RouteTable
 
 
 class LeastOutstanding:
-    __slots__ = ("in_flight",)
+    __slots__ = ("_turn", "in_flight")
 
     def __init__(self) -> None:
         self.in_flight: dict[str, int] = {}  # endpoint → requests this proxy has there
+        self._turn = 0  # the first candidate goes round the endpoints
 
     def take(self, route: Route) -> str:
         """The endpoint for a new request (counted in flight until `release`).
 
-        Two distinct endpoints drawn at random, the one with fewer in flight; a
-        tie keeps the first draw, itself uniform, so ties are broken at random.
+        Two distinct endpoints, the one with fewer in flight. The first is taken in turn
+        and a tie keeps it, so that requests one at a time go round the replicas (as
+        nginx's least_conn breaks its ties); the second is drawn at random, so that under
+        load a busy first candidate meets an uniformly chosen rival.
         """
         endpoints = route.endpoints
         counts = self.in_flight
@@ -43,7 +46,8 @@ class LeastOutstanding:
             chosen = endpoints[0]
             counts[chosen] = counts.get(chosen, 0) + 1
             return chosen
-        i = int(random() * n)
+        self._turn = turn = self._turn + 1
+        i = turn % n
         j = int(random() * (n - 1))
         if j >= i:
             j += 1  # distinct from i, uniform over the others

@@ -5,7 +5,7 @@ its pid, so each answer says which replica served it), behind two wakegates:
 the llhttp fast path on and off (tests/both_paths.py). A request held on one
 replica (`/slow`, or an open WebSocket) sends every new request to the other;
 once it ends, however it ends (the client leaving included), both replicas get
-requests again: with no load, ties are broken at random.
+requests again: with no load, ties go round the replicas.
 
 The proxy's in-flight gauge (wakegate_requests_in_flight) says when the held
 request has reached the proxy: it is counted there in the same step as the
@@ -166,3 +166,15 @@ def test_two_distinct_endpoints_are_compared_and_counts_of_gone_ones_are_dropped
     balancer.release(busy)
     balancer.forget(RouteTable.build(3, [_route(c)]))
     assert balancer.in_flight == {c: 1}
+
+
+def test_with_no_load_requests_go_round_the_endpoints() -> None:
+    """One request at a time (every count 0): each endpoint gets its turn, as round robin."""
+    balancer = LeastOutstanding()
+    endpoints = ("127.0.0.1:1", "127.0.0.1:2", "127.0.0.1:3")
+    seen = []
+    for _ in range(3 * len(endpoints)):
+        chosen = balancer.take(_route(*endpoints))
+        seen.append(chosen)
+        balancer.release(chosen)
+    assert sorted(seen) == sorted(endpoints * 3), seen
