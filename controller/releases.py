@@ -55,6 +55,7 @@ from .model import (
     other_colour,
 )
 from .runtimes.base import Runtime
+from .spec import image_tag
 from .versions import VersionStore
 
 log = logging.getLogger("wakegate.releases")
@@ -360,12 +361,13 @@ class Releases:
     def status(self, inst: Instance) -> dict[str, Any]:
         release = self.of(inst)
         now = time.monotonic()
+        prefix = inst.spec.environment.prefix
         colours = {release.live: {"version": inst.version, "replicas": len(inst.replicas),
-                                  "role": "live"}}
+                                  "role": "live", "tag": image_tag(inst.version, prefix)}}
         other = release.other
         if other is not None:
             entry: dict[str, Any] = {"version": other.version, "replicas": len(other.replicas),
-                                     "role": other.role}
+                                     "role": other.role, "tag": image_tag(other.version, prefix)}
             if other.role == PREVIOUS and other.scale_down_at is not None:
                 entry["scale_down_in_seconds"] = round(max(other.scale_down_at - now, 0.0), 1)
             colours[other.colour] = entry

@@ -44,6 +44,10 @@ async def test_push_promote_deploy_release_promote_rollback(wakegate: Start) -> 
     assert await version_of(wg, "production") == "1.0.0", "the preview is not live yet"
     status = wg.cli("release", "status", "hello", check=True).stdout
     assert "live colour blue" in status and "green  preview" in status, status
+    # Production's default prefix is prod: each colour's version runs as `{version}-prod`.
+    lines = {line.split()[0]: line for line in status.splitlines()[1:]}
+    assert lines["blue"].endswith("tag 1.0.0-prod") and \
+        lines["green"].endswith("tag 2.0.0-prod"), status
 
     out = wg.cli("release", "promote", "hello", check=True).stdout
     assert "2.0.0 is live (green; was 1.0.0)" in out, out

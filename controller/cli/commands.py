@@ -61,6 +61,8 @@ def cmd_release(args: argparse.Namespace) -> None:
         for colour, info in sorted(result["colours"].items()):
             line = (f"  {colour:<6} {info['role']:<9} version {info['version']:<12} "
                     f"replicas {info['replicas']}")
+            if "tag" in info:
+                line += f"  tag {info['tag']}"
             if "scale_down_in_seconds" in info:
                 line += f"  (scaled down in {info['scale_down_in_seconds']:g}s)"
             print(line)
