@@ -62,19 +62,32 @@ class EphemeralManager:
         self._poke = asyncio.Event()  # an expiry moved: the expiry task looks again
         self._changed = asyncio.Event()  # a new route table: the instances changed
         self._expiry: asyncio.Task[None] | None = None
+        self._closing = False
         scaler.subscribe(lambda _table: self._changed.set())
 
     @property
     def store(self) -> EphemeralStore:
         return self.scaler.runtime.ephemeral
 
-    def records(self) -> dict[str, EphemeralRecord]:
-        """Every ephemeral environment not on its way out."""
+    def _kept(self) -> dict[str, EphemeralRecord]:
+        """What the store keeps, less what is being made or removed right now."""
         # Never one named like an environment of another kind (a namespace made by hand on
         # Kubernetes): removing it would take that environment's instances.
         others = {name.lower() for name in config_environments(self.scaler)}
         return {r.name: r for r in self.store.records()
-                if r.name not in self._removals and r.name.lower() not in others}
+                if r.name not in self._removals and r.name not in self._creating
+                and r.name.lower() not in others}
+
+    def records(self) -> dict[str, EphemeralRecord]:
+        """Every ephemeral environment that exists: not being made, not on its way out (a
+        removal that failed and waits to be tried again included)."""
+        return {name: r for name, r in self._kept().items() if name not in self._left}
+
+    def _going(self, name: str) -> str | None:
+        """The environment of this name (any case) whose removal is under way or waits to be
+        tried again, if there is one."""
+        return next((n for n in (*self._removals, *self._left) if n.lower() == name.lower()),
+                    None)
 
     # --- create, extend ---
 
@@ -89,6 +102,7 @@ class EphemeralManager:
                 return await self._create(record, services)
             finally:
                 self._creating.discard(name)
+                self._poke.set()  # the expiry task skipped it while it was made
 
     async def _create(self, record: EphemeralRecord, services: list[str]
                       ) -> tuple[EphemeralRecord, str | None]:
@@ -168,7 +182,7 @@ class EphemeralManager:
             raise EnvironmentRefused(409, "not_ephemeral", f"{said} is an environment of "
                                      "the config, not an ephemeral one: remove it from the "
                                      "config and apply instead.")
-        being = " (it is being deleted)" if name in self._removals else ""
+        being = " (it is being deleted)" if self._going(name) is not None else ""
         raise EnvironmentRefused(404, "unknown_environment", f"There is no ephemeral "
                                  f"environment {said}{being}; `wakegate env list` lists them.")
 
@@ -192,8 +206,8 @@ class EphemeralManager:
     async def delete(self, name: str) -> str:
         """Everything of it is gone when this returns its name (a delete already under way
         is joined, not started again)."""
-        if name not in self._removals:
-            name = self.ephemeral(name).name
+        going = self._going(name)
+        name = going if going is not None else self.ephemeral(name).name
         try:
             # Shielded: a caller that goes away does not stop a removal half-way.
             await asyncio.shield(self._removal(name, "deleted"))
@@ -276,11 +290,11 @@ class EphemeralManager:
         self._expiry = asyncio.ensure_future(self._expire())
 
     async def _expire(self) -> None:
-        while True:
+        while not self._closing:
             wait = MAX_EXPIRY_SLEEP if self.scaler.acting else NOT_ACTING_CHECK
             if self.scaler.acting:
                 now, mono = time.time(), time.monotonic()
-                for record in self.records().values():
+                for record in self._kept().values():
                     retry = self._retry_at.get(record.name)
                     due = record.expires - now if retry is None else retry - mono
                     if due <= 0:
@@ -290,12 +304,17 @@ class EphemeralManager:
                     else:
                         wait = min(wait, due)
             self._poke.clear()
+            # asyncio.timeout, not wait_for: on Python 3.11 wait_for loses a cancel that
+            # comes as the poke is set (a create's last step, right before a stop).
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._poke.wait(), wait)
+                async with asyncio.timeout(wait):
+                    await self._poke.wait()
 
     async def close(self) -> None:
         """Stop expiring; removals under way are cancelled (an expired environment that
         is left goes at the next start)."""
+        self._closing = True
+        self._poke.set()
         tasks = [*([self._expiry] if self._expiry is not None else []),
                  *self._removals.values()]
         for task in tasks:

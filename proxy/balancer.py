@@ -25,19 +25,22 @@ from controller.spec import Route, RouteTable
 
 
 class LeastOutstanding:
-    __slots__ = ("_turn", "in_flight")
+    __slots__ = ("_turns", "in_flight")
 
     def __init__(self) -> None:
         self.in_flight: dict[str, int] = {}  # endpoint → requests this proxy has there
-        self._turn = 0  # the first candidate goes round the endpoints
+        # Per route: whose turn it is to be the first candidate (from a random start, so
+        # that proxies and workers do not all begin with the same endpoint).
+        self._turns: dict[tuple[str, str], int] = {}
 
     def take(self, route: Route) -> str:
         """The endpoint for a new request (counted in flight until `release`).
 
-        Two distinct endpoints, the one with fewer in flight. The first is taken in turn
-        and a tie keeps it, so that requests one at a time go round the replicas (as
-        nginx's least_conn breaks its ties); the second is drawn at random, so that under
-        load a busy first candidate meets an uniformly chosen rival.
+        Two distinct endpoints, the one with fewer in flight. The first is taken in turn,
+        the route's own turn, and a tie keeps it, so that requests one at a time go round
+        the replicas (as nginx's least_conn breaks its ties) however routes interleave;
+        the second is drawn at random, so that under load a busy first candidate meets a
+        uniformly chosen rival.
         """
         endpoints = route.endpoints
         counts = self.in_flight
@@ -46,7 +49,11 @@ class LeastOutstanding:
             chosen = endpoints[0]
             counts[chosen] = counts.get(chosen, 0) + 1
             return chosen
-        self._turn = turn = self._turn + 1
+        turns = self._turns
+        key = route.key
+        turn = turns.get(key)
+        turn = int(random() * n) if turn is None else turn + 1
+        turns[key] = turn
         i = turn % n
         j = int(random() * (n - 1))
         if j >= i:
@@ -84,3 +91,6 @@ class LeastOutstanding:
         listed = {e for route in table.by_key.values() for e in route.endpoints}
         for endpoint in [e for e, n in counts.items() if n == 0 and e not in listed]:
             del counts[endpoint]
+        turns = self._turns
+        for key in [k for k in turns if k not in table.by_key]:
+            del turns[key]

@@ -95,9 +95,12 @@ class Exchange:
         if body:
             self.request += body
         self._retry_ok = not body and self.method in _IDEMPOTENT
-        if self.counted is not None:
-            self.counted.in_flight += 1
         context = self.conn.context
+        if self.counted is not None:
+            # Looked up again: a table without the route, while the body was coming, may
+            # have dropped the idle entry taken at admission (ActivityTracker.forget_all_but).
+            self.counted = context.activity.of(self.route.key)
+            self.counted.in_flight += 1
         endpoint = self.endpoint = context.balancer.take(self.route)
         up = context.upstreams.take(endpoint)
         if up is not None:

@@ -88,7 +88,7 @@ class ProxyMetrics(Collector):
         """Only these instances' series from now on: an instance that left the route table
         (an ephemeral environment gone, a service removed) leaves /metrics too, so that
         environments made and removed all day do not grow it without end. A request still
-        finishing on a removed one counts it again, until the next table."""
+        finishing on a removed one counts it again, until the routes change again."""
         for key in [k for k in self.stats if k not in keys]:
             del self.stats[key]
 

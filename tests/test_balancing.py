@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import socket
 from collections.abc import Iterator
 
@@ -178,3 +179,19 @@ def test_with_no_load_requests_go_round_the_endpoints() -> None:
         seen.append(chosen)
         balancer.release(chosen)
     assert sorted(seen) == sorted(endpoints * 3), seen
+
+
+def test_interleaved_routes_each_go_round_their_own_endpoints() -> None:
+    """Requests alternating between two routes (a page calling api, then auth): each route
+    still spreads its own, whatever the other does."""
+    balancer = LeastOutstanding()
+    api = _route("127.0.0.1:1", "127.0.0.1:2")
+    auth = dataclasses.replace(_route("127.0.0.1:3", "127.0.0.1:4"), service="auth")
+    seen: dict[str, int] = {}
+    for _ in range(10):
+        for route in (api, auth):
+            chosen = balancer.take(route)
+            seen[chosen] = seen.get(chosen, 0) + 1
+            balancer.release(chosen)
+    assert seen == dict.fromkeys(("127.0.0.1:1", "127.0.0.1:2", "127.0.0.1:3", "127.0.0.1:4"),
+                                 5), seen

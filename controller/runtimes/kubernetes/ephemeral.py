@@ -22,6 +22,7 @@ from typing import Protocol
 
 from kubernetes_asyncio import client as k8s
 
+from ...ephemeral_specs import ephemeral_name_problem
 from ...model import EphemeralRecord, Key
 from ...spec import InstanceSpec
 from .client import KubeError, Obj, ObjKey, call
@@ -72,11 +73,18 @@ class KubeEphemeral:
                 and record_of(obj, lambda _problem: None) is not None]
 
     def records(self) -> list[EphemeralRecord]:
+        namespaces = [obj for obj in self._places.namespace_cache().values()
+                      if not being_deleted(obj)]
+        # As discovery has it: one that claims another kind of environment's name, or a
+        # name an ephemeral environment may not have, is none (its namespace is left alone).
+        others = {(obj["metadata"].get("labels") or {}).get(ENVIRONMENT_LABEL, "").lower()
+                  for obj in namespaces if not is_ephemeral(obj)}
         found = []
-        for obj in self._places.namespace_cache().values():
-            if is_ephemeral(obj) and not being_deleted(obj):
+        for obj in namespaces:
+            if is_ephemeral(obj):
                 record = record_of(obj, self._warn)
-                if record is not None:
+                if record is not None and record.name.lower() not in others and \
+                        ephemeral_name_problem(record.name) is None:
                     found.append(record)
         return found
 
