@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from .ephemeral_specs import config_clashes
 from .releases import DeployRefused
 from .scaler import Scaler
 from .spec import Config
@@ -32,11 +33,11 @@ def apply_config(scaler: Scaler, config: Config) -> dict[str, Any]:
         raise DeployRefused(f"{', '.join(restart)} changed: that needs a restart of "
                             "wakegate, not apply")
     # One name, one environment: an ephemeral one keeps its name until it is deleted.
-    taken = sorted(record.name for record in scaler.runtime.ephemeral.records()
-                   if record.name.lower() in {name.lower() for name in config.environments})
+    taken = config_clashes(config, (r.name for r in scaler.runtime.ephemeral.records()))
     if taken:
-        raise DeployRefused(f"environments.{taken[0]}: an ephemeral environment of that name "
-                            f"exists; delete it first (wakegate env delete {taken[0]})")
+        ephemeral, own = taken[0]
+        raise DeployRefused(f"environments.{own}: an ephemeral environment of that name "
+                            f"exists; delete it first (wakegate env delete {ephemeral})")
     before = set(scaler.instances)
     scaler.config = config
     if scaler.runtime.versions_on_objects:

@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterable, Mapping
 
 from .model import Instance, Key
 
-__all__ = ["dependencies", "dependents"]
+__all__ = ["dependencies", "dependents", "dependents_index"]
 
 
 def dependencies(instances: Mapping[Key, Instance], key: Key) -> list[Instance]:
@@ -29,23 +29,32 @@ def dependencies(instances: Mapping[Key, Instance], key: Key) -> list[Instance]:
     return _reachable(instances, key, depends_on)
 
 
-def dependents(instances: Mapping[Key, Instance], key: Key) -> list[Instance]:
-    """The instances of `key`'s environment that depend on it, directly or not."""
-    environment = key[0]
-    if not any(inst.spec.service.depends_on for inst in instances.values()):
-        return []  # the common case, checked by the sleeper for every instance
+def dependents_index(instances: Mapping[Key, Instance]) -> dict[Key, list[Instance]]:
+    """Each instance's direct dependents (in its environment), built in one pass: the sleeper
+    builds it once per look at every instance, not once per instance. Empty when no service
+    has a depends_on (the common case)."""
+    index: dict[Key, list[Instance]] = {}
+    for inst in instances.values():
+        for name in inst.spec.service.depends_on:
+            index.setdefault((inst.key[0], name), []).append(inst)
+    return index
 
-    def depended_on_by(inst: Instance) -> Iterable[Instance]:
-        name = inst.key[1]
-        for other in instances.values():
-            if other.key[0] == environment and name in other.spec.service.depends_on:
-                yield other
 
+def dependents(instances: Mapping[Key, Instance], key: Key,
+               index: Mapping[Key, list[Instance]] | None = None) -> list[Instance]:
+    """The instances of `key`'s environment that depend on it, directly or not (`index`:
+    dependents_index(instances), when the caller has it)."""
+    if index is None:
+        index = dependents_index(instances)
+    if not index:
+        return []
+    found = _reachable(instances, key, lambda inst: index.get(inst.key, ()))
+    if not found:
+        return []
     # A dependent that is also a dependency (a cycle, which only Kubernetes annotations can
     # make) keeps nothing awake: else the two would keep each other awake for ever.
     cycle = {inst.key for inst in dependencies(instances, key)}
-    return [inst for inst in _reachable(instances, key, depended_on_by)
-            if inst.key not in cycle]
+    return [inst for inst in found if inst.key not in cycle]
 
 
 def _reachable(instances: Mapping[Key, Instance], key: Key,

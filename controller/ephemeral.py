@@ -23,7 +23,13 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-from .ephemeral_checks import EnvironmentRefused, check_create, check_ttl, config_environments
+from .ephemeral_checks import (
+    EnvironmentRefused,
+    check_create,
+    check_ttl,
+    config_environments,
+    show_value,
+)
 from .ephemeral_specs import ephemeral_specs
 from .events import environment_event
 from .model import EphemeralRecord, Instance
@@ -39,12 +45,6 @@ MAX_EXPIRY_SLEEP = 60.0  # the expiry task looks at least this often
 NOT_ACTING_CHECK = 1.0  # ... and this often while the scaler may not act (not the leader)
 RETRY_AFTER = 10.0  # a removal that failed is tried again after this, by the expiry task
 DISCOVERY_DEADLINE = 60.0  # how long create waits for the platform to show the instances
-
-
-def _show(name: str) -> str:
-    """A name from a request, as said back: quoted, and never longer than a line."""
-    text = repr(name)
-    return text if len(text) <= 40 else text[:37] + "..."
 
 
 class EphemeralManager:
@@ -70,13 +70,11 @@ class EphemeralManager:
         return self.scaler.runtime.ephemeral
 
     def _kept(self) -> dict[str, EphemeralRecord]:
-        """What the store keeps, less what is being made or removed right now."""
-        # Never one named like an environment of another kind (a namespace made by hand on
-        # Kubernetes): removing it would take that environment's instances.
-        others = {name.lower() for name in config_environments(self.scaler)}
+        """What the store keeps, less what is being made or removed right now. (None is
+        named like another environment: the start, apply and, on Kubernetes, discovery
+        refuse that.)"""
         return {r.name: r for r in self.store.records()
-                if r.name not in self._removals and r.name not in self._creating
-                and r.name.lower() not in others}
+                if r.name not in self._removals and r.name not in self._creating}
 
     def records(self) -> dict[str, EphemeralRecord]:
         """Every ephemeral environment that exists: not being made, not on its way out (a
@@ -170,7 +168,7 @@ class EphemeralManager:
         """The ephemeral environment of this name (ignoring case, as its hosts do), else 404
         unknown_environment (or 409 not_ephemeral for one of the config, 409 being_created
         while it is made)."""
-        said = _show(name)
+        said = show_value(name)
         if name.lower() in {n.lower() for n in self._creating}:
             raise EnvironmentRefused(409, "being_created", f"{said} is being made; try "
                                      "again once `wakegate env create` has answered.")

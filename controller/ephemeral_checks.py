@@ -19,7 +19,7 @@ from .spec import EPHEMERAL, EphemeralSettings
 from .units import parse_duration
 
 __all__ = ["ACCESS", "EnvironmentRefused", "check_create", "check_name", "check_ttl",
-           "show_duration"]
+           "show_duration", "show_value"]
 
 ACCESS = ("public", "api_key")
 MIN_TTL = 1.0  # seconds: expiry is kept to the second
@@ -77,7 +77,7 @@ def check_name(scaler: Scaler, name: object) -> str:
     """A name a new environment may take, else 400 bad_name or 409 environment_exists."""
     problem = ephemeral_name_problem(name)
     if problem is not None and not is_environment_name(name):
-        raise EnvironmentRefused(400, "bad_name", f"name: {_show(name)} {problem}")
+        raise EnvironmentRefused(400, "bad_name", f"name: {show_value(name)} {problem}")
     assert isinstance(name, str)
     existing = [*config_environments(scaler), *scaler.removing,
                 *(record.name for record in scaler.runtime.ephemeral.records())]
@@ -92,7 +92,8 @@ def check_name(scaler: Scaler, name: object) -> str:
     return name
 
 
-def _show(value: object) -> str:
+def show_value(value: object) -> str:
+    """A value from a request, as an answer says it back: quoted, never longer than a line."""
     text = repr(value)
     return text if len(text) <= 40 else text[:37] + "..."
 
@@ -109,14 +110,14 @@ def check_create(scaler: Scaler, body: Mapping[str, Any], now: float
     if not isinstance(source, str) or source not in sources or not services:
         known = ", ".join(sorted({env for env, _ in scaler.instances if env in sources}))
         raise EnvironmentRefused(404, "unknown_environment",
-                                 f"from: there is no environment {_show(source)} to copy; "
+                                 f"from: there is no environment {show_value(source)} to copy; "
                                  f"known: {known or 'none'}.")
     # A copy is as closed as what it copies unless asked otherwise: a copy of a private
     # environment must never be public by default.
     access = body.get("access", environments[source][1])
     if access not in ACCESS:
         raise EnvironmentRefused(400, "bad_request", f"access: must be \"public\" or "
-                                 f"\"api_key\", got {_show(access)}")
+                                 f"\"api_key\", got {show_value(access)}")
     ttl = check_ttl(body.get("ttl", settings.ttl), settings)
     versions = {svc: scaler.instances[(source, svc)].version for svc in services}
     asked = body.get("versions", {})
@@ -126,7 +127,7 @@ def check_create(scaler: Scaler, body: Mapping[str, Any], now: float
     for service, version in asked.items():
         if service not in versions:
             raise EnvironmentRefused(400, "unknown_service",
-                                     f"versions: {source} runs no service {_show(service)}; "
+                                     f"versions: {source} runs no service {show_value(service)}; "
                                      f"it runs {', '.join(services)}.")
         try:
             versions[service] = parse_version(version)

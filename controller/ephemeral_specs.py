@@ -12,6 +12,7 @@ the environment it previews. Both runtimes build its environment here.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterable
 
 from .model import EphemeralRecord
 from .names import is_environment_name
@@ -25,7 +26,7 @@ from .spec import (
     InstanceSpec,
 )
 
-__all__ = ["ephemeral_environment", "ephemeral_name_problem", "ephemeral_specs"]
+__all__ = ["config_clashes", "ephemeral_environment", "ephemeral_name_problem", "ephemeral_specs"]
 
 
 def ephemeral_name_problem(name: object) -> str | None:
@@ -74,3 +75,11 @@ def ephemeral_specs(config: Config, records: list[EphemeralRecord]) -> list[Inst
                 specs.append(InstanceSpec(env, dataclasses.replace(
                     service, version=version, environments=(record.name,))))
     return specs
+
+
+def config_clashes(config: Config, names: Iterable[str]) -> list[tuple[str, str]]:
+    """(ephemeral name, the config's environment) for each of `names` that an environment
+    of the config also has, ignoring case (their hosts would be the same): one name, one
+    environment. The start and apply refuse a config with any."""
+    own = {name.lower(): name for name in config.environments}
+    return sorted((name, own[name.lower()]) for name in names if name.lower() in own)

@@ -323,12 +323,12 @@ class Scaler:
 
     def wanted_specs(self, config: Config) -> list[InstanceSpec]:
         """The instances a config asks for here: its own, and (when wakegate keeps them, not
-        the platform) those of the ephemeral environments; none of an environment being
-        removed."""
+        the platform) those of the ephemeral environments. (sync_instances leaves out those
+        of an environment being removed.)"""
         specs = config.instances()
         if not self.runtime.versions_on_objects:
             specs += ephemeral_specs(config, self.runtime.ephemeral.records())
-        return [spec for spec in specs if spec.environment.name not in self.removing]
+        return specs
 
     def take_environment(self, name: str) -> list[Instance]:
         """Every instance of the environment leaves the route table now (held requests get

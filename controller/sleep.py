@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from .dependencies import dependents
+from .dependencies import dependents, dependents_index
 from .events import event
 from .model import READY, SLEEPING, STOPPING, ActivitySource, Instance, Key, Replica
 
@@ -86,12 +86,13 @@ class Sleeper:
         while not self._closing:
             now = time.monotonic()
             next_check = now + MAX_IDLE_CHECK
+            index = dependents_index(self._instances)
             for inst in self._instances.values():
                 env = inst.spec.environment
                 if inst.state != READY or not env.sleeps or inst.lock.locked():
                     continue
                 assert env.idle_timeout is not None
-                busy, last = self._usage(inst)
+                busy, last = self._usage(inst, index)
                 if busy:
                     next_check = min(next_check, now + env.idle_timeout)
                     continue
@@ -106,7 +107,8 @@ class Sleeper:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wakeup.wait(), max(next_check - now, 0.001))
 
-    def _usage(self, inst: Instance) -> tuple[bool, float]:
+    def _usage(self, inst: Instance, index: Mapping[Key, list[Instance]] | None = None
+               ) -> tuple[bool, float]:
         """(whether it must stay awake now, when its idle clock started).
 
         A dependency (`depends_on`) counts its dependents in: it stays awake
@@ -115,7 +117,7 @@ class Sleeper:
         """
         in_flight, last = self._activity(inst)
         busy = in_flight > 0
-        for dependent in dependents(self._instances, inst.key):
+        for dependent in dependents(self._instances, inst.key, index):
             busy = busy or dependent.state != SLEEPING
             last = max(last, self._activity(dependent)[1])
         return busy, last

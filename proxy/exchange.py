@@ -59,12 +59,12 @@ class ClientSide(Protocol):
 
 class Exchange:
     __slots__ = ("_answered", "_chunked", "_connecting", "_on_fresh", "_out", "_retry_ok",
-                 "close_after", "conn", "consumed", "counted", "ended", "endpoint", "failure",
-                 "head_only", "method", "path", "request", "route", "started",
+                 "close_after", "conn", "consumed", "counted", "counts", "ended", "endpoint",
+                 "failure", "head_only", "method", "path", "request", "route", "started",
                  "status", "until_close", "up")
 
     def __init__(self, conn: ClientSide, route: Route, method: bytes, path: bytes,
-                 request: bytes, consumed: int, keep_alive: bool, counted: Any) -> None:
+                 request: bytes, consumed: int, keep_alive: bool, counts: bool) -> None:
         self.conn = conn
         self.route = route
         self.method = method
@@ -72,7 +72,8 @@ class Exchange:
         self.request = request  # the head and body as sent upstream
         self.consumed = consumed  # bytes of the client's buffer this request took
         self.close_after = not keep_alive  # close the client connection once answered
-        self.counted = counted  # the InstanceActivity it counts in (None: ignored)
+        self.counts = counts  # in its instance's activity (False: an ignored path or agent)
+        self.counted: Any = None  # the InstanceActivity it counts in, from start to end
         self.endpoint: str | None = None  # where it is sent, in flight in the balancer
         self.head_only = method == b"HEAD"
         # An idempotent request without a body is sent again once, on a new connection,
@@ -96,11 +97,11 @@ class Exchange:
             self.request += body
         self._retry_ok = not body and self.method in _IDEMPOTENT
         context = self.conn.context
-        if self.counted is not None:
-            # Looked up again: a table without the route, while the body was coming, may
-            # have dropped the idle entry taken at admission (ActivityTracker.forget_all_but).
-            self.counted = context.activity.of(self.route.key)
-            self.counted.in_flight += 1
+        if self.counts:
+            # Looked up now, not at admission: a table without the route, while the body
+            # was coming, may have dropped an idle entry (ActivityTracker.forget_all_but).
+            counted = self.counted = context.activity.of(self.route.key)
+            counted.in_flight += 1
         endpoint = self.endpoint = context.balancer.take(self.route)
         up = context.upstreams.take(endpoint)
         if up is not None:

@@ -86,7 +86,6 @@ class FastConnection(asyncio.Protocol):
         self._fed = 0
         self._head_end = 0  # _buf offset of the body, once the head is read
         self._admitted: Exchange | None = None  # head read, body awaited
-        self._activity_of = context.activity.of  # the instance's InstanceActivity
         settings = context.settings
         self.read_timeout = settings.read_timeout
         self._max_head = settings.max_header_size
@@ -320,19 +319,16 @@ class FastConnection(asyncio.Protocol):
         if route is None or not route.endpoints or route.access != "public":
             return None
         path = url.split(b"?", 1)[0]
-        counted = None
+        counts = True  # as the instance's activity (Exchange.start counts it)
         if route.ignore_paths or route.ignore_user_agents:
             if b"%" in path:
                 return None  # the ignore rules compare decoded paths: the aiohttp path decodes
-            if not is_ignored(route, path.decode("latin-1"), agent.decode("latin-1")):
-                counted = self._activity_of(route.key)
-        else:
-            counted = self._activity_of(route.key)
+            counts = not is_ignored(route, path.decode("latin-1"), agent.decode("latin-1"))
         upstream_fields = policy.request_fields(fields, peer=self.peer, trusted=self._trusted,
                                                 scheme="http")
         request = b"%s %s HTTP/1.1\r\n%s\r\n" % (method, url, policy.render(upstream_fields))
         return Exchange(self, route, method, path, request, head_len + length,
-                        head.keep_alive, counted)
+                        head.keep_alive, counts)
 
     # --- the end of an exchange (Exchange.end) ---
 

@@ -57,15 +57,15 @@ def state_problems(config: Config) -> list[str]:
 def _ephemeral_clashes(config: Config) -> list[str]:
     """An ephemeral environment kept in state_dir whose name the config now gives one of its
     own environments: one name, one environment (apply refuses the same)."""
+    from ..ephemeral_specs import config_clashes
     from ..runtimes import local
 
     path = os.path.join(config.state_dir, local.EPHEMERAL_FILE)
     kept = read_state(path, local.check_ephemeral, {})
-    own = {name.lower(): name for name in config.environments}
     return [f"{os.path.abspath(path)}: {name}: an ephemeral environment of this name exists, "
-            f"and {config.path} defines environments.{own[name.lower()]}: rename that one, or "
+            f"and {config.path} defines environments.{own}: rename that one, or "
             f"start without it and delete the ephemeral one first (wakegate env delete {name})"
-            for name in kept if name.lower() in own]
+            for name, own in config_clashes(config, kept)]
 
 
 def warnings(config: Config) -> list[str]:

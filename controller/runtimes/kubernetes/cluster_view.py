@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 
 from ...model import Key
+from ...spec import EPHEMERAL, Environment
 from ..base import RuntimeEvents
 from .client import Informer, Obj, ObjKey, image_tag, key_of
 from .discovery import Placement
@@ -27,6 +28,7 @@ class ClusterView:
     _events: RuntimeEvents | None
     _placements: dict[Key, Placement]
     _prefixes: dict[str, str]  # environment → its prefix, as discovered
+    _environments: dict[str, Environment]  # namespace → the environment it is, as discovered
     _key_digests: dict[Key, tuple[bytes, ...]]
     _informers: list[Informer]
     _namespaces: Informer
@@ -41,6 +43,13 @@ class ClusterView:
 
     def namespace_cache(self) -> dict[ObjKey, Obj]:
         return self._namespaces.cache
+
+    def ephemeral_namespaces(self) -> list[Obj]:
+        """The namespaces discovery took for ephemeral environments (one that claims another
+        environment's name, or has a name no environment may have, is none)."""
+        cache = self._namespaces.cache
+        return [cache[("", namespace)] for namespace, env in self._environments.items()
+                if env.kind == EPHEMERAL and ("", namespace) in cache]
 
     def deployment_cache(self) -> Mapping[ObjKey, Obj]:
         return self._deployments.cache

@@ -67,6 +67,7 @@ class Discovered:
     placements: dict[Key, Placement]  # the live Deployment of each instance
     pairs: dict[Key, ColourPair]  # blue/green instances: their two colours
     others: dict[Key, tuple[str, Placement]]  # ... and where the idle one is
+    environments: dict[str, Environment]  # namespace → the environment it is
 
 
 def environments(namespaces: Mapping[ObjKey, Obj], config: Config, warn: Warn
@@ -212,7 +213,7 @@ def discover(namespaces: Mapping[ObjKey, Obj], deployments: Mapping[ObjKey, Obj]
         instance = instance_of(env, obj, config, warn)
         if instance is not None:
             found.setdefault(instance[0].key, []).append((*instance, obj))
-    result = Discovered([], {}, {}, {})
+    result = Discovered([], {}, {}, {}, envs)
     for key, candidates in found.items():
         pair = pair_of(key, candidates, overrides)
         if pair is not None:

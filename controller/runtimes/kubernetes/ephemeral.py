@@ -22,7 +22,6 @@ from typing import Protocol
 
 from kubernetes_asyncio import client as k8s
 
-from ...ephemeral_specs import ephemeral_name_problem
 from ...model import EphemeralRecord, Key
 from ...spec import InstanceSpec
 from .client import KubeError, Obj, ObjKey, call
@@ -50,6 +49,8 @@ class EphemeralPlaces(Protocol):
 
     def namespace_cache(self) -> dict[ObjKey, Obj]: ...
 
+    def ephemeral_namespaces(self) -> list[Obj]: ...
+
     def deployment_cache(self) -> Mapping[ObjKey, Obj]: ...
 
     def placement_of(self, key: Key) -> Placement | None: ...
@@ -73,20 +74,9 @@ class KubeEphemeral:
                 and record_of(obj, lambda _problem: None) is not None]
 
     def records(self) -> list[EphemeralRecord]:
-        namespaces = [obj for obj in self._places.namespace_cache().values()
-                      if not being_deleted(obj)]
-        # As discovery has it: one that claims another kind of environment's name, or a
-        # name an ephemeral environment may not have, is none (its namespace is left alone).
-        others = {(obj["metadata"].get("labels") or {}).get(ENVIRONMENT_LABEL, "").lower()
-                  for obj in namespaces if not is_ephemeral(obj)}
-        found = []
-        for obj in namespaces:
-            if is_ephemeral(obj):
-                record = record_of(obj, self._warn)
-                if record is not None and record.name.lower() not in others and \
-                        ephemeral_name_problem(record.name) is None:
-                    found.append(record)
-        return found
+        # Discovery's (discovery.environments): one rule for what is an environment.
+        return [record for obj in self._places.ephemeral_namespaces()
+                if (record := record_of(obj, self._warn)) is not None]
 
     async def create(self, record: EphemeralRecord, services: list[InstanceSpec]) -> None:
         """The namespace, then a copy of the source's Deployment and Service of every service

@@ -31,7 +31,7 @@ from typing import Any
 from kubernetes_asyncio import client as k8s
 
 from ...model import Key, Replica, other_colour
-from ...spec import Config, InstanceSpec
+from ...spec import Config, Environment, InstanceSpec
 from ..base import RuntimeEvents, StartFailed
 from .activity import ActivityRecorder
 from .client import Informer, KubeError, connect, format_micro_time
@@ -67,6 +67,7 @@ class KubernetesRuntime(ClusterView):
         self.leader: LeaderElector | None = None
         self._placements: dict[Key, Placement] = {}  # the live Deployment of each instance
         self._prefixes: dict[str, str] = {}  # environment → prefix (prefixes.py)
+        self._environments: dict[str, Environment] = {}  # namespace → environment, discovered
         # Blue/green instances: their two colours, and where the idle one is.
         self.pairs: dict[Key, ColourPair] = {}
         self._others: dict[Key, tuple[str, Placement]] = {}
@@ -168,6 +169,7 @@ class KubernetesRuntime(ClusterView):
         found = discover(self._namespaces.cache, self._deployments.cache, self._config,
                          self._live_override, self._warn_once)
         self._placements, self.pairs, self._others = found.placements, found.pairs, found.others
+        self._environments = found.environments
         self._prefixes = {s.environment.name: s.environment.prefix for s in found.specs}
         self._autoscaled = autoscaled(self._placements, self._hpas.cache, self._warn_once)
         followed = [(key, None, p) for key, p in self._placements.items()]
